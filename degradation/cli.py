@@ -1,0 +1,161 @@
+"""`degrade`: the command line. A thin front door; Hydra owns configuration and sweeps.
+
+    degrade train depth=56 arch=plain          # one run of the paper's recipe
+    degrade sweep depth=20,56 arch=plain,resnet
+    degrade plot outputs/                      # Figure 6 from every run under outputs/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Reproduce the CIFAR-10 degradation study of He et al. 2016 (plain vs residual "
+    "nets, Sec. 4.2). Configuration keys are given as Hydra overrides, e.g. "
+    "`degrade train depth=56 arch=plain`; presets with `experiment=NAME` "
+    "(smoke, fig6, table6, shortcuts, resnet1202).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+OVERRIDES = typer.Argument(
+    None, help="Hydra overrides KEY=VALUE: arch, depth, shortcut, seed, device, output_dir, "
+    "data.root, data.download, data.val_split, train.iterations, train.batch_size, train.lr, "
+    "train.milestones, train.eval_every, ..., experiment=NAME.", show_default=False)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit non-zero (no traceback for bad input)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    overrides: list[str] = OVERRIDES,
+    force: bool = typer.Option(False, "--force", help="Retrain a finished run (the old folder "
+                               "is kept beside it as <folder>.replaced-<time>)."),
+    show_config: bool = typer.Option(False, "--show-config",
+                                     help="Print the resolved configuration and exit."),
+) -> None:
+    """Train one run. Resumes it if interrupted; leaves it alone if finished.
+
+    The run's folder is outputs/runs/<arch>-<depth>[-<shortcut>]/seed-<seed>-<hash>/ with
+    config.yaml, TensorBoard events, metrics.csv, checkpoint.pt, summary.json and train.log.
+    """
+    from degradation import launching
+
+    planned = _plan(overrides or [], sweep=False, force=force)[0]
+    if show_config:
+        import yaml
+
+        typer.echo(yaml.safe_dump(planned.config.to_dict(), sort_keys=False), nl=False)
+        return
+    if planned.action == "skip":
+        record = launching.read_run(planned.folder)
+        typer.echo(launching.finished_line(record, "skipped") + "; --force retrains it")
+        return
+    if planned.action == "retrain":
+        typer.echo(f"previous run kept in {launching.set_aside(planned.folder)}")
+    launching.launch(overrides or [], sweep=False)
+
+
+@app.command()
+def sweep(
+    overrides: list[str] = OVERRIDES,
+    force: bool = typer.Option(False, "--force", help="Retrain finished runs too (old folders "
+                               "are kept as <folder>.replaced-<time>)."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="List the runs and what would happen to each; start none."),
+) -> None:
+    """Run a grid of runs (Hydra multirun): `depth=20,56 arch=plain,resnet` is 4 runs.
+
+    Any Hydra sweep syntax works (`seed=range(5)`, `experiment=fig6`). Finished runs are
+    skipped, interrupted ones resumed; a failing run does not stop the others.
+    """
+    from degradation import launching
+
+    planned = _plan(overrides or [], sweep=True, force=force)
+    counts = {action: sum(p.action == action for p in planned)
+              for action in ("start", "resume", "skip", "retrain")}
+    typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
+               f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)")
+    if dry_run:
+        for run in planned:
+            typer.echo(f"  {run.action:8} {run.folder}  [{' '.join(run.overrides)}]")
+        return
+    for run in planned:
+        if run.action == "retrain":
+            launching.set_aside(run.folder)
+    if counts["start"] + counts["resume"] + counts["retrain"] == 0:
+        return
+    launching.launch(overrides or [], sweep=True)
+    records = [launching.read_run(run.folder) for run in planned]
+    states = [record.state if record else "failed" for record in records]
+    done = sum(state in ("done", "diverged") for state in states)
+    typer.echo(f"sweep finished: {done}/{len(planned)} runs ended "
+               f"({states.count('diverged')} diverged)")
+    failed = [run for run, state in zip(planned, states, strict=True)
+              if state not in ("done", "diverged")]
+    for run in failed:
+        error = run.folder / launching.ERROR_FILE
+        reason = error.read_text().strip() if error.exists() else "did not finish"
+        typer.echo(f"  failed: {run.folder}: {reason}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs.")
+           ) -> None:
+    """One line per run under PATH: network, seed, state, iteration, errors."""
+    from degradation.logs import read_metrics
+    from degradation.runs import METRICS_FILE, family, find_runs
+
+    records = find_runs(path)
+    if not records:
+        fail(f"no runs under {path} (a run folder holds config.yaml)", code=1)
+    for record in records:
+        metrics_path = record.path / METRICS_FILE
+        rows = read_metrics(metrics_path) if metrics_path.exists() else {}
+        last = max(rows, default=0)
+        train_error = next((rows[i]["error/train"] for i in sorted(rows, reverse=True)
+                            if "error/train" in rows[i]), None)
+        test_error = next((rows[i]["error/test"] for i in sorted(rows, reverse=True)
+                           if "error/test" in rows[i]), None)
+        errors = " ".join(f"{name} {value:.2f}%" for name, value in
+                          (("train", train_error), ("test", test_error)) if value is not None)
+        typer.echo(f"{family(record.config):14} seed {record.config.seed:<3} "
+                   f"{record.state:11} {last}/{record.config.train.iterations:<6} {errors}  "
+                   f"{record.path}")
+
+
+@app.command("generate-data")
+def generate_data(
+    root: Path = typer.Argument(..., help="Folder to write cifar-10-batches-py/ into."),
+    train_per_batch: int = typer.Option(500, min=1, help="Images in each of the 5 batches."),
+    test_size: int = typer.Option(500, min=1, help="Images in the test batch."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a small synthetic data set in CIFAR-10's official format (offline demos)."""
+    from degradation.data import write_cifar10
+
+    written = write_cifar10(root, train_per_batch, test_size, seed)
+    typer.echo(f"wrote {written}")
+
+
+def _plan(overrides: list[str], sweep: bool, force: bool):
+    from degradation import launching
+
+    try:
+        return launching.plan(overrides, sweep=sweep, force=force)
+    except launching.USER_ERRORS as error:
+        fail(str(error))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

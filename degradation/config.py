@@ -1,0 +1,161 @@
+"""The one typed structure every part of `degrade` receives.
+
+The values live in `conf/config.yaml` and the presets in `experiments/`; this module only
+declares their types, checks them, and turns a composed Hydra config into a `Config`.
+No default is written here: a field without a YAML value is reported as missing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from degradation.models import ARCHS, SHORTCUTS, ModelConfigError, blocks_per_stage
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message is one line."""
+
+
+@dataclass
+class DataConfig:
+    """Where CIFAR-10 lives and which part of it is evaluated."""
+
+    root: str
+    download: bool
+    val_split: int
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation recipe, counted in iterations as the paper does."""
+
+    iterations: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: list[int]
+    lr_decay: float
+    warmup: bool | None
+    warmup_lr: float
+    warmup_until_error: float
+    log_every: int
+    eval_every: int
+    eval_batch_size: int
+    precision: str
+
+
+@dataclass
+class Config:
+    """One run: which network, on which data, trained how, written where."""
+
+    arch: str
+    depth: int
+    shortcut: str
+    seed: int
+    device: str
+    output_dir: str
+    data: DataConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, as stored in checkpoints and `config.yaml`."""
+        return asdict(self)
+
+    @property
+    def warmup_enabled(self) -> bool:
+        """Warm-up at lr 0.01 is the paper's choice for depth 110 and above unless set."""
+        if self.train.warmup is None:
+            return self.depth >= 110
+        return self.train.warmup
+
+
+def load_config(composed: DictConfig | dict[str, Any]) -> Config:
+    """Type-check and validate a composed config (Hydra's node is dropped)."""
+    if isinstance(composed, DictConfig):
+        composed = OmegaConf.to_container(composed, resolve=True)
+    composed = {key: value for key, value in composed.items() if key != "hydra"}
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(Config), composed)
+        config = OmegaConf.to_object(typed)
+    except OmegaConfBaseException as error:
+        raise ConfigError(describe_omegaconf_error(error)) from None
+    validate(config)
+    return config
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a `Config` from `Config.to_dict()` output (checkpoints, run folders)."""
+    return load_config(values)
+
+
+def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
+    """One line for a type or key error found while merging into the schema."""
+    key = getattr(error, "full_key", None) or "?"
+    message = str(getattr(error, "msg", error)).splitlines()[0]
+    if "not in" in message:
+        return f"unknown config key '{key}' (see `degrade train --cfg job` for the known keys)"
+    if "missing mandatory value" in message.lower():
+        return f"config key '{key}' has no value"
+    conversion = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", message)
+    if conversion:
+        value, kind = conversion.groups()
+        return f"{key}={value!r} is not {_KINDS.get(kind, kind)}"
+    return f"{key}: {message}"
+
+
+_KINDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
+
+
+def validate(config: Config) -> None:
+    """Raise `ConfigError` for the first value outside what the study allows."""
+    try:
+        blocks_per_stage(config.depth)
+        if config.arch not in ARCHS:
+            raise ModelConfigError(f"arch={config.arch!r} is not one of: {', '.join(ARCHS)}")
+        if config.shortcut not in SHORTCUTS:
+            raise ModelConfigError(
+                f"shortcut={config.shortcut!r} is not one of: {', '.join(SHORTCUTS)}"
+            )
+    except ModelConfigError as error:
+        raise ConfigError(str(error)) from None
+    _require(config.device in DEVICES, f"device={config.device!r} is not one of: "
+             f"{', '.join(DEVICES)}")
+    _require(config.seed >= 0, f"seed={config.seed} must be >= 0")
+    _require(config.data.val_split >= 0, f"data.val_split={config.data.val_split} must be >= 0")
+    train = config.train
+    _require(train.iterations > 0, f"train.iterations={train.iterations} must be > 0")
+    _require(train.batch_size > 0, f"train.batch_size={train.batch_size} must be > 0")
+    _require(train.lr > 0, f"train.lr={train.lr} must be > 0")
+    _require(train.warmup_lr > 0, f"train.warmup_lr={train.warmup_lr} must be > 0")
+    _require(0 <= train.momentum < 1, f"train.momentum={train.momentum} must be in [0, 1)")
+    _require(train.weight_decay >= 0, f"train.weight_decay={train.weight_decay} must be >= 0")
+    _require(0 < train.lr_decay <= 1, f"train.lr_decay={train.lr_decay} must be in (0, 1]")
+    _require(0 < train.warmup_until_error <= 100,
+             f"train.warmup_until_error={train.warmup_until_error} must be in (0, 100]")
+    _require(train.log_every > 0, f"train.log_every={train.log_every} must be > 0")
+    _require(train.eval_every > 0, f"train.eval_every={train.eval_every} must be > 0")
+    _require(train.eval_batch_size > 0,
+             f"train.eval_batch_size={train.eval_batch_size} must be > 0")
+    _require(train.precision in PRECISIONS,
+             f"train.precision={train.precision!r} is not one of: {', '.join(PRECISIONS)}")
+    milestones = train.milestones
+    _require(all(later > earlier for earlier, later in pairwise(milestones)),
+             f"train.milestones={milestones} must be strictly increasing")
+    _require(all(0 < m < train.iterations for m in milestones),
+             f"train.milestones={milestones} must lie between 0 and "
+             f"train.iterations={train.iterations}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

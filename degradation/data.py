@@ -1,0 +1,319 @@
+"""CIFAR-10 in the official python format, and a training stream that lives on the device.
+
+The paper (Sec. 4.2) feeds 32x32 images with the per-pixel mean subtracted, trains on
+random crops of the image zero-padded by 4 pixels with random horizontal flips, and tests
+on the single original image. Following KellerJordan/cifar10-airbench, the training set is
+kept on the device as uint8 and shuffled, cropped and flipped with batched tensor ops: no
+PIL, no DataLoader, and every random number comes from one torch.Generator, so a stream
+can be saved and resumed bit-identically.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
+               "dog", "frog", "horse", "ship", "truck")  # fmt: skip
+NUM_CLASSES = 10
+PAD = 4  # "4 pixels are padded on each side"
+SIZE = 32
+
+
+class DataError(ValueError):
+    """A data problem, told in one line that names the bad value or file."""
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as a single line, for wrapping it into a DataError."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def read_batch(path: Path) -> tuple[Tensor, Tensor]:
+    """Read one CIFAR-10 python batch: images uint8 (N,3,32,32), labels int64 (N,)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing: a CIFAR-10 folder holds {', '.join(TRAIN_FILES)} "
+                        f"and {TEST_FILE}")
+    try:
+        with path.open("rb") as f:
+            # latin1 reads Python-2 pickles of numpy arrays; MD5 is deliberately not checked,
+            # because subsets and generated sets differ from the official checksums.
+            batch = pickle.load(f, encoding="latin1")
+    except Exception as e:  # a corrupt pickle can raise almost any exception type
+        raise DataError(f"{path} is truncated or not a CIFAR-10 pickle ({_one_line(e)})") from e
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} holds a {type(batch).__name__}, expected a dict with "
+                        "'data' and 'labels' (a CIFAR-10 python batch)")
+    # Python-2 str keys load as str with latin1, but bytes-keyed pickles stay bytes.
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    missing = [key for key in ("data", "labels") if key not in batch]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(map(repr, missing))} entry (keys found: "
+                        f"{sorted(map(str, batch))}); expected a CIFAR-10 batch")
+    data = batch["data"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3 * SIZE * SIZE):
+        found = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
+                 else type(data).__name__)
+        raise DataError(f"{path}: 'data' is a {found}, expected a uint8 array of shape "
+                        f"(N, 3072) (R, G, B planes of a 32x32 image)")
+    try:
+        labels = np.asarray(batch["labels"])
+    except ValueError as e:  # e.g. a ragged list
+        raise DataError(f"{path}: 'labels' is not a list of integers ({_one_line(e)})") from e
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{path}: 'labels' has shape {labels.shape} but 'data' holds "
+                        f"{len(data)} images; expected one label per image")
+    if len(labels) and labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: 'labels' are {labels.dtype}, expected integers 0-9")
+    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if len(bad):
+        raise DataError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is out of range; "
+                        f"CIFAR-10 labels are 0-{NUM_CLASSES - 1}")
+    # Each row is the R plane, then G, then B, each row-major: exactly a (3, 32, 32) image.
+    images = torch.tensor(data).reshape(len(data), 3, SIZE, SIZE)
+    return images, torch.tensor(labels, dtype=torch.int64)
+
+
+def write_cifar10(root: Path, train_per_batch: int, test_size: int, seed: int = 0) -> Path:
+    """Write a small learnable data set in the official format under root/cifar-10-batches-py/."""
+    if train_per_batch < 1 or test_size < 1:
+        raise DataError(f"write_cifar10 needs train_per_batch >= 1 and test_size >= 1, got "
+                        f"{train_per_batch} and {test_size}")
+    folder = Path(root) / BATCH_DIR
+    existing = [name for name in (*TRAIN_FILES, TEST_FILE) if (folder / name).exists()]
+    if existing:  # never overwrite a real copy of CIFAR-10
+        raise DataError(f"{folder} already holds {existing[0]}; write_cifar10 writes only into "
+                        "a folder without CIFAR-10 batches")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    # Class k has its own colour and stripe pattern (orientation k % 2, period 4 + k // 2);
+    # phase, brightness and noise vary per image, so the task is learnable but not constant.
+    hue = 2 * np.pi * np.arange(NUM_CLASSES) / NUM_CLASSES
+    colours = 128 + 80 * np.cos(hue[:, None] + np.array([0, 2, 4]) * np.pi / 3)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    sizes = {**dict.fromkeys(TRAIN_FILES, train_per_batch), TEST_FILE: test_size}
+    for name, n in sizes.items():
+        labels = rng.permutation(np.arange(n) % NUM_CLASSES)
+        coord = np.where((labels % 2 == 0)[:, None, None], yy, xx)
+        period = (4 + labels // 2)[:, None, None]
+        phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
+        stripes = 40 * np.sign(np.sin(2 * np.pi * coord / period + phase))
+        images = (colours[labels][:, :, None, None] + stripes[:, None]
+                  + rng.normal(0, 20, size=(n, 1, 1, 1)) + rng.normal(0, 25, (n, 3, SIZE, SIZE)))
+        batch = {
+            "batch_label": (f"training batch {name[-1]} of 5" if name != TEST_FILE
+                            else "testing batch 1 of 1"),
+            "labels": [int(label) for label in labels],
+            "data": np.clip(np.rint(images), 0, 255).astype(np.uint8).reshape(n, -1),
+            "filenames": [f"synthetic_{name}_{i:05d}.png" for i in range(n)],
+        }
+        with (folder / name).open("wb") as f:
+            pickle.dump(batch, f, protocol=2)  # the official files are protocol-2 pickles
+    meta = {"label_names": list(LABEL_NAMES), "num_cases_per_batch": train_per_batch,
+            "num_vis": 3 * SIZE * SIZE}
+    with (folder / "batches.meta").open("wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return Path(root)
+
+
+def ensure_cifar10(root: Path, download: bool) -> Path:
+    """Return root/cifar-10-batches-py, downloading it first only if missing and allowed."""
+    folder = Path(root) / BATCH_DIR
+    if folder.is_dir():
+        return folder
+    if not download:
+        raise DataError(f"data.root={root} holds no {BATCH_DIR}/ and data.download=false: point "
+                        f"data.root at the folder that holds {BATCH_DIR}/, or set "
+                        "data.download=true")
+    try:
+        import torchvision.datasets  # imported here: only a download needs torchvision
+
+        # torchvision verifies the official MD5 sums of what it downloads.
+        for train in (True, False):
+            torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+    except Exception as e:
+        raise DataError(f"downloading CIFAR-10 into data.root={root} failed ({_one_line(e)}); "
+                        f"set data.download=false and point data.root at a local copy that "
+                        f"holds {BATCH_DIR}/") from e
+    if not folder.is_dir():
+        raise DataError(f"downloading CIFAR-10 into data.root={root} left no {BATCH_DIR}/; "
+                        "set data.download=false and point data.root at a local copy")
+    return folder
+
+
+@dataclass
+class CifarSplits:
+    """Training images and labels, the evaluation set, and the training per-pixel mean."""
+
+    train_images: Tensor  # uint8 (N, 3, 32, 32)
+    train_labels: Tensor  # int64 (N,)
+    eval_images: Tensor  # uint8 (M, 3, 32, 32)
+    eval_labels: Tensor  # int64 (M,)
+    eval_set: str  # "test" or "validation"
+    mean: Tensor  # float32 (3, 32, 32): per-pixel mean of train_images
+
+
+def load_cifar10(root: Path, download: bool = True, val_split: int = 0) -> CifarSplits:
+    """Load CIFAR-10; val_split > 0 holds out the last val_split training images for evaluation."""
+    folder = ensure_cifar10(root, download)
+    parts = [read_batch(folder / name) for name in TRAIN_FILES]
+    images = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[1] for p in parts])
+    n = len(images)
+    if not 0 <= val_split < n:
+        raise DataError(f"data.val_split={val_split} is out of range: use 0 to evaluate on the "
+                        f"test set, or 1 to {n - 1} to hold out that many of the {n} "
+                        "training images")
+    if val_split == 0:
+        # The test batch is read only when it is the evaluation set.
+        eval_images, eval_labels = read_batch(folder / TEST_FILE)
+        eval_set = "test"
+    else:
+        # The held-out part is the *last* val_split images in the official order, so the split
+        # is deterministic; 5000 gives the paper's 45k/5k split used to choose the schedule.
+        eval_images, eval_labels = images[n - val_split:], labels[n - val_split:]
+        images, labels, eval_set = images[: n - val_split], labels[: n - val_split], "validation"
+    return CifarSplits(images, labels, eval_images, eval_labels, eval_set, pixel_mean(images))
+
+
+def pixel_mean(images_u8: Tensor) -> Tensor:
+    """Per-pixel mean image (3,32,32) float32 of a uint8 batch, summed exactly in int64."""
+    total = torch.zeros(images_u8.shape[1:], dtype=torch.int64)
+    for chunk in images_u8.split(4096):  # bounded memory even for 50k images
+        total += chunk.sum(0, dtype=torch.int64).cpu()
+    return (total.double() / max(len(images_u8), 1)).float()
+
+
+def normalize(images_u8: Tensor, mean: Tensor) -> Tensor:
+    """Float32 images minus the per-pixel mean, and nothing else (the paper's preprocessing)."""
+    return images_u8.float() - mean.to(device=images_u8.device, dtype=torch.float32)
+
+
+def augment_reference(image_u8: Tensor, mean: Tensor, dy: int, dx: int, flip: bool) -> Tensor:
+    """The augmentation of one (3,32,32) image, written plainly: the definition `augment` meets."""
+    # Padding comes after the mean subtraction, so padded pixels are exactly 0 in the
+    # network's input, as in fb.resnet.torch (normalize, then pad-and-crop).
+    canvas = torch.zeros(3, SIZE + 2 * PAD, SIZE + 2 * PAD, device=image_u8.device)
+    canvas[:, PAD:PAD + SIZE, PAD:PAD + SIZE] = normalize(image_u8, mean)
+    crop = canvas[:, dy:dy + SIZE, dx:dx + SIZE]
+    return crop.flip(-1) if flip else crop
+
+
+def draw_crops_flips(batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Random crop offsets (B,2) as (dy, dx) uniform in 0..8, and flip flags (B,) with p=0.5."""
+    device = generator.device
+    offsets = torch.randint(0, 2 * PAD + 1, (batch_size, 2), generator=generator, device=device)
+    flips = torch.rand(batch_size, generator=generator, device=device) < 0.5
+    return offsets, flips
+
+
+def crop_flip(images_u8: Tensor, mean: Tensor, offsets: Tensor, flips: Tensor) -> Tensor:
+    """Batched `augment_reference` with the given offsets (B,2) and flips (B,)."""
+    device = images_u8.device
+    padded = F.pad(normalize(images_u8, mean), (PAD, PAD, PAD, PAD))  # zeros after the mean
+    offsets, flips = offsets.to(device), flips.to(device)
+    span = torch.arange(SIZE, device=device)
+    rows = offsets[:, 0, None] + span  # (B, 32)
+    cols = offsets[:, 1, None] + span
+    # Reading a window's columns right to left is the same as flipping the crop.
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(len(images_u8), device=device)[:, None, None, None]
+    channel = torch.arange(3, device=device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def augment(images_u8: Tensor, mean: Tensor, generator: torch.Generator) -> Tensor:
+    """Normalized, randomly padded-cropped and flipped float32 batch (B,3,32,32)."""
+    offsets, flips = draw_crops_flips(len(images_u8), generator)
+    return crop_flip(images_u8, mean, offsets, flips)
+
+
+class TrainBatches:
+    """Endless augmented training batches, reshuffled each epoch, kept on `device`.
+
+    An epoch is one torch.randperm of the N images cut into N // batch_size full batches;
+    the remainder is dropped and the next epoch draws a fresh permutation. The permutation
+    and every crop and flip come from one generator on `device`, so a stream resumes exactly
+    from `state_dict()` on the same kind of device (CPU and CUDA generators draw differently).
+    """
+
+    def __init__(self, images_u8: Tensor, labels: Tensor, mean: Tensor, batch_size: int,
+                 seed: int, device: torch.device) -> None:
+        """Move the uint8 images, labels and mean to `device` once and seed the generator."""
+        n = len(images_u8)
+        if not 1 <= batch_size <= n:
+            raise DataError(f"train.batch_size={batch_size} must be between 1 and the {n} "
+                            "training images")
+        self.images = images_u8.to(device=device, dtype=torch.uint8)
+        self.labels = labels.to(device=device, dtype=torch.int64)
+        self.mean = mean.to(device=device, dtype=torch.float32)
+        self.batch_size = batch_size
+        self.steps_per_epoch = n // batch_size
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self._perm = torch.empty(0, dtype=torch.int64, device=device)
+        self._step = 0  # batches handed out so far
+
+    @property
+    def epoch(self) -> int:
+        """Index of the epoch the next batch comes from (= epochs completed)."""
+        return self._step // self.steps_per_epoch
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        """The next (normalized augmented float32 images, int64 labels) batch."""
+        position = self._step % self.steps_per_epoch
+        if position == 0:
+            self._perm = torch.randperm(len(self.images), generator=self.generator,
+                                        device=self.images.device)
+        index = self._perm[position * self.batch_size:(position + 1) * self.batch_size]
+        self._step += 1
+        return augment(self.images[index], self.mean, self.generator), self.labels[index]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The stream is its own iterator."""
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        """Same as `next()`; the stream never ends."""
+        return self.next()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that decides future batches: generator, permutation, position."""
+        return {"generator": self.generator.get_state(), "perm": self._perm.cpu(),
+                "step": self._step, "num_images": len(self.images),
+                "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the stream that wrote `state` stopped."""
+        saved = (state["num_images"], state["batch_size"])
+        if saved != (len(self.images), self.batch_size):
+            raise DataError(f"the saved training stream has {saved[0]} images in batches of "
+                            f"{saved[1]}, this one {len(self.images)} in batches of "
+                            f"{self.batch_size}: resume with the same data and batch size")
+        self.generator.set_state(state["generator"].cpu())  # generator states live on the CPU
+        self._perm = state["perm"].to(self.images.device)
+        self._step = int(state["step"])
+
+
+def eval_batches(images_u8: Tensor, labels: Tensor, mean: Tensor, batch_size: int,
+                 device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """The original images, normalized, in order and in batches (the last may be smaller)."""
+    if batch_size < 1:
+        raise DataError(f"train.eval_batch_size={batch_size} must be >= 1")
+    mean = mean.to(device)
+    for start in range(0, len(images_u8), batch_size):
+        stop = start + batch_size
+        yield normalize(images_u8[start:stop].to(device), mean), labels[start:stop].to(device)

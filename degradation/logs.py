@@ -1,0 +1,140 @@
+"""What a run reports as it trains: TensorBoard scalars, the same rows as CSV, progress lines.
+
+The tag names are part of the interface (`error/train`, `error/test`, `loss/train`,
+`loss/test`, `lr`), always with the iteration as the step, so the curves read like the
+paper's Figure 6.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from torch.utils.tensorboard import SummaryWriter
+
+from degradation.runs import METRICS_FILE, TENSORBOARD_DIR
+from degradation.storage import atomic_write_text
+
+TAGS = ("lr", "error/train", "loss/train", "error/test", "loss/test")
+log = logging.getLogger("degrade")
+
+
+class MetricsLog:
+    """TensorBoard events and `metrics.csv` for one run, consistent with its checkpoint.
+
+    On resume from iteration k, every point logged after k is dropped from both, so a
+    restarted run never shows duplicated or stale points.
+    """
+
+    def __init__(self, run_dir: Path, resume_from: int | None = None):
+        self.csv_path = run_dir / METRICS_FILE
+        self.rows: dict[int, dict[str, float]] = {}
+        if resume_from is not None and self.csv_path.exists():
+            self.rows = {it: row for it, row in read_metrics(self.csv_path).items()
+                         if it <= resume_from}
+        purge_step = None if resume_from is None else resume_from + 1
+        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
+                                    purge_step=purge_step, flush_secs=30)
+
+    def log(self, iteration: int, values: dict[str, float]) -> None:
+        """Record `values` (keys from TAGS) at `iteration`."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, iteration)
+        self.rows.setdefault(iteration, {}).update(values)
+        self._write_csv()
+
+    def flush(self) -> None:
+        """Push buffered TensorBoard events to disk (done at every checkpoint)."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        self.writer.close()
+
+    def _write_csv(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(("iteration", *TAGS))
+        for iteration in sorted(self.rows):
+            row = self.rows[iteration]
+            writer.writerow((iteration, *(_csv_cell(row.get(tag)) for tag in TAGS)))
+        atomic_write_text(self.csv_path, buffer.getvalue())
+
+
+def read_metrics(path: Path) -> dict[int, dict[str, float]]:
+    """Rows of a `metrics.csv`, keyed by iteration, blank cells left out."""
+    rows = {}
+    with path.open(newline="", encoding="utf-8") as file:
+        for record in csv.DictReader(file):
+            values = {tag: float(record[tag]) for tag in TAGS if record.get(tag)}
+            rows[int(record["iteration"])] = values
+    return rows
+
+
+def _csv_cell(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+class Progress:
+    """Iteration/total, lr, errors, throughput and ETA while a run trains.
+
+    On a terminal one line is redrawn in place at every log point; otherwise (a log file,
+    a cluster job) a plain line is logged at every evaluation, so logs stay short.
+    """
+
+    def __init__(self, name: str, total: int, batch_size: int, start: int,
+                 stream: TextIO | None = None):
+        self.name = name
+        self.total = total
+        self.batch_size = batch_size
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty()
+        self.last_time = time.perf_counter()
+        self.last_iteration = start
+        self.throughput = 0.0
+        self.test_error: float | None = None
+
+    def update(self, iteration: int, lr: float, train_error: float,
+               test_error: float | None = None) -> None:
+        """Report a log point; `test_error` is given at evaluation points."""
+        now = time.perf_counter()
+        if iteration > self.last_iteration and now > self.last_time:
+            self.throughput = (iteration - self.last_iteration) * self.batch_size / (
+                now - self.last_time)
+        self.last_time, self.last_iteration = now, iteration
+        if test_error is not None:
+            self.test_error = test_error
+        line = self.line(iteration, lr, train_error)
+        if self.live:
+            self.stream.write("\r\033[K" + line)
+            self.stream.flush()
+            if iteration >= self.total:
+                self.stream.write("\n")
+        elif test_error is not None:
+            log.info(line)
+
+    def line(self, iteration: int, lr: float, train_error: float) -> str:
+        """The progress line for the current state."""
+        remaining = (self.total - iteration) * self.batch_size / self.throughput \
+            if self.throughput else float("nan")
+        test = "-" if self.test_error is None else f"{self.test_error:5.2f}%"
+        return (f"{self.name} it {iteration}/{self.total} lr {lr:.4g} "
+                f"train err {train_error:5.2f}% test err {test} "
+                f"{self.throughput:,.0f} img/s ETA {format_duration(remaining)}")
+
+
+def format_duration(seconds: float) -> str:
+    """`1h02m`, `3m05s`, `12s`; `?` when unknown."""
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
