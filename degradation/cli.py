@@ -133,6 +133,72 @@ def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search f
                    f"{record.path}")
 
 
+@app.command()
+def plot(
+    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    linear: bool = typer.Option(False, "--linear", help="Full linear error axis instead of the "
+                                "paper's 0-20% range."),
+) -> None:
+    """Figure 6 from every run under PATH: error (%) vs iterations, training dashed, test bold.
+
+    One panel per family (plain; resnet; resnet-110 vs 1202 when present), one colour per
+    depth, a band over seeds; plus a shortcut A/B/C comparison when the runs have several.
+    Writes PNG and PDF to PATH/figures/ and prints their paths.
+    """
+    from degradation.figures import plot_command
+
+    for written in _analysis(plot_command, path, out, linear):
+        typer.echo(written)
+
+
+@app.command()
+def table(
+    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+) -> None:
+    """Table 6: final and best test error per network (mean +- std over seeds), beside the paper.
+
+    Prints Markdown and writes table6.md and table6.csv beside the figures.
+    """
+    from degradation.analysis import table_command
+
+    text, written = _analysis(table_command, path, out)
+    typer.echo(text)
+    for file in written:
+        typer.echo(file)
+
+
+@app.command()
+def responses(
+    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="CIFAR-10 folder, if not the "
+                                          "one each run was trained on."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Figure 7: standard deviation of every 3x3 conv's response (after BN, before ReLU/add).
+
+    Runs each finished run's final checkpoint once over its evaluation set (cached as
+    responses.json in the run folder), then plots per-layer and sorted curves.
+    """
+    from degradation.responses import responses_command
+
+    for written in _analysis(responses_command, path, out, data_root, device):
+        typer.echo(written)
+
+
+@app.command()
+def report(
+    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+) -> None:
+    """One HTML page with the figures, the tables and every run's config, code version, time."""
+    from degradation.report import report_command
+
+    typer.echo(_analysis(report_command, path, out))
+
+
 @app.command("generate-data")
 def generate_data(
     root: Path = typer.Argument(..., help="Folder to write cifar-10-batches-py/ into."),
@@ -145,6 +211,17 @@ def generate_data(
 
     written = write_cifar10(root, train_per_batch, test_size, seed)
     typer.echo(f"wrote {written}")
+
+
+def _analysis(command, *args):
+    """Run an analysis command, turning its expected failures into one-line errors."""
+    from degradation.analysis import AnalysisError
+    from degradation.launching import USER_ERRORS
+
+    try:
+        return command(*args)
+    except (AnalysisError, *USER_ERRORS) as error:
+        fail(str(error), code=1)
 
 
 def _plan(overrides: list[str], sweep: bool, force: bool):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from degradation.models import ARCHS, SHORTCUTS, ModelConfigError, blocks_per_stage
 
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_DIR / "conf"
+EXPERIMENTS_DIR = PROJECT_DIR / "experiments"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
@@ -52,6 +56,9 @@ class TrainConfig:
     eval_every: int
     eval_batch_size: int
     precision: str
+    channels_last: bool | None
+    compile: bool | None
+    threads: int | None
 
 
 @dataclass
@@ -94,8 +101,20 @@ def load_config(composed: DictConfig | dict[str, Any]) -> Config:
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a `Config` from `Config.to_dict()` output (checkpoints, run folders)."""
-    return load_config(values)
+    """Rebuild a `Config` saved by `Config.to_dict()` (checkpoints, run folders).
+
+    Keys added to `conf/config.yaml` after the run was made take their current values, so
+    older run folders stay readable.
+    """
+    return load_config(OmegaConf.merge(yaml_defaults(), values))
+
+
+def yaml_defaults() -> DictConfig:
+    """The values of `conf/config.yaml` alone (no preset, no Hydra node)."""
+    values = OmegaConf.load(CONF_DIR / "config.yaml")
+    for key in ("defaults", "hydra"):
+        values.pop(key, None)
+    return values
 
 
 def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
@@ -148,6 +167,8 @@ def validate(config: Config) -> None:
              f"train.eval_batch_size={train.eval_batch_size} must be > 0")
     _require(train.precision in PRECISIONS,
              f"train.precision={train.precision!r} is not one of: {', '.join(PRECISIONS)}")
+    _require(train.threads is None or train.threads > 0,
+             f"train.threads={train.threads} must be > 0 (null: all cores this process may use)")
     milestones = train.milestones
     _require(all(later > earlier for earlier, later in pairwise(milestones)),
              f"train.milestones={milestones} must be strictly increasing")

@@ -32,16 +32,13 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from degradation.config import Config, ConfigError, load_config
+from degradation.config import CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, load_config
 from degradation.data import DataError, ensure_cifar10
 from degradation.models import ModelConfigError
 from degradation.runs import SUMMARY_FILE, RunRecord, family, read_run, run_dir, run_path
 from degradation.storage import StorageError, atomic_write_text
 from degradation.train import Interrupted, train
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-CONF_DIR = PROJECT_DIR / "conf"
-EXPERIMENTS_DIR = PROJECT_DIR / "experiments"
 ERROR_FILE = "error.txt"
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, StorageError)
 

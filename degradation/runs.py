@@ -26,7 +26,8 @@ TENSORBOARD_DIR = "tensorboard"
 
 # Settings that say where things are or how they are computed, not what is computed: two runs
 # that differ only here are the same experiment and share a folder.
-NOT_IDENTITY = ("device", "output_dir", "data.root", "data.download", "train.eval_batch_size")
+NOT_IDENTITY = ("device", "output_dir", "data.root", "data.download", "train.eval_batch_size",
+                "train.channels_last", "train.compile", "train.threads")
 
 
 def family(config: Config) -> str:

@@ -1,0 +1,29 @@
+"""Fixtures shared across the suite: a small CIFAR-10 in the official format, tiny runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from degradation.data import write_cifar10
+
+SHARED_SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "cifar10-subset"
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated data set: 5 x 40 training images, 60 test images."""
+    return write_cifar10(tmp_path_factory.mktemp("cifar"), train_per_batch=40, test_size=60)
+
+
+def tiny_overrides(cifar_root: Path, output_dir: Path, **extra: object) -> list[str]:
+    """Overrides for a depth-8 run of a dozen iterations on CPU (a second or two)."""
+    values: dict[str, object] = {
+        "arch": "resnet", "depth": 8, "device": "cpu", "output_dir": output_dir,
+        "data.root": cifar_root, "data.download": "false",
+        "train.iterations": 12, "train.milestones": "[6,9]", "train.batch_size": 16,
+        "train.log_every": 2, "train.eval_every": 6, "train.eval_batch_size": 64,
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]

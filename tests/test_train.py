@@ -1,0 +1,138 @@
+"""The training loop: schedule, warm-up, what is logged, what a run folder holds."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from degradation.launching import compose_config
+from degradation.logs import TAGS
+from degradation.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
+from degradation.storage import load_checkpoint, read_json
+from degradation.train import learning_rate, train
+from tests.conftest import tiny_overrides
+
+PAPER = compose_config([]).train
+
+
+@pytest.mark.parametrize("iteration, expected", [
+    (0, 0.1), (31_999, 0.1), (32_000, 0.01), (47_999, 0.01), (48_000, 0.001), (63_999, 0.001),
+])
+def test_learning_rate_follows_the_papers_milestones(iteration: int, expected: float) -> None:
+    assert learning_rate(iteration, PAPER) == expected
+
+
+def test_warmup_uses_the_warmup_rate_until_switched_off() -> None:
+    assert learning_rate(0, PAPER, warming_up=True) == 0.01
+    assert learning_rate(40_000, PAPER, warming_up=True) == 0.01
+    assert learning_rate(400, PAPER, warming_up=False) == 0.1
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(folder / TENSORBOARD_DIR), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def finished(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    output = tmp_path_factory.mktemp("runs")
+    return train(compose_config(tiny_overrides(cifar_root, output)))
+
+
+def test_run_folder_holds_config_events_csv_checkpoint_and_summary(finished) -> None:
+    folder = finished.run_dir
+    assert finished.status == "done"
+    for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, "checkpoint.pt"):
+        assert (folder / name).is_file(), name
+    assert list((folder / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    state, notes = load_checkpoint(folder)
+    assert notes == [] and state["iteration"] == 12
+    assert {"model", "optimizer", "rng", "config", "batches"} <= state.keys()
+
+
+def test_logged_tags_and_steps(finished) -> None:
+    logged = scalars(finished.run_dir)
+    assert set(logged) == set(TAGS)
+    assert [step for step, _ in logged["error/train"]] == list(range(2, 13, 2))
+    assert [step for step, _ in logged["error/test"]] == [6, 12]
+    # Each point reports the rate of the step just taken: milestones 6 and 9 -> steps 7, 10.
+    assert [value for _, value in logged["lr"]] == pytest.approx(
+        [0.1, 0.1, 0.1, 0.01, 0.001, 0.001])
+    assert all(0 <= value <= 100 for _, value in logged["error/train"] + logged["error/test"])
+
+
+def test_csv_rows_equal_the_tensorboard_points(finished) -> None:
+    logged = scalars(finished.run_dir)
+    with (finished.run_dir / METRICS_FILE).open() as file:
+        rows = list(csv.DictReader(file))
+    for tag in TAGS:
+        from_csv = [(int(row["iteration"]), float(row[tag])) for row in rows if row[tag]]
+        assert [step for step, _ in from_csv] == [step for step, _ in logged[tag]]
+        # TensorBoard stores float32; the CSV keeps full precision.
+        assert [value for _, value in from_csv] == pytest.approx(
+            [value for _, value in logged[tag]], rel=1e-6)
+
+
+def test_summary_reports_final_and_best_errors(finished) -> None:
+    summary = read_json(finished.run_dir / SUMMARY_FILE)
+    logged = scalars(finished.run_dir)
+    assert summary["status"] == "done"
+    assert summary["iterations_done"] == summary["iterations"] == 12
+    assert summary["final_test_error"] == pytest.approx(logged["error/test"][-1][1], rel=1e-6)
+    assert summary["final_train_error"] == pytest.approx(logged["error/train"][-1][1], rel=1e-6)
+    best_step, best = min(logged["error/test"], key=lambda point: point[1])
+    assert summary["best_test_error"] == pytest.approx(best, rel=1e-6)
+    assert summary["best_test_iteration"] == best_step
+    assert summary["parameters"] == 75_290  # resnet-8, option A: 464 + 4,672 + 13,952 + 55,552 + 650
+    assert summary["eval_set"] == "test"
+    assert summary["device"].startswith("cpu")
+    assert summary["versions"]["torch"] == torch.__version__
+
+
+def test_finished_run_is_skipped_not_retrained(finished, cifar_root: Path) -> None:
+    config_path = finished.run_dir / "checkpoint.pt"
+    before = config_path.stat().st_mtime_ns
+    again = train(compose_config(tiny_overrides(cifar_root, finished.run_dir.parents[2])))
+    assert again.status == "skipped" and again.run_dir == finished.run_dir
+    assert config_path.stat().st_mtime_ns == before
+
+
+def test_same_seed_reproduces_and_another_seed_differs(cifar_root: Path, tmp_path: Path) -> None:
+    first = train(compose_config(tiny_overrides(cifar_root, tmp_path / "a")))
+    second = train(compose_config(tiny_overrides(cifar_root, tmp_path / "b")))
+    other = train(compose_config(tiny_overrides(cifar_root, tmp_path / "c", seed=1)))
+    read = [(run.run_dir / METRICS_FILE).read_text() for run in (first, second, other)]
+    assert read[0] == read[1]
+    assert read[0] != read[2]
+
+
+def test_warmup_switches_to_the_base_rate_once_training_error_drops(
+        cifar_root: Path, tmp_path: Path) -> None:
+    run = train(compose_config(tiny_overrides(
+        cifar_root, tmp_path, **{"train.warmup": "true", "train.warmup_until_error": 95,
+                                 "train.iterations": 30, "train.milestones": "[28,29]"})))
+    logged = scalars(run.run_dir)
+    errors, rates = [v for _, v in logged["error/train"]], [v for _, v in logged["lr"]]
+    switch = next(i for i, error in enumerate(errors) if error < 95)
+    assert 0 < switch < len(rates) - 3, "the warm-up should end inside this short run"
+    assert rates[: switch + 1] == pytest.approx([0.01] * (switch + 1))
+    assert rates[switch + 1] == pytest.approx(0.1)
+
+
+def test_warmup_that_never_ends_keeps_the_warmup_rate(cifar_root: Path, tmp_path: Path) -> None:
+    run = train(compose_config(tiny_overrides(
+        cifar_root, tmp_path, **{"train.warmup": "true", "train.warmup_until_error": 0.001})))
+    rates = [value for _, value in scalars(run.run_dir)["lr"]]
+    assert rates == pytest.approx([0.01] * len(rates))
+
+
+def test_validation_split_is_evaluated_instead_of_the_test_set(
+        cifar_root: Path, tmp_path: Path) -> None:
+    run = train(compose_config(tiny_overrides(cifar_root, tmp_path, **{"data.val_split": 50})))
+    assert read_json(run.run_dir / SUMMARY_FILE)["eval_set"] == "validation"
