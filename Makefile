@@ -32,7 +32,7 @@ smoke: setup ## Offline end to end: a 4-run sweep on the real-image subset (or g
 	set -e; \
 	$(BIN)/degrade sweep experiment=smoke depth=20,56 arch=plain,resnet \
 	  data.root=$$root output_dir=$(SMOKE_OUT); \
-	$(BIN)/degrade plot $(SMOKE_OUT)
+	$(BIN)/degrade plot --linear $(SMOKE_OUT)
 
 demo: setup ## The main job: download CIFAR-10 if missing, sweep plain/resnet x 20/56, plot
 	$(BIN)/degrade sweep experiment=demo

@@ -1,0 +1,351 @@
+"""What the runs measured, put beside the paper: training curves, seed aggregates, Table 6.
+
+Usage: `degrade table outputs/` writes `outputs/figures/table6.md` and `table6.csv`;
+from Python, `read_scalars(Path("outputs"))` gives every logged point as a tidy DataFrame.
+
+Runs are told apart by family (`plain-20`, `resnet-56-A`), seed and *variant*: the settings
+other than arch/depth/shortcut/seed in which a run differs from the most common recipe under
+the path (empty for a sweep that shares one recipe), so a short smoke run is never averaged
+with a full 64k-iteration one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tensorboard.backend.event_processing.event_accumulator import (
+    STORE_EVERYTHING_SIZE_GUIDANCE,
+    EventAccumulator,
+)
+
+from degradation.runs import METRICS_FILE, TENSORBOARD_DIR, RunRecord, find_runs, identity
+from degradation.storage import atomic_write_text, read_json
+
+# He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
+PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+PAPER_TABLE6_NOTES = {110: "best of 5 runs; mean 6.61 ± 0.16"}
+# Plain nets have no Table 6 entry; these are read off Figure 6 at 64k iterations (test, train).
+PAPER_FIGURE6_PLAIN = {20: ("≈9.6", "≈1"), 32: ("≈10", "≈1"), 44: ("≈11-12", "≈3"),
+                       56: ("≈13", "≈6")}
+
+PLAIN_SHORTCUT = "-"  # plain nets have no shortcut; "-" (not None) so pandas never drops them
+FIGURES_DIR = "figures"
+RESPONSES_FILE = "responses.json"
+STATE_ORDER = ("done", "running", "interrupted", "pending", "failed", "diverged")
+COLUMNS = ["arch", "depth", "shortcut", "variant", "seed", "run", "state", "eval_set",
+           "iteration", "metric", "value"]
+GROUP = ["arch", "depth", "shortcut", "variant"]
+_NAMED_IN_PATH = ("arch", "depth", "shortcut", "seed")
+
+
+class AnalysisError(ValueError):
+    """Nothing to analyse, or nothing of the kind asked for; the message is one line."""
+
+
+def load_runs(path: Path) -> list[RunRecord]:
+    """Every run under `path`, or `AnalysisError` saying why there is none."""
+    path = Path(path)
+    if not path.exists():
+        raise AnalysisError(f"{path} does not exist")
+    records = find_runs(path)
+    if not records:
+        raise AnalysisError(f"no runs under {path} (no run folder with a config.yaml written "
+                            "by `degrade train`)")
+    return records
+
+
+def shortcut_of(record: RunRecord) -> str:
+    """The run's shortcut option, or `PLAIN_SHORTCUT` for a plain net."""
+    return PLAIN_SHORTCUT if record.config.arch == "plain" else record.config.shortcut
+
+
+def network_label(arch: str, depth: int, shortcut: str | None = None) -> str:
+    """`plain-20`, `ResNet-56`, or `ResNet-56 (B)` for a shortcut other than the paper's A."""
+    if arch == "plain":
+        return f"plain-{depth}"
+    suffix = "" if shortcut in (None, "A", PLAIN_SHORTCUT) else f" ({shortcut})"
+    return f"ResNet-{depth}{suffix}"
+
+
+def eval_set_of(record: RunRecord) -> str:
+    """`test`, or `validation` when the run held out part of the training set."""
+    if record.summary and record.summary.get("eval_set"):
+        return record.summary["eval_set"]
+    return "validation" if record.config.data.val_split > 0 else "test"
+
+
+def variants(records: Sequence[RunRecord]) -> dict[Path, str]:
+    """For each run, the settings in which it differs from the most common recipe ('' if none)."""
+    recipes = {}
+    for record in records:
+        flat = identity(record.config)
+        recipes[record.path] = {k: v for k, v in flat.items() if k not in _NAMED_IN_PATH}
+    keys = {path: json.dumps(rest, sort_keys=True) for path, rest in recipes.items()}
+    reference = json.loads(Counter(keys.values()).most_common(1)[0][0]) if keys else {}
+    result = {}
+    for path, rest in recipes.items():
+        differing = sorted(set(rest) | set(reference))
+        result[path] = ", ".join(f"{key}={rest.get(key)}" for key in differing
+                                 if rest.get(key) != reference.get(key))
+    return result
+
+
+def read_scalars(path: Path) -> pd.DataFrame:
+    """Every logged scalar of every run under `path` as a tidy frame (columns `COLUMNS`)."""
+    path = Path(path)
+    return scalars_of(load_runs(path), path)
+
+
+def scalars_of(records: Sequence[RunRecord], root: Path) -> pd.DataFrame:
+    """`read_scalars` for runs already found; `run` is each folder relative to `root`."""
+    labels = variants(records)
+    frames = []
+    for record in records:
+        points = read_run_scalars(record.path)
+        if points.empty:
+            continue
+        run = record.path.relative_to(root).as_posix() if record.path.is_relative_to(root) \
+            else str(record.path)
+        points = points.assign(
+            arch=record.config.arch, depth=record.config.depth, shortcut=shortcut_of(record),
+            variant=labels[record.path], seed=record.config.seed, run=run,
+            state=record.state, eval_set=eval_set_of(record))
+        frames.append(points[COLUMNS])
+    if not frames:
+        return pd.DataFrame({column: pd.Series(dtype=_dtype(column)) for column in COLUMNS})
+    return pd.concat(frames, ignore_index=True).astype(
+        {"depth": "int64", "seed": "int64", "iteration": "int64", "value": "float64"})
+
+
+def read_run_scalars(run_dir: Path) -> pd.DataFrame:
+    """One run's scalars (iteration, metric, value) from TensorBoard, else from metrics.csv."""
+    files = sorted((Path(run_dir) / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    per_file = [rows for rows in map(_read_event_file, files) if rows]
+    if not per_file:
+        return _read_metrics_csv(Path(run_dir) / METRICS_FILE)
+    # A resumed run restarts from its last checkpoint: a file that starts at step s supersedes
+    # everything written earlier at steps >= s (what SummaryWriter's purge_step means), even if
+    # the writer did not purge. Files are taken in the order they were written.
+    per_file.sort(key=lambda rows: min(row[0] for row in rows))
+    kept: list[tuple[float, int, str, float]] = []
+    for rows in per_file:
+        start = min(row[1] for row in rows)
+        kept = [row for row in kept if row[1] < start] + rows
+    frame = pd.DataFrame(kept, columns=["wall_time", "iteration", "metric", "value"])
+    # A (tag, step) written twice keeps the value written last.
+    frame = frame.sort_values("wall_time", kind="stable")
+    frame = frame.drop_duplicates(["metric", "iteration"], keep="last")
+    return frame.sort_values(["metric", "iteration"]).drop(columns="wall_time")
+
+
+def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
+    # One file at a time and purge_orphaned_data=False: the merge above decides what a restart
+    # supersedes. Size 0 keeps every point (the default keeps a random 10,000 per tag).
+    try:
+        accumulator = EventAccumulator(str(path), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE,
+                                       purge_orphaned_data=False).Reload()
+    except Exception:  # a damaged event file must not stop the analysis
+        return []
+    return [(event.wall_time, event.step, tag, event.value)
+            for tag in accumulator.Tags()["scalars"] for event in accumulator.Scalars(tag)]
+
+
+def _read_metrics_csv(path: Path) -> pd.DataFrame:
+    empty = pd.DataFrame({"iteration": pd.Series(dtype="int64"), "metric": pd.Series(dtype=str),
+                          "value": pd.Series(dtype="float64")})
+    if not path.exists():
+        return empty
+    try:
+        wide = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return empty
+    if "iteration" not in wide:
+        return empty
+    tidy = wide.melt(id_vars="iteration", var_name="metric", value_name="value").dropna()
+    return tidy.drop_duplicates(["metric", "iteration"], keep="last")
+
+
+def _dtype(column: str) -> str:
+    return {"depth": "int64", "seed": "int64", "iteration": "int64",
+            "value": "float64"}.get(column, "object")
+
+
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof=1; NaN for one seed), min, max and count over seeds per iteration."""
+    keys = [*GROUP, "metric", "iteration"]
+    stats = df.groupby(keys, sort=True)["value"].agg(["mean", "std", "min", "max", "count"])
+    return stats.reset_index()
+
+
+def read_responses(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
+    """The Figure 7 measurements (`responses.json`) already stored in the given runs."""
+    found = []
+    for record in records:
+        path = record.path / RESPONSES_FILE
+        if path.exists():
+            try:
+                found.append(read_json(path))
+            except (OSError, ValueError):
+                continue  # a damaged file is recomputed by `degrade responses`
+    return found
+
+
+def results_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """Table 6: one row per network (and variant), our errors over seeds beside the paper's."""
+    labels = variants(records)
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        key = (record.config.arch, record.config.depth, shortcut_of(record), labels[record.path])
+        groups.setdefault(key, []).append(record)
+    arch_order = {"plain": 0, "resnet": 1}
+    rows = [_table_row(key, groups[key]) for key in
+            sorted(groups, key=lambda k: (arch_order.get(k[0], 2), k[1], k[2], k[3]))]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+TABLE_COLUMNS = [
+    "network", "arch", "depth", "shortcut", "variant", "eval_set", "parameters", "runs", "n",
+    "test_error_mean", "test_error_std", "test_error_min", "best_test_error",
+    "train_error_mean", "paper_test_error", "paper_note", "paper_fig6_test", "paper_fig6_train",
+    "difference",
+]
+
+
+def _table_row(key: tuple, records: list[RunRecord]) -> dict[str, Any]:
+    arch, depth, shortcut, variant = key
+    # Only finished runs enter the statistics; diverged and unfinished ones are counted in
+    # `runs` (a diverged run's ~90% error would swamp the mean of the others).
+    done = [r.summary for r in records if r.state == "done"
+            and r.summary.get("final_test_error") is not None]
+    final = pd.Series([s["final_test_error"] for s in done], dtype="float64")
+    train = pd.Series([s.get("final_train_error") for s in done], dtype="float64")
+    best = pd.Series([s.get("best_test_error") for s in done], dtype="float64")
+    eval_set = eval_set_of(records[0])
+    paper = PAPER_TABLE6.get(depth) if arch == "resnet" and shortcut == "A" else None
+    fig6 = PAPER_FIGURE6_PLAIN.get(depth, (None, None)) if arch == "plain" else (None, None)
+    mean = final.mean() if len(final) else math.nan
+    return {
+        "network": network_label(arch, depth, shortcut), "arch": arch, "depth": depth,
+        "shortcut": shortcut, "variant": variant, "eval_set": eval_set,
+        "parameters": _parameters(records), "runs": describe_states(records), "n": len(final),
+        "test_error_mean": mean, "test_error_std": final.std() if len(final) > 1 else math.nan,
+        "test_error_min": final.min() if len(final) else math.nan,
+        "best_test_error": best.min() if best.notna().any() else math.nan,
+        "train_error_mean": train.mean() if train.notna().any() else math.nan,
+        "paper_test_error": paper if paper is not None else math.nan,
+        "paper_note": PAPER_TABLE6_NOTES.get(depth, "") if paper is not None else "",
+        "paper_fig6_test": fig6[0] or "", "paper_fig6_train": fig6[1] or "",
+        # The paper's numbers are test-set numbers: a validation error is not compared.
+        "difference": mean - paper if paper is not None and eval_set == "test" else math.nan,
+    }
+
+
+def describe_states(records: Iterable[RunRecord]) -> str:
+    """`3 done, 1 running, 1 diverged`: how many runs are in each state."""
+    counts = Counter(record.state for record in records)
+    order = [s for s in STATE_ORDER if s in counts] + sorted(set(counts) - set(STATE_ORDER))
+    return ", ".join(f"{counts[state]} {state}" for state in order)
+
+
+_PARAMETER_CACHE: dict[tuple[str, int, str], int] = {}
+
+
+def _parameters(records: list[RunRecord]) -> int:
+    for record in records:
+        if record.summary and record.summary.get("parameters"):
+            return int(record.summary["parameters"])
+    # No run has finished yet: count the parameters of the network it trains.
+    from degradation.models import build_model, count_parameters
+
+    config = records[0].config
+    key = (config.arch, config.depth, config.shortcut)
+    if key not in _PARAMETER_CACHE:
+        _PARAMETER_CACHE[key] = count_parameters(build_model(*key))
+    return _PARAMETER_CACHE[key]
+
+
+def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    """Headers, formatted rows and footnotes of Table 6, shared by Markdown and HTML."""
+    show_variant = table["variant"].astype(bool).any()
+    eval_sets = sorted(set(table["eval_set"]))
+    error_name = "test error" if eval_sets == ["test"] else "/".join(eval_sets) + " error"
+    headers = ["network", *(["variant"] if show_variant else []), "params", "runs",
+               f"{error_name} (%), final: mean ± std (n)", "best seed, final",
+               "best, chosen on the test set", "train error (%), final: mean",
+               "paper (Table 6)", "ours - paper", "paper Fig. 6 (≈, test / train)"]
+    rows = []
+    for row in table.itertuples(index=False):
+        fig6 = f"{row.paper_fig6_test} / {row.paper_fig6_train}" if row.paper_fig6_test else ""
+        paper = _number(row.paper_test_error)
+        if paper and row.paper_note:
+            paper += f" ({row.paper_note})"
+        rows.append([
+            row.network, *([row.variant] if show_variant else []), f"{row.parameters:,}",
+            row.runs, _mean_std(row.test_error_mean, row.test_error_std, row.n),
+            _number(row.test_error_min), _number(row.best_test_error),
+            _number(row.train_error_mean), paper, _number(row.difference, signed=True), fig6,
+        ])
+    notes = [
+        "Errors in %, at the end of training, over the runs that finished (`done`); unfinished "
+        "and diverged runs are only counted in `runs`.",
+        "\"best, chosen on the test set\" is the lowest test error seen at any evaluation of any "
+        "seed: it flatters, and is shown only because some reproductions report it.",
+        "Paper: He et al. 2016, Table 6 (ResNets, shortcut option A); plain nets have no Table 6 "
+        "entry, their values are read off Figure 6 at 64k iterations.",
+    ]
+    if "validation" in eval_sets:
+        notes.append("Runs with data.val_split > 0 are evaluated on the held-out validation "
+                     "set and are not compared with the paper's test error.")
+    return headers, rows, notes
+
+
+def render_markdown(table: pd.DataFrame) -> str:
+    """Table 6 as a Markdown table with its footnotes (no tabulate needed)."""
+    headers, rows, notes = table_cells(table)
+    return markdown_table(headers, rows) + "\n" + "".join(f"\n- {note}" for note in notes) + "\n"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A pipe table with columns padded to a common width, `|` escaped in cells."""
+    cells = [[str(cell).replace("|", "\\|") for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             + " |" for row in cells]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def _mean_std(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "-"
+    if n == 1 or math.isnan(std):
+        return f"{mean:.2f} ({n})"
+    return f"{mean:.2f} ± {std:.2f} ({n})"
+
+
+def figures_dir(path: Path, out: Path | None) -> Path:
+    """Where figures and tables go: `out`, or `<path>/figures`."""
+    return Path(out) if out is not None else Path(path) / FIGURES_DIR
+
+
+def table_command(path: Path, out: Path | None) -> tuple[str, list[Path]]:
+    """`degrade table`: write table6.md and table6.csv; return the Markdown and the paths."""
+    table = results_table(load_runs(Path(path)))
+    markdown = render_markdown(table)
+    folder = figures_dir(path, out)
+    written = [folder / "table6.md", folder / "table6.csv"]
+    atomic_write_text(written[0], markdown)
+    atomic_write_text(written[1], table.to_csv(index=False))
+    return markdown, written

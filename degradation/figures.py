@@ -1,0 +1,266 @@
+"""Figure 6 (error vs iterations), the shortcut-option comparison, and Figure 7 (responses).
+
+Usage: `degrade plot outputs/` writes `outputs/figures/figure6.{png,pdf}` (and
+`shortcuts.*` when a sweep has several shortcut options, `figure7.*` when responses exist).
+
+Figures are built as `matplotlib.figure.Figure` objects without pyplot, so the Agg canvas is
+used, no global figure list grows, and tests can inspect axes and lines before saving.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from degradation.analysis import (
+    GROUP,
+    PLAIN_SHORTCUT,
+    STATE_ORDER,
+    AnalysisError,
+    aggregate,
+    figures_dir,
+    load_runs,
+    network_label,
+    read_responses,
+    scalars_of,
+)
+
+ITERATION_UNIT = 1e4  # the paper's x-axis: "iter. (1e4)"
+PAPER_ITERATIONS = 64000
+Y_MAX = 20.0  # Figure 6 shows 0-20%; plain-110 (above 60%) is off the chart in the paper
+TRAIN_STYLE = {"linestyle": "--", "linewidth": 1.0}  # "dashed lines denote training error"
+TEST_STYLE = {"linestyle": "-", "linewidth": 2.2}  # "bold lines denote testing error"
+BAND = "min-max over seeds"
+BAND_ALPHA = 0.15
+# One colour per depth, the same in every panel and figure (Okabe-Ito, colour-blind safe).
+DEPTH_COLOURS = {20: "#E69F00", 32: "#56B4E9", 44: "#009E73", 56: "#D55E00", 110: "#000000",
+                 1202: "#CC79A7"}
+OTHER_COLOURS = ("#0072B2", "#8C564B", "#7F3C8D", "#17BECF", "#BCBD22", "#666666")
+SHORTCUT_COLOURS = {"A": "#0072B2", "B": "#E69F00", "C": "#009E73", PLAIN_SHORTCUT: "#999999"}
+DEEPEST_MAIN_PANEL = 110  # deeper nets (1202) get the paper's third panel, beside ResNet-110
+
+
+def depth_colour(depth: int) -> str:
+    """The colour of a depth in every figure (paper depths fixed, others from a spare list)."""
+    if depth in DEPTH_COLOURS:
+        return DEPTH_COLOURS[depth]
+    return OTHER_COLOURS[(depth // 6) % len(OTHER_COLOURS)]
+
+
+def main_shortcut(scalars: pd.DataFrame) -> str | None:
+    """The paper's option A when any ResNet used it, else the most common option (or None)."""
+    options = scalars.loc[scalars["arch"] == "resnet"].drop_duplicates("run")["shortcut"]
+    if options.empty:
+        return None
+    return "A" if (options == "A").any() else options.value_counts().index[0]
+
+
+def figure6(scalars: pd.DataFrame, *, linear: bool = False,
+            xmax_iterations: int | None = None) -> Figure:
+    """Figure 6: training (dashed) and test (bold) error vs iterations, one panel per family."""
+    shortcut = main_shortcut(scalars)
+    chosen = scalars[(scalars["arch"] == "plain") | (scalars["shortcut"] == shortcut)]
+    resnet = chosen["arch"] == "resnet"
+    panels = [("plain", chosen[~resnet])]
+    panels.append(("ResNet", chosen[resnet & (chosen["depth"] <= DEEPEST_MAIN_PANEL)]))
+    deep = sorted(set(chosen.loc[resnet & (chosen["depth"] > DEEPEST_MAIN_PANEL), "depth"]))
+    if deep:
+        present = set(chosen.loc[resnet, "depth"])
+        shown = [d for d in (DEEPEST_MAIN_PANEL, *deep) if d in present]
+        title = " vs ".join(network_label("resnet", d) for d in shown)
+        panels.append((title, chosen[resnet & chosen["depth"].isin(shown)]))
+    panels = [(title, part) for title, part in panels if not part.empty]
+    if not panels:
+        raise AnalysisError("no training curves to plot yet (no run has logged an error)")
+    option = "" if shortcut in (None, "A") else f" (shortcut {shortcut})"
+    fig = _figure(len(panels))
+    for ax, (title, part) in zip(fig.axes, panels, strict=True):
+        _curves(ax, part, lambda key: depth_colour(key[1]), linear)
+        ax.set_title(title + (option if title != "plain" else ""))
+    _finish(fig, scalars, linear, xmax_iterations)
+    return fig
+
+
+def shortcut_figure(scalars: pd.DataFrame, *, linear: bool = False,
+                    xmax_iterations: int | None = None) -> Figure | None:
+    """Shortcut options A/B/C compared, one panel per depth (plain in grey); None if one option."""
+    resnet = scalars[scalars["arch"] == "resnet"]
+    if resnet["shortcut"].nunique() < 2:
+        return None
+    options = resnet.groupby("depth")["shortcut"].nunique()
+    # Only depths trained with several options compare anything; else show every depth.
+    depths = sorted(options.index[options > 1]) or sorted(options.index)
+    fig = _figure(len(depths))
+    for ax, depth in zip(fig.axes, depths, strict=True):
+        part = scalars[scalars["depth"] == depth]
+        _curves(ax, part, lambda key: SHORTCUT_COLOURS.get(key[2], "#666666"), linear,
+                label=lambda key: network_label(key[0], key[1], key[2]) if key[0] == "plain"
+                else f"ResNet-{key[1]} ({key[2]})")
+        ax.set_title(f"depth {depth}: shortcut options")
+    _finish(fig, scalars, linear, xmax_iterations)
+    return fig
+
+
+def _figure(panels: int) -> Figure:
+    fig = Figure(figsize=(5.2 * panels, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.subplots(1, panels, squeeze=False)
+    return fig
+
+
+def _curves(ax: Axes, part: pd.DataFrame, colour: Callable[[tuple], str], linear: bool,
+            label: Callable[[tuple], str] | None = None) -> None:
+    """Mean training and test error per network over seeds, with a min-max band when several."""
+    label = label or (lambda key: network_label(key[0], key[1], key[2]))
+    errors = part[part["metric"].isin(["error/train", "error/test"])]
+    # Diverged runs are not averaged in (their ~90% would swamp the others); they are marked.
+    healthy = errors[errors["state"] != "diverged"]
+    stats = dict(tuple(aggregate(healthy).groupby(GROUP)))
+    for key, runs in sorted(errors.groupby(GROUP), key=lambda item: item[0][1:]):
+        name = label(key) + (f" [{key[3]}]" if key[3] else "") + _state_note(runs)
+        mine = stats.get(key)
+        for metric, style in (("error/train", TRAIN_STYLE), ("error/test", TEST_STYLE)):
+            curve = mine[mine["metric"] == metric] if mine is not None else mine
+            if curve is None or curve.empty:
+                continue
+            x = curve["iteration"].to_numpy() / ITERATION_UNIT
+            y = _clip(curve["mean"].to_numpy(), linear)
+            # clip_on=False: a curve held at the 20% edge stays visible over the axis frame.
+            ax.plot(x, y, color=colour(key), clip_on=linear, gid=metric,
+                    label=name if metric == "error/test" else "_nolegend_", **style)
+            if curve["count"].max() > 1:
+                ax.fill_between(x, _clip(curve["min"].to_numpy(), linear),
+                                _clip(curve["max"].to_numpy(), linear), color=colour(key),
+                                alpha=BAND_ALPHA, linewidth=0)
+        # A network whose every run diverged has no curve: its marker carries the label.
+        _mark_diverged(ax, runs, colour(key), linear, name if mine is None else "_nolegend_")
+
+
+def _state_note(runs: pd.DataFrame) -> str:
+    per_run = runs.drop_duplicates("run")
+    seeds = len(per_run)
+    counts = per_run["state"].value_counts()
+    parts = [f"{seeds} seeds"] if seeds > 1 else []
+    parts += [f"{counts[state]} {state}" for state in STATE_ORDER[1:] if state in counts]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _mark_diverged(ax: Axes, runs: pd.DataFrame, colour: str, linear: bool, label: str) -> None:
+    # A diverged run ends where it stopped: an x at its last test (else training) error.
+    for index, (_, run) in enumerate(runs[runs["state"] == "diverged"].groupby("run")):
+        tests = run[run["metric"] == "error/test"]
+        last = (tests if not tests.empty else run).sort_values("iteration").iloc[-1]
+        ax.plot([last["iteration"] / ITERATION_UNIT], _clip(np.array([last["value"]]), linear),
+                marker="x", markersize=9, markeredgewidth=2, color=colour, linestyle="none",
+                clip_on=False, gid="diverged", label=label if index == 0 else "_nolegend_")
+
+
+def _clip(values: np.ndarray, linear: bool) -> np.ndarray:
+    # Values above the 0-20% window are drawn on its top edge rather than left out.
+    return values if linear else np.minimum(values, Y_MAX)
+
+
+def _finish(fig: Figure, scalars: pd.DataFrame, linear: bool, xmax_iterations: int | None) -> None:
+    errors = scalars[scalars["metric"].isin(["error/train", "error/test"])]
+    last = int(errors["iteration"].max()) if not errors.empty else PAPER_ITERATIONS
+    xmax = max(xmax_iterations or 0, last) / ITERATION_UNIT
+    top = Y_MAX if not linear else max(10.0, float(np.ceil(errors["value"].max() / 10) * 10))
+    clipped = not linear and (errors["value"] > Y_MAX).any()
+    for ax in fig.axes:
+        ax.set_xlim(0, xmax)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("iter. (1e4)")
+        ax.set_ylabel("error (%)")
+        ax.grid(alpha=0.3)
+        handles = [h for h in ax.get_lines() if not h.get_label().startswith("_")]
+        if handles:
+            ax.legend(handles=handles, loc="upper right", fontsize="small")
+    note = "dashed: training error, bold: " + _error_name(scalars)
+    if errors.groupby(GROUP)["seed"].nunique().max() > 1:
+        note += f"; shaded: {BAND}, line: mean"
+    if clipped:
+        note += f"; values above {Y_MAX:g}% drawn at the top edge"
+    # Wrapped to the figure's width so a one-panel figure does not cut the note off.
+    fig.suptitle(textwrap.fill(note, width=int(fig.get_figwidth() * 15)), fontsize="medium")
+
+
+def _error_name(scalars: pd.DataFrame) -> str:
+    sets = sorted(set(scalars["eval_set"])) if "eval_set" in scalars else ["test"]
+    return "/".join(sets) + " error"
+
+
+def figure7(responses: Sequence[dict[str, Any]], max_depth: int = DEEPEST_MAIN_PANEL) -> Figure:
+    """Figure 7: std of each 3x3 layer's response, in network order (top) and sorted (bottom)."""
+    # As in Figure 6: plain nets and the ResNets of the paper's option A (else the commonest).
+    options = pd.Series([item["shortcut"] for item in responses if item["arch"] == "resnet"],
+                        dtype=object)
+    shortcut = "A" if (options == "A").any() else (options.mode()[0] if len(options) else None)
+    groups: dict[tuple, list[list[float]]] = {}
+    for item in responses:
+        chosen = item["arch"] == "plain" or item["shortcut"] == shortcut
+        if chosen and item["depth"] <= max_depth:
+            key = (item["arch"], item["depth"], item.get("shortcut") or PLAIN_SHORTCUT)
+            groups.setdefault(key, []).append(item["std"])
+    if not groups:
+        raise AnalysisError("no layer responses to plot (run `degrade responses` first)")
+    fig = Figure(figsize=(8, 7.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1)
+    order = sorted(groups, key=lambda k: (k[0] != "plain", k[1], k[2]))
+    for key in order:
+        runs = np.array(groups[key], dtype=np.float64)
+        mean = runs.mean(axis=0)  # over seeds, per layer
+        layers = np.arange(1, len(mean) + 1)
+        name = network_label(*key) + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
+        # Plain nets dashed, ResNets solid: colour is already taken by depth.
+        style = {"color": depth_colour(key[1]), "linestyle": "--" if key[0] == "plain" else "-",
+                 "linewidth": 1.4, "marker": ".", "markersize": 3}
+        top.plot(layers, mean, label=name, **style)
+        bottom.plot(layers, np.sort(mean)[::-1], label=name, **style)
+    top.set_xlabel("layer index (original)")
+    bottom.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (top, bottom):
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper right")
+    pooling = responses[0].get("pooling", "")
+    eval_set = responses[0].get("eval_set", "test")
+    title = (f"Responses of each 3x3 layer (after BN, before ReLU/addition) on the {eval_set} "
+             f"set. Pooling: {pooling}; mean over seeds")
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 14)), fontsize="medium")
+    return fig
+
+
+def save_figure(fig: Figure, folder: Path, name: str) -> list[Path]:
+    """Write `name.png` and `name.pdf` into `folder`; return both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    return paths
+
+
+def plot_command(path: Path, out: Path | None, linear: bool) -> list[Path]:
+    """`degrade plot`: Figure 6, the shortcut figure and Figure 7 (when measured); the paths."""
+    records = load_runs(Path(path))
+    scalars = scalars_of(records, Path(path))
+    folder = figures_dir(path, out)
+    planned = max(record.config.train.iterations for record in records)
+    written = save_figure(figure6(scalars, linear=linear, xmax_iterations=planned), folder,
+                          "figure6")
+    shortcuts = shortcut_figure(scalars, linear=linear, xmax_iterations=planned)
+    if shortcuts is not None:
+        written += save_figure(shortcuts, folder, "shortcuts")
+    responses = read_responses(records)
+    if responses:
+        written += save_figure(figure7(responses), folder, "figure7")
+    return written
+

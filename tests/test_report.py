@@ -1,0 +1,104 @@
+"""The HTML report holds the figures, Table 6 beside the paper, and every run."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+
+import pytest
+from analysis_fixtures import make_config, make_summary, write_run, write_study
+
+from degradation import report
+from degradation.analysis import RESPONSES_FILE, AnalysisError
+from degradation.storage import write_json
+
+
+class _Page(HTMLParser):
+    """Images, table cells and <details> blocks of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.cells: list[str] = []
+        self.details = 0
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "details":
+            self.details += 1
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One study with every kind of run, reported once (drawing figures takes seconds)."""
+    root = tmp_path_factory.mktemp("study")
+    folders = write_study(root, depths=(20,), seeds=(0, 1), shortcuts=("A", "B"),
+                          iterations=8000)
+    write_run(root, {"depth": 20, "seed": 9, "train.iterations": 8000,
+                     "train.milestones": [4000, 6000]},
+              scalars={"error/test": [(2000, 31.5)]})  # unfinished
+    diverged = {"arch": "plain", "depth": 56, "train.iterations": 8000,
+                "train.milestones": [4000, 6000]}
+    write_run(root, diverged, summary=make_summary(make_config(root, diverged), "diverged",
+                                                   iterations_done=3000))
+    std = [1.0 - 0.1 * i for i in range(19)]
+    write_json(folders[0] / RESPONSES_FILE,
+               {"arch": "plain", "depth": 20, "shortcut": None, "seed": 0, "eval_set": "test",
+                "pooling": "pooled <somehow>", "std": std})
+    out = root / "public"
+    path = report.write_report(root, out)
+    text = path.read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    return out, path, text, page
+
+
+def test_report_embeds_the_figures_and_the_table(built):
+    out, path, text, page = built
+    assert path == out / "report.html"
+    assert len(page.images) == 3  # Figure 6, shortcuts, Figure 7
+    for src, name in zip(page.images, ("figure6", "shortcuts", "figure7"), strict=True):
+        png = base64.b64decode(src.removeprefix("data:image/png;base64,"))
+        assert png == (out / f"{name}.png").read_bytes()
+        assert (out / f"{name}.pdf").exists()
+    for name in ("plain-20", "ResNet-20", "ResNet-20 (B)", "plain-56", "8.75",
+                 "best, chosen on the test set", "paper (Table 6)", "≈13 / ≈6"):
+        assert name in page.cells, name
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+
+
+def test_report_lists_every_run_with_its_state_and_config(built):
+    _, _, text, page = built
+    assert page.details == 8  # 2 plain + 4 ResNet (A, B) + unfinished + diverged
+    assert page.cells.count("done") == 6
+    assert "diverged at 3000" in page.cells and "pending" in page.cells
+    assert "31.50 (latest, at 2000)" in page.cells
+    assert "2000 / 8000" in page.cells
+    assert {"1h 02m", "NVIDIA H100", "abc1234"} <= set(page.cells)
+    assert "train:\n  iterations: 8000" in text  # the config, in a collapsible block
+
+
+def test_report_of_runs_without_curves_still_renders(tmp_path):
+    write_run(tmp_path, {"depth": 20})
+    path = report.report_command(tmp_path, None)
+    assert path == tmp_path / "figures" / "report.html"
+    text = path.read_text(encoding="utf-8")
+    assert "no training curves to plot yet" in text and "ResNet-20" in text
+
+
+def test_report_of_nothing_says_so(tmp_path):
+    with pytest.raises(AnalysisError, match="no runs under"):
+        report.report_command(tmp_path, None)
