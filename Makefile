@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: setup ## ruff over the package and the tests
-	$(BIN)/ruff check degradation tests
+	$(BIN)/ruff check degradation hydra_plugins tests
 
 test: setup lint ## Run the test suite (CPU, offline, a few minutes)
 	$(BIN)/python -m pytest -q

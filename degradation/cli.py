@@ -47,6 +47,9 @@ def train(
     config.yaml, TensorBoard events, metrics.csv, checkpoint.pt, summary.json and train.log.
     """
     from degradation import launching
+    from degradation.config import ConfigError
+    from degradation.storage import RunLock
+    from degradation.train import resolve_device
 
     planned = _plan(overrides or [], sweep=False, force=force)[0]
     if show_config:
@@ -54,6 +57,13 @@ def train(
 
         typer.echo(yaml.safe_dump(planned.config.to_dict(), sort_keys=False), nl=False)
         return
+    if planned.action == "running":
+        lock = RunLock(planned.folder)
+        fail(str(lock.refusal(lock.holder() or "unknown")), code=1)
+    try:
+        resolve_device(planned.config.device)  # checked here only: sweeps may run elsewhere
+    except ConfigError as error:
+        fail(str(error))
     if planned.action == "skip":
         record = launching.read_run(planned.folder)
         typer.echo(launching.finished_line(record, "skipped") + "; --force retrains it")
@@ -80,9 +90,10 @@ def sweep(
 
     planned = _plan(overrides or [], sweep=True, force=force)
     counts = {action: sum(p.action == action for p in planned)
-              for action in ("start", "resume", "skip", "retrain")}
+              for action in ("start", "resume", "skip", "retrain", "running")}
     typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
-               f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)")
+               f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)"
+               + (f", {counts['running']} being trained elsewhere" if counts["running"] else ""))
     if dry_run:
         for run in planned:
             typer.echo(f"  {run.action:8} {run.folder}  [{' '.join(run.overrides)}]")
@@ -111,26 +122,34 @@ def sweep(
 @app.command()
 def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs.")
            ) -> None:
-    """One line per run under PATH: network, seed, state, iteration, errors."""
-    from degradation.logs import read_metrics
-    from degradation.runs import METRICS_FILE, family, find_runs
+    """One line per run under PATH: network, seed, state, iteration, last errors, ETA.
+
+    States: done, diverged, running (a live process holds the run's lock), failed (with the
+    last line of its error.txt), interrupted (resumes from its checkpoint), pending.
+    """
+    from collections import Counter
+
+    from degradation.logs import format_duration
+    from degradation.runs import family, find_runs, progress
 
     records = find_runs(path)
     if not records:
         fail(f"no runs under {path} (a run folder holds config.yaml)", code=1)
     for record in records:
-        metrics_path = record.path / METRICS_FILE
-        rows = read_metrics(metrics_path) if metrics_path.exists() else {}
-        last = max(rows, default=0)
-        train_error = next((rows[i]["error/train"] for i in sorted(rows, reverse=True)
-                            if "error/train" in rows[i]), None)
-        test_error = next((rows[i]["error/test"] for i in sorted(rows, reverse=True)
-                           if "error/test" in rows[i]), None)
-        errors = " ".join(f"{name} {value:.2f}%" for name, value in
-                          (("train", train_error), ("test", test_error)) if value is not None)
-        typer.echo(f"{family(record.config):14} seed {record.config.seed:<3} "
-                   f"{record.state:11} {last}/{record.config.train.iterations:<6} {errors}  "
-                   f"{record.path}")
+        state, where = record.state, progress(record)
+        errors = "  ".join(f"{name} " + ("     -" if value is None else f"{value:5.2f}%")
+                           for name, value in (("train", where.train_error),
+                                               ("test", where.test_error)))
+        note = ""
+        if state == "running" and where.eta_s is not None:
+            note = f"  ETA {format_duration(where.eta_s)}"
+        elif where.error:
+            note = f"  error: {where.error}"
+        typer.echo(f"{family(record.config):14} seed {record.config.seed:<3} {state:11} "
+                   f"{where.iteration:>6}/{where.total:<6} {errors}  {record.path}{note}")
+    counts = Counter(record.state for record in records)
+    typer.echo(f"{len(records)} runs: " + ", ".join(f"{counts[state]} {state}" for state in (
+        "done", "diverged", "running", "failed", "interrupted", "pending") if counts[state]))
 
 
 @app.command()

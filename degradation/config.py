@@ -62,6 +62,14 @@ class TrainConfig:
 
 
 @dataclass
+class TrainerConfig:
+    """How many processes train one run (DistributedDataParallel when more than one)."""
+
+    gpus: int
+    sync_batchnorm: bool
+
+
+@dataclass
 class Config:
     """One run: which network, on which data, trained how, written where."""
 
@@ -73,6 +81,7 @@ class Config:
     output_dir: str
     data: DataConfig
     train: TrainConfig
+    trainer: TrainerConfig
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, as stored in checkpoints and `config.yaml`."""
@@ -169,6 +178,10 @@ def validate(config: Config) -> None:
              f"train.precision={train.precision!r} is not one of: {', '.join(PRECISIONS)}")
     _require(train.threads is None or train.threads > 0,
              f"train.threads={train.threads} must be > 0 (null: all cores this process may use)")
+    _require(config.trainer.gpus >= 1, f"trainer.gpus={config.trainer.gpus} must be >= 1")
+    _require(train.batch_size % config.trainer.gpus == 0,
+             f"train.batch_size={train.batch_size} must split evenly over "
+             f"trainer.gpus={config.trainer.gpus} processes")
     milestones = train.milestones
     _require(all(later > earlier for earlier, later in pairwise(milestones)),
              f"train.milestones={milestones} must be strictly increasing")

@@ -6,7 +6,10 @@
 
 Hydra owns composition, sweeping and launchers. Before anything starts, the overrides are
 expanded here exactly as Hydra's basic sweeper does and every resulting run is composed and
-validated, so a bad value is reported in one line before any run begins.
+validated, so a bad value is reported in one line before any run begins. The same plan runs
+inside the sweep (`hydra/sweeper=degrade`, the default): one job per distinct run folder, and
+none for a finished run. Jobs go to `hydra/launcher=local` (parallel on this machine, the
+default), `slurm` or any other Hydra launcher (hydra_plugins/degrade_launcher/).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -35,11 +39,24 @@ from omegaconf import DictConfig, OmegaConf
 from degradation.config import CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, load_config
 from degradation.data import DataError, ensure_cifar10
 from degradation.models import ModelConfigError
-from degradation.runs import SUMMARY_FILE, RunRecord, family, read_run, run_dir, run_path
-from degradation.storage import StorageError, atomic_write_text
+from degradation.runs import (
+    ERROR_FILE,
+    SUMMARY_FILE,
+    RunRecord,
+    family,
+    read_run,
+    run_dir,
+    run_path,
+)
+from degradation.storage import (
+    RunLock,
+    RunLocked,
+    StorageError,
+    atomic_write_text,
+    check_writable,
+)
 from degradation.train import Interrupted, train
 
-ERROR_FILE = "error.txt"
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, StorageError)
 
 log = logging.getLogger("degrade")
@@ -52,7 +69,7 @@ class PlannedRun:
     overrides: list[str]
     config: Config
     folder: Path
-    action: str  # start, resume, skip (finished), retrain (finished, --force)
+    action: str  # start, resume, skip (finished), retrain (finished, --force), running
 
 
 def experiments() -> list[str]:
@@ -61,19 +78,30 @@ def experiments() -> list[str]:
 
 
 def register() -> None:
-    """Make `experiment=NAME` and the run-folder resolver known to Hydra (idempotent)."""
+    """Make `experiment=NAME`, the run-folder resolver and our plugins known to Hydra.
+
+    Idempotent. Hydra finds plugins by scanning the `hydra_plugins` namespace package, which
+    an editable install (PEP 660 import hooks) hides from the scan, so ours are registered
+    by hand as well (Hydra's documented `Plugins.register`).
+    """
     store = ConfigStore.instance()
     for name in experiments():
         node = OmegaConf.load(EXPERIMENTS_DIR / f"{name}.yaml")
         store.store(group="experiment", name=name, node=node, package="_global_")
+    _register_resolver()
+    from hydra_plugins.degrade_launcher import plugins
+
+    for plugin in plugins():
+        Plugins.instance().register(plugin)
+
+
+def _register_resolver() -> None:
     if not OmegaConf.has_resolver("degrade_run_path"):
         OmegaConf.register_new_resolver("degrade_run_path", _run_path_resolver)
 
 
 def _run_path_resolver(*, _root_: DictConfig) -> str:
-    values = OmegaConf.to_container(_root_, resolve=False)
-    values.pop("hydra", None)
-    return run_path(load_config(OmegaConf.create(values)))
+    return run_path(config_of(_root_))
 
 
 def compose_config(overrides: list[str]) -> Config:
@@ -88,30 +116,75 @@ def expand(overrides: list[str]) -> list[list[str]]:
         parsed = parser.parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         preset = _compose(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
-        from_preset = [f"{key}={value}" for key, value in preset.items()]
-        combined = parser.parse_overrides(from_preset + overrides)
-        return [job for batch in BasicSweeper.split_arguments(combined, None) for job in batch]
+        return sweep_jobs(preset, overrides)
     except (HydraException, OverrideParseException) as error:
         raise ConfigError(describe_hydra_error(error)) from None
+
+
+def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
+               parser: OverridesParser | None = None) -> list[list[str]]:
+    """Hydra's basic-sweeper expansion of `hydra.sweeper.params` (presets) and `overrides`."""
+    from_preset = [f"{key}={value}" for key, value in params.items()]
+    parsed = (parser or OverridesParser.create()).parse_overrides(from_preset + overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def plan(overrides: list[str], sweep: bool, force: bool = False) -> list[PlannedRun]:
     """Expand, compose and validate every run asked for, one entry per distinct folder."""
     jobs = expand(overrides) if sweep else [overrides]
+    return plan_jobs(jobs, compose_config, force)
+
+
+def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
+              force: bool = False) -> list[PlannedRun]:
+    """Compose each job with `compose`, keep the first job of each run folder, and say what
+    happens to it: start, resume (a checkpoint is there), skip (finished) or retrain (--force).
+    """
     planned: dict[Path, PlannedRun] = {}
     for job in jobs:
-        config = compose_config(job)
+        config = compose(job)
         if not config.data.download:
             ensure_cifar10(Path(config.data.root), download=False)  # fail before any run starts
         folder = run_dir(config)
         if folder in planned:  # e.g. plain nets under several shortcut options
             continue
-        if (folder / SUMMARY_FILE).exists():
+        check_writable(folder)  # Hydra creates the folder before any run code could check
+        if RunLock(folder).holder() is not None:
+            action = "running"  # another process trains it; launching it again would collide
+        elif (folder / SUMMARY_FILE).exists():
             action = "retrain" if force else "skip"
         else:
             action = "resume" if (folder / "checkpoint.pt").exists() else "start"
         planned[folder] = PlannedRun(job, config, folder, action)
     return list(planned.values())
+
+
+def config_of(composed: DictConfig) -> Config:
+    """The `Config` of a composed Hydra config that still holds its `hydra` node."""
+    values = OmegaConf.to_container(composed, resolve=False)
+    values.pop("hydra", None)  # resolved only by Hydra, inside the job
+    return load_config(OmegaConf.create(values))
+
+
+def describe_run(folder: Path) -> str | None:
+    """How the run in `folder` ended, in one line (final errors, or its error); None when
+    `folder` holds no run."""
+    record = read_run(folder)
+    if record is None:
+        return None
+    if record.summary is not None:
+        return finished_line(record, record.summary.get("status", "done"))
+    error = folder / ERROR_FILE
+    reason = error.read_text(encoding="utf-8").strip().splitlines()[-1:] if error.exists() else []
+    return f"{_title(record.config)}: {record.state}" + (f": {reason[0]}" if reason else "") \
+        + f" ({folder})"
+
+
+def record_failure(folder: Path, message: str) -> None:
+    """Leave `message` in the run's error.txt unless the run already explained itself there."""
+    if folder.is_dir() and not (folder / ERROR_FILE).exists() \
+            and not (folder / SUMMARY_FILE).exists():
+        atomic_write_text(folder / ERROR_FILE, f"{message}\n")
 
 
 def set_aside(folder: Path) -> Path:
@@ -132,20 +205,39 @@ def launch(overrides: list[str], sweep: bool) -> None:
 
 
 def run_task(composed: DictConfig) -> None:
-    """Hydra's task: train one run; in a sweep a failure is recorded and the sweep goes on."""
+    """Hydra's task: train one run; in a sweep a failure is recorded and the sweep goes on.
+
+    A mistake or a file problem is one `error:` line (exit 1 for a single run); a signal
+    stops after a checkpoint (exit 130, and a sweep stops too); a diverged run is a result.
+    """
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = load_config(composed)
         outcome = train(config)
-    except (*USER_ERRORS, Interrupted) as error:
-        folder = Path(HydraConfig.get().runtime.output_dir)
-        if not isinstance(error, Interrupted):
-            atomic_write_text(folder / ERROR_FILE, f"{error}\n")
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to checkpoint yet
+        log.error("error: interrupted before training started; nothing was lost")
+        raise SystemExit(130) from None
+    except Interrupted as error:
         log.error("error: %s", error)
-        if not in_sweep or isinstance(error, Interrupted):
-            raise SystemExit(1 if not isinstance(error, Interrupted) else 130) from None
+        raise SystemExit(130) from None
+    except USER_ERRORS as error:
+        message = " ".join(str(error).split())
+        # The folder belongs to the process holding its lock; a full disk takes this file too.
+        if not isinstance(error, RunLocked):
+            with contextlib.suppress(StorageError):
+                atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE,
+                                  f"{message}\n")
+        log.error("error: %s", message)
+        if not in_sweep:
+            raise SystemExit(1) from None
         return
     (outcome.run_dir / ERROR_FILE).unlink(missing_ok=True)
+    if outcome.status == "diverged":
+        where = outcome.summary.get("diverged") or {}
+        log.warning("%s: diverged at iteration %s (lr %s): the loss is not finite; its logs "
+                    "are kept (%s)", _title(config), where.get("iteration"), where.get("lr"),
+                    outcome.run_dir)
+        return
     log.info("%s", finished_line(read_run(outcome.run_dir), outcome.status))
 
 
@@ -203,3 +295,8 @@ def _argv(argv: list[str]) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
+
+
+# Every process that resolves a run folder needs the resolver, including launcher workers
+# that only unpickle `run_task` (submitit's, ours): importing this module is enough.
+_register_resolver()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
+ERROR_FILE = "error.txt"
+REPLACED = ".replaced-"  # `<folder>.replaced-<time>`: a finished run set aside by `--force`
 
 # Settings that say where things are or how they are computed, not what is computed: two runs
 # that differ only here are the same experiment and share a folder.
@@ -44,6 +47,11 @@ def identity(config: Config) -> dict[str, Any]:
         flat.pop(key, None)
     if config.arch == "plain":
         flat.pop("shortcut")
+    if config.trainer.gpus == 1:
+        # One process: the paper's single-batch BN, whatever the multi-process options say;
+        # a run split over several processes has per-process BN statistics, another result.
+        flat.pop("trainer.gpus")
+        flat.pop("trainer.sync_batchnorm")
     return flat
 
 
@@ -74,22 +82,26 @@ class RunRecord:
 
     @property
     def state(self) -> str:
-        """done, diverged, failed, running (a live process holds the lock) or interrupted."""
+        """done, diverged, running (a live process holds the lock), failed, interrupted
+        (a checkpoint to resume from) or pending (nothing trained yet)."""
         if self.summary is not None:
             return self.summary.get("status", "done")
-        if RunLock(self.path).holder() is not None:
+        if RunLock(self.path).holder() is not None:  # a kernel lock: gone with its process
             return "running"
-        if (self.path / "error.txt").exists():
+        if (self.path / ERROR_FILE).exists():
             return "failed"
         return "interrupted" if (self.path / CHECKPOINT).exists() else "pending"
 
 
 def find_runs(root: Path) -> list[RunRecord]:
-    """Every run folder under `root` (a folder with a `config.yaml` written by `degrade`)."""
+    """Every run folder under `root` (a folder with a `config.yaml` written by `degrade`).
+
+    Folders set aside by `--force` (`<folder>.replaced-<time>`) are kept on disk but not listed.
+    """
     records = []
     for config_path in sorted(Path(root).rglob(CONFIG_FILE)):
-        if ".hydra" in config_path.parts:
-            continue
+        if ".hydra" in config_path.parts or REPLACED in config_path.parent.name:
+            continue  # Hydra's own copy; a run set aside by `--force` (superseded)
         record = read_run(config_path.parent)
         if record is not None:
             records.append(record)
@@ -106,6 +118,80 @@ def read_run(path: Path) -> RunRecord | None:
     summary_path = path / SUMMARY_FILE
     summary = read_json(summary_path) if summary_path.exists() else None
     return RunRecord(path=path, config=config, summary=summary)
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands, as `degrade status` shows it."""
+
+    iteration: int
+    total: int
+    train_error: float | None  # the last logged training error (%)
+    test_error: float | None  # the last evaluation's test (or validation) error (%)
+    eta_s: float | None  # seconds left, for running runs whose speed is known
+    error: str | None  # the last line of error.txt, for failed runs
+
+
+def progress(record: RunRecord) -> RunProgress:
+    """Iteration, last errors, ETA (running runs) and error message (failed runs) of a run."""
+    from degradation.logs import read_metrics  # logs imports this module
+
+    total = record.config.train.iterations
+    state = record.state
+    summary = record.summary
+    if summary is not None:
+        return RunProgress(summary.get("iterations_done", total), total,
+                           summary.get("final_train_error"), summary.get("final_test_error"),
+                           None, None)
+    metrics_path = record.path / METRICS_FILE
+    rows = read_metrics(metrics_path) if metrics_path.exists() else {}
+    iteration = max(rows, default=0)
+    last = {tag: rows[i][tag] for i in sorted(rows) for tag in rows[i]}  # latest value per tag
+    eta = _eta(record.path, total) if state == "running" else None
+    error = _last_line(record.path / ERROR_FILE) if state == "failed" else None
+    return RunProgress(iteration, total, last.get("error/train"), last.get("error/test"), eta,
+                       error)
+
+
+def _eta(path: Path, total: int) -> float | None:
+    """Seconds to the end at the speed of the last logged points of the current process."""
+    points = _train_points(path)[-20:]
+    if len(points) < 2:
+        return None
+    (first_step, first_time), (step, wall) = points[0], points[-1]
+    if step <= first_step or wall <= first_time:
+        return None
+    rate = (step - first_step) / (wall - first_time)
+    return max(0.0, (total - step) / rate - (time.time() - wall))
+
+
+def _train_points(path: Path) -> list[tuple[int, float]]:
+    """(iteration, wall time) of each training-error point in the newest TensorBoard file.
+
+    A resumed run starts a new file, so the points belong to the process training now.
+    """
+    files = sorted((path / TENSORBOARD_DIR).glob("events.out.tfevents.*"),
+                   key=lambda file: file.stat().st_mtime)
+    if not files:
+        return []
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    points = []
+    try:
+        for event in EventFileLoader(str(files[-1])).Load():
+            if any(value.tag == "error/train" for value in event.summary.value):
+                points.append((event.step, event.wall_time))
+    except Exception:  # a file being written may end mid-record
+        pass
+    return points
+
+
+def _last_line(path: Path) -> str | None:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1] if lines else None
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

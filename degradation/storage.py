@@ -2,17 +2,21 @@
 
 Every file a run leaves is written to a temporary name, flushed to disk and renamed over the
 old one, so a crash mid-write leaves the previous good file in place. A checkpoint is kept
-with its predecessor so that a damaged newest one can be replaced by the one before it.
+with its predecessor so that a damaged newest one can be replaced by the one before it, and
+it is checked (zip CRCs) before use, so a damaged file is never loaded as if it were good.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import os
 import socket
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +24,47 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+DAMAGED_SUFFIX = ".damaged"
 LOCK = "run.lock"
+TEMPORARY_SUFFIX = ".tmp"
+
+# Files are made with the permissions `open` would give them; mkstemp alone gives 0600.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class StorageError(RuntimeError):
     """A file that cannot be written or read back; the message is one line."""
 
 
+class RunLocked(StorageError):
+    """Another live process is training this run."""
+
+
+class DamagedCheckpoint(StorageError):
+    """A checkpoint file that was read but is truncated, corrupt or not a checkpoint."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path = Path(path)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=TEMPORARY_SUFFIX)
         with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_UMASK)
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+        temporary = None
+        _sync_folder(path.parent)
     except BaseException as error:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
         if isinstance(error, OSError):
             raise StorageError(f"cannot write {path}: {error.strerror or error}") from None
         raise
@@ -60,84 +85,181 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def check_writable(folder: Path) -> None:
+    """Raise `StorageError` unless `folder` is, or could be made as, a writable folder.
+
+    Nothing is created: this is for checking a whole sweep's folders before any run starts.
+    """
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(f"cannot write into {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write into {folder}: {existing} is not writable")
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in `folder`; call only under its lock."""
+    removed = []
+    for path in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write `state` as the newest checkpoint, keeping the previous one as a fallback."""
+    """Write `state` as the newest checkpoint, keeping the previous one as a fallback.
+
+    At every moment `checkpoint.pt` is a complete checkpoint (the old one is hard-linked to
+    `checkpoint.prev.pt` rather than moved), so a crash anywhere in here loses nothing.
+    """
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    run_dir = Path(run_dir)
     newest = run_dir / CHECKPOINT
     if newest.exists():
-        os.replace(newest, run_dir / PREVIOUS_CHECKPOINT)
+        _keep_as_previous(newest, run_dir / PREVIOUS_CHECKPOINT)
     atomic_write_bytes(newest, buffer.getvalue())
 
 
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[dict[str, Any] | None, list[str]]:
-    """The newest readable checkpoint (or None) and a note for each damaged one skipped."""
+    """The newest readable checkpoint (or None) and a one-line note for each damaged one skipped."""
     notes = []
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
-        path = run_dir / name
+        path = Path(run_dir) / name
         if not path.exists():
             continue
         try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as error:  # any unreadable file is treated alike
-            notes.append(f"checkpoint {path} is damaged ({type(error).__name__}); skipped")
-            continue
-        if isinstance(state, dict) and "iteration" in state and "model" in state:
-            return state, notes
-        notes.append(f"checkpoint {path} is not a degrade checkpoint; skipped")
+            return read_checkpoint(path, map_location), notes
+        except StorageError as error:
+            notes.append(f"{error}; skipped")
     return None, notes
 
 
-class RunLock:
-    """One process per run folder: an exclusive lock file naming its holder.
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """One checkpoint file, verified: `DamagedCheckpoint` when it is truncated, corrupt or
+    not a checkpoint, and plain `StorageError` when it cannot be read at all (an I/O error)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise StorageError(f"checkpoint {path} cannot be read ({error.strerror})") from None
+    # torch.load does not check the zip CRCs, so a flipped bit in a tensor would load silently.
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged or truncated "
+                                f"({_first_line(error)})") from None
+    if bad is not None:
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged (checksum mismatch in {bad})")
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    except Exception as error:  # an unpicklable payload can raise almost anything
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({type(error).__name__}: "
+                                f"{_first_line(error)})") from None
+    if not (isinstance(state, dict) and "iteration" in state and "model" in state):
+        raise DamagedCheckpoint(f"checkpoint {path} is not a degrade checkpoint")
+    return state
 
-    The lock is a file created with O_EXCL holding `host pid`; a lock whose process is gone
-    (same host, pid not alive) is stale and taken over.
+
+def set_aside_damaged(path: Path) -> Path:
+    """Rename a damaged checkpoint to `<name>.damaged` (kept for inspection, never loaded)."""
+    target = Path(path).with_name(Path(path).name + DAMAGED_SUFFIX)
+    try:
+        os.replace(path, target)
+    except OSError as error:
+        raise StorageError(f"cannot move the damaged checkpoint {path} aside: "
+                           f"{error.strerror or error}") from None
+    return target
+
+
+class RunLock:
+    """One process per run folder: a kernel lock on `run.lock`, which names its holder.
+
+    The lock is `flock` on the file; the kernel drops it when its process dies, however it
+    dies (SIGKILL, a crash, OOM), so a lock left by a dead process is simply taken over,
+    whatever pid it names. The file's text, `host pid`, only says who holds a live lock.
     """
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
-        self.held = False
+        self.path = Path(run_dir) / LOCK
+        self.handle: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self.handle is not None
 
     def holder(self) -> str | None:
-        """`host pid` of a live holder, or None when free or stale."""
+        """`host pid` of a live holder, or None when free (or left by a dead process)."""
         try:
-            host, pid = self.path.read_text(encoding="utf-8").split()
-        except (FileNotFoundError, ValueError):
+            handle = os.open(self.path, os.O_RDONLY)
+        except OSError:
             return None
-        if host == socket.gethostname() and not _process_alive(int(pid)):
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = self._text()  # empty only while the holder is still writing it
+                return text if len(text.split()) == 2 else "unknown 0"
+            except OSError:  # no kernel locks on this file system: trust the pid
+                text = self._text()
+                return text if text and _pid_alive(text) else None
+            fcntl.flock(handle, fcntl.LOCK_UN)
             return None
-        return f"{host} {pid}"
+        finally:
+            os.close(handle)
 
     def acquire(self) -> None:
-        """Take the lock or raise `StorageError` naming who holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        """Take the lock or raise `RunLocked` naming who holds it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create the run folder {self.path.parent}: "
+                               f"{error.strerror or error}") from None
+        for _ in range(10):
             try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is not None:
-                    raise StorageError(
-                        f"{self.path.parent} is being trained by process {holder}; "
-                        "wait for it or stop it"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()  # stale: its process is gone
+                handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as error:
+                raise StorageError(f"cannot create the lock {self.path}: "
+                                   f"{error.strerror or error}") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                self._refuse(self._text() or "unknown")
+            except OSError:  # no kernel locks here (some network file systems): trust the pid
+                text = self._text()
+                if text and _pid_alive(text) and not _is_me(text):
+                    os.close(handle)
+                    self._refuse(text)
+            # The holder may have unlinked the file between our open and our flock: then we
+            # hold a lock on a file nobody else can see, so start again on the current one.
+            if not _same_file(handle, self.path):
+                os.close(handle)
                 continue
-            with os.fdopen(handle, "w") as file:
-                file.write(f"{socket.gethostname()} {os.getpid()}\n")
-            self.held = True
+            try:
+                os.ftruncate(handle, 0)
+                os.write(handle, f"{socket.gethostname()} {os.getpid()}\n".encode())
+            except OSError as error:  # e.g. a full disk
+                os.close(handle)
+                raise StorageError(f"cannot write the lock {self.path}: "
+                                   f"{error.strerror or error}") from None
+            self.handle = handle
             return
-        raise StorageError(f"cannot take the lock {self.path}")
+        raise StorageError(f"cannot take the lock {self.path} (it keeps changing)")
 
     def release(self) -> None:
         """Give the lock back (only if this process holds it)."""
-        if self.held:
+        if self.handle is not None:
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self.held = False
+                self.path.unlink()  # while still locked, so nobody takes a file being removed
+            os.close(self.handle)
+            self.handle = None
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -146,12 +268,77 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def _text(self) -> str:
+        try:
+            return " ".join(self.path.read_text(encoding="utf-8").split())
+        except (OSError, UnicodeDecodeError):
+            return ""
 
-def _process_alive(pid: int) -> bool:
+    def refusal(self, holder: str) -> RunLocked:
+        """The error that names `holder` (`host pid`, from `holder()`) as this run's trainer."""
+        host, _, pid = holder.partition(" ")
+        who = f"process {pid} on {host}" if pid else f"process {holder}"
+        return RunLocked(f"{self.path.parent} is being trained by {who}; wait for it to finish "
+                         "or stop it (a dead process's lock is taken over by itself)")
+
+    def _refuse(self, holder: str) -> None:
+        raise self.refusal(holder)
+
+
+def _keep_as_previous(newest: Path, previous: Path) -> None:
+    link = previous.with_name(f".{previous.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        os.link(newest, link)
+        os.replace(link, previous)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise StorageError(f"cannot keep {newest} as {previous.name}: "
+                               f"{error.strerror or error}") from None
+        os.replace(newest, previous)  # no hard links here: a short window without a newest
+    _sync_folder(newest.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable (best effort: not every file system can fsync a folder)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _same_file(handle: int, path: Path) -> bool:
+    try:
+        ours, now = os.fstat(handle), os.stat(path)
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _pid_alive(holder: str) -> bool:
+    host, _, pid = holder.partition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's process cannot be checked from here
+    try:
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def _is_me(holder: str) -> bool:
+    return holder == f"{socket.gethostname()} {os.getpid()}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -26,19 +28,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import Tensor, nn
 
-from degradation import __version__
+from degradation import __version__, distributed
 from degradation.config import Config, ConfigError, TrainConfig, from_dict
 from degradation.data import CifarSplits, TrainBatches, eval_batches, load_cifar10
-from degradation.logs import MetricsLog, Progress
+from degradation.logs import Progress
 from degradation.models import build_model, count_parameters
-from degradation.runs import CONFIG_FILE, SUMMARY_FILE, family, identity, run_dir
+from degradation.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    family,
+    identity,
+    run_dir,
+)
 from degradation.storage import (
-    RunLock,
+    CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    DamagedCheckpoint,
+    StorageError,
     atomic_write_text,
-    load_checkpoint,
+    read_checkpoint,
     read_json,
+    remove_temporaries,
     save_checkpoint,
+    set_aside_damaged,
     write_json,
 )
 
@@ -82,7 +98,9 @@ def train(config: Config, splits: CifarSplits | None = None) -> Outcome:
     folder = run_dir(config)
     if (folder / SUMMARY_FILE).exists():
         return Outcome("skipped", folder, read_json(folder / SUMMARY_FILE))
-    with RunLock(folder), _checkpoint_on_signal() as stop:
+    if distributed.launches_workers(config):  # trainer.gpus > 1: one DDP process per GPU
+        return distributed.spawn(config)
+    with distributed.run_lock(folder), _checkpoint_on_signal() as stop:
         _write_config(folder, config)
         if splits is None:
             splits = load_cifar10(Path(config.data.root), config.data.download,
@@ -90,20 +108,139 @@ def train(config: Config, splits: CifarSplits | None = None) -> Outcome:
         return _Run(config, folder, splits, stop).run()
 
 
+# Runs at least this long compile on the CPU when `train.compile` is null (see resolve_speed).
+CPU_COMPILE_MIN_ITERATIONS = 5000
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How a run's steps are computed on its device, never what: `train.channels_last`,
+    `train.compile` and `train.threads` with their nulls resolved."""
+
+    channels_last: bool
+    compile: bool
+    threads: int
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of conv weights and input batches."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def resolve_speed(recipe: TrainConfig, device: torch.device) -> Speed:
+    """Fill in the nulls with what pays on `device` (the measurements are in BENCHMARKS.md)."""
+    if recipe.precision == "bf16" and device.type != "cuda":
+        # CPU runs stay fp32: exactly reproducible, and this CPU has no fast bf16 anyway.
+        raise ConfigError("train.precision=bf16 needs a CUDA device; on the CPU use fp32")
+    channels_last = True if recipe.channels_last is None else recipe.channels_last
+    compile_model = recipe.compile
+    if compile_model is None:
+        # On the CPU the first compile takes 1-2 min on two cores for 8-10% faster steps: it pays
+        # back within a long run, never within a short one (BENCHMARKS.md). Inductor's CPU
+        # kernels need a C++ compiler.
+        compile_model = device.type == "cuda" or (
+            recipe.iterations >= CPU_COMPILE_MIN_ITERATIONS
+            and any(shutil.which(cxx) for cxx in ("g++", "clang++")))
+    return Speed(channels_last, compile_model, recipe.threads or available_cores())
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: `taskset` narrows it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def build_network(config: Config, device: torch.device, speed: Speed
+                  ) -> tuple[nn.Module, torch.optim.SGD]:
+    """The run's freshly initialised model, laid out and compiled as `speed` says, and its SGD."""
+    torch.set_num_threads(speed.threads)
+    if device.type == "cuda":
+        # Picks the fastest conv algorithms for the fixed batch shape; CPU runs are unaffected.
+        torch.backends.cudnn.benchmark = True
+    model = build_model(config.arch, config.depth, config.shortcut)
+    model = model.to(device=device, memory_format=speed.memory_format)
+    recipe = config.train
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay, **sgd_kernel(device))
+    if speed.compile:
+        # In place, so state_dict keys (and checkpoints) are those of the plain module.
+        model.compile(dynamic=False)
+    return model, optimizer
+
+
+def sgd_kernel(device: torch.device) -> dict[str, bool]:
+    """SGD's implementation: one fused kernel on CUDA; the per-tensor loop on the CPU."""
+    # The CPU loop is as fast as foreach/fused there (the step is <1% of the time) and is the
+    # implementation earlier CPU runs used, so their checkpoints resume bit-identically.
+    return {"fused": True, "foreach": False} if device.type == "cuda" else {
+        "fused": False, "foreach": False}
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
+               labels: Tensor, lr: float, precision: str,
+               memory_format: torch.memory_format) -> tuple[Tensor, Tensor]:
+    """One SGD step on a batch: its mean loss (fp32) and error count, left on the device.
+
+    Nothing here reads a value back to the host, so on CUDA the CPU queues steps ahead of
+    the GPU; the caller accumulates the two tensors and reads them at log points.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images = images.contiguous(memory_format=memory_format)
+    with _autocast(images.device, precision):
+        outputs = model(images)
+        loss = F.cross_entropy(outputs, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        wrong = (outputs.argmax(dim=1) != labels).sum()
+    return loss.detach().float(), wrong
+
+
+def evaluate(model: nn.Module, images_u8: Tensor, labels: Tensor, mean: Tensor,
+             batch_size: int, precision: str,
+             memory_format: torch.memory_format) -> tuple[Tensor, Tensor]:
+    """Summed loss (fp64) and error count over a whole set with BN's running statistics.
+
+    Batches are cut on the images' device (keep the set there to copy nothing per evaluation)
+    and run under inference mode; the results stay on the device.
+    """
+    device = images_u8.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wrong = torch.zeros((), device=device, dtype=torch.int64)
+    training = model.training
+    model.eval()  # "running statistics at test time"
+    try:
+        with torch.inference_mode(), _autocast(device, precision):
+            for images, batch_labels in eval_batches(images_u8, labels, mean, batch_size,
+                                                     device):
+                outputs = model(images.contiguous(memory_format=memory_format))
+                loss_sum += F.cross_entropy(outputs.float(), batch_labels, reduction="sum")
+                wrong += (outputs.argmax(dim=1) != batch_labels).sum()
+    finally:
+        model.train(training)
+    return loss_sum, wrong
+
+
 class _Run:
     """The state of one run between its start (or resume) and its end."""
 
     def __init__(self, config: Config, folder: Path, splits: CifarSplits, stop: list[str]):
         self.config, self.folder, self.splits, self.stop = config, folder, splits, stop
+        self.pending, self.stop = stop, distributed.stop_list(stop)  # DDP: stop together
         self.device = resolve_device(config.device)
         self.recipe = config.train
+        self.speed = resolve_speed(self.recipe, self.device)
         _seed_everything(config.seed)
-        self.model = build_model(config.arch, config.depth, config.shortcut).to(self.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=self.recipe.lr, momentum=self.recipe.momentum,
-            weight_decay=self.recipe.weight_decay)
+        self.model, self.optimizer = build_network(config, self.device, self.speed)
+        self.trained = distributed.wrap(self.model, self.device, config.trainer)  # DDP or model
         self.batches = TrainBatches(splits.train_images, splits.train_labels, splits.mean,
                                     self.recipe.batch_size, config.seed, self.device)
+        # The evaluation set is copied to the device once, not at every evaluation.
+        self.eval_images = splits.eval_images.to(self.device)
+        self.eval_labels = splits.eval_labels.to(self.device)
         self.iteration = 0
         self.warming_up = config.warmup_enabled
         self.best: dict[str, float] | None = None
@@ -112,7 +249,10 @@ class _Run:
         self.elapsed = 0.0
         self._reset_accumulators()
         resumed = self._resume()
-        self.metrics = MetricsLog(folder, resume_from=self.iteration if resumed else None)
+        for group in self.optimizer.param_groups:
+            # A checkpoint brings its kernel choice (a CUDA run's fused=True): use this device's.
+            group.update(sgd_kernel(self.device))
+        self.metrics = distributed.metrics_log(folder, self.iteration if resumed else None)
         self.progress = Progress(family(config), self.recipe.iterations, self.recipe.batch_size,
                                  start=self.iteration)
 
@@ -133,7 +273,7 @@ class _Run:
                     self._checkpoint()
                 elif self.stop:
                     self._checkpoint()
-                if self.stop:
+                if self.stop and not at_end:  # at the end, finishing is the quickest stop
                     raise Interrupted(f"stopped by {self.stop[0]} at iteration {self.iteration}; "
                                       f"checkpoint written, run the same command to resume")
             return self._finish("done")
@@ -141,24 +281,19 @@ class _Run:
             self.metrics.close()
 
     def _step(self) -> None:
-        images, labels = next(self.batches)
-        lr = learning_rate(self.iteration, self.recipe, self.warming_up)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        with _autocast(self.device, self.recipe.precision):
-            outputs = self.model(images)
-            loss = F.cross_entropy(outputs, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        images, labels = distributed.shard(*next(self.batches))  # DDP: this rank's slice
+        distributed.agree_on_stop(self.iteration, self.pending, self.stop)
+        loss, wrong = train_step(self.trained, self.optimizer, images, labels,
+                                 learning_rate(self.iteration, self.recipe, self.warming_up),
+                                 self.recipe.precision, self.speed.memory_format)
         # Accumulated on the device and read only at log points: no host sync per step.
-        with torch.no_grad():
-            self.loss_sum += loss.detach().float() * labels.numel()
-            self.wrong += (outputs.argmax(dim=1) != labels).sum()
-            self.seen += labels.numel()
+        self.loss_sum += loss * labels.numel()
+        self.wrong += wrong
+        self.seen += labels.numel()
 
     def _log_training(self) -> bool:
         """Log the running training error since the last log point; False if diverged."""
+        distributed.all_reduce_sum(self.loss_sum, self.wrong, self.seen)  # DDP: every rank's
         seen = int(self.seen)
         loss = float(self.loss_sum) / max(seen, 1)
         error = 100.0 * float(self.wrong) / max(seen, 1)
@@ -179,19 +314,10 @@ class _Run:
         return True
 
     def _evaluate(self) -> None:
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        wrong = torch.zeros((), device=self.device, dtype=torch.int64)
-        count = 0
-        with torch.inference_mode(), _autocast(self.device, self.recipe.precision):
-            for images, labels in eval_batches(self.splits.eval_images, self.splits.eval_labels,
-                                               self.splits.mean, self.recipe.eval_batch_size,
-                                               self.device):
-                outputs = self.model(images)
-                loss_sum += F.cross_entropy(outputs.float(), labels, reduction="sum")
-                wrong += (outputs.argmax(dim=1) != labels).sum()
-                count += labels.numel()
-        self.model.train()
+        loss_sum, wrong = evaluate(self.model, self.eval_images, self.eval_labels,
+                                   self.splits.mean, self.recipe.eval_batch_size,
+                                   self.recipe.precision, self.speed.memory_format)
+        count = len(self.eval_labels)
         error = 100.0 * float(wrong) / count
         self.last_test = {"error/test": error, "loss/test": float(loss_sum) / count}
         self.metrics.log(self.iteration, self.last_test)
@@ -202,6 +328,8 @@ class _Run:
                              self.last_train.get("error/train", float("nan")), error)
 
     def _checkpoint(self) -> None:
+        if not distributed.is_writer():
+            return
         self.metrics.flush()
         save_checkpoint(self.folder, {
             "format": CHECKPOINT_FORMAT,
@@ -220,19 +348,42 @@ class _Run:
         })
 
     def _resume(self) -> bool:
-        state, notes = load_checkpoint(self.folder, map_location=self.device)
-        for note in notes:
-            log.warning(note)
+        """Restore the newest good checkpoint; True when logs must be cut back to its iteration.
+
+        A damaged checkpoint is renamed `<name>.damaged` and the one before it used, saying so.
+        With no usable checkpoint but logs of an earlier attempt, the run starts again from
+        iteration 0 and True still asks for those logs to be cut (to nothing).
+        """
+        remove_temporaries(self.folder)  # left by a writer killed mid-write; we hold the lock
+        path, state = None, None
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+            if not (self.folder / name).exists():
+                continue
+            try:
+                path, state = self.folder / name, read_checkpoint(self.folder / name,
+                                                                  map_location=self.device)
+                break
+            except DamagedCheckpoint as error:  # an I/O error is raised, not set aside
+                kept = set_aside_damaged(self.folder / name)
+                log.warning("warning: %s; kept as %s, using the checkpoint before it", error,
+                            kept.name)
+        earlier_logs = (self.folder / METRICS_FILE).exists() or any(
+            (self.folder / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+        if earlier_logs:
+            _let_new_event_file_sort_last(self.folder / TENSORBOARD_DIR)
         if state is None:
-            return False
-        saved = identity(_config_of(state))
-        if saved != identity(self.config):
-            changed = sorted(k for k in saved.keys() | identity(self.config).keys()
-                             if saved.get(k) != identity(self.config).get(k))
-            raise ConfigError(f"the checkpoint in {self.folder} was made with different "
-                              f"settings ({', '.join(changed)}); move it away to retrain")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            if earlier_logs:
+                log.info("%s: no checkpoint to resume from; starting again from iteration 0",
+                         family(self.config))
+            return earlier_logs
+        self._check_checkpoint(path, state)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise StorageError(f"checkpoint {path} does not fit this model "
+                               f"({str(error).strip().splitlines()[0]}); move it away to "
+                               "retrain") from None
         self.batches.load_state_dict(state["batches"])
         _set_rng_state(state["rng"])
         self.iteration = state["iteration"]
@@ -245,6 +396,28 @@ class _Run:
         log.info("%s resumed from iteration %d (%s)", family(self.config), self.iteration,
                  self.folder)
         return True
+
+    def _check_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another format or another configuration, naming the values."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise StorageError(f"checkpoint {path} has format {state.get('format')!r}; this "
+                               f"version reads format {CHECKPOINT_FORMAT}: move it away to retrain")
+        missing = sorted(_CHECKPOINT_KEYS - state.keys())
+        if missing:
+            raise StorageError(f"checkpoint {path} has no {', '.join(missing)}: it was not "
+                               "written by `degrade train`; move it away to retrain")
+        try:
+            saved = identity(_config_of(state))
+        except ConfigError as error:
+            raise StorageError(f"checkpoint {path} holds a configuration this version cannot "
+                               f"read ({error}); move it away to retrain") from None
+        wanted = identity(self.config)
+        changed = [f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
+                   for key in sorted(saved.keys() | wanted.keys())
+                   if saved.get(key) != wanted.get(key)]
+        if changed:
+            raise ConfigError(f"checkpoint {path} was made with different settings "
+                              f"({'; '.join(changed)}); move it away to retrain")
 
     def _finish(self, status: str) -> Outcome:
         summary = {
@@ -268,10 +441,13 @@ class _Run:
             "versions": {"degrade": __version__, "torch": torch.__version__,
                          "python": platform.python_version()},
             "code_version": code_version(),
-            "diverged": getattr(self, "diverged", None),
+            # Where and how it diverged: iteration, lr, and the last finite errors.
+            "diverged": None if getattr(self, "diverged", None) is None else {
+                **self.diverged, "last_test_error": self.last_test.get("error/test")},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        write_json(self.folder / SUMMARY_FILE, summary)
+        if distributed.is_writer():
+            write_json(self.folder / SUMMARY_FILE, summary)
         return Outcome(status, self.folder, summary)
 
     def _reset_accumulators(self) -> None:
@@ -334,10 +510,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_CHECKPOINT_KEYS = frozenset({
+    "config", "iteration", "model", "optimizer", "batches", "rng", "warming_up", "best",
+    "last_test", "last_train", "accumulators", "elapsed_s"})
+
+
 def _rng_state() -> dict[str, Any]:
+    # CUDA's generators only if this process started CUDA: asking would start it (a CPU run
+    # on a GPU machine), and an unstarted generator is still in its seeded state on resume.
     return {"python": random.getstate(), "numpy": np.random.get_state(),
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -346,6 +529,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _let_new_event_file_sort_last(tensorboard: Path) -> None:
+    """Wait, if needed, until a new TensorBoard event file will sort after the existing ones.
+
+    TensorBoard reads a run's event files in name order, and a name begins with the second
+    the writer started. A resumed writer started within the same second as the one it
+    replaces could sort first, and the stale points its purge marker drops would come back.
+    """
+    started = [int(part[3]) for part in (path.name.split(".") for path in
+                                         tensorboard.glob("events.out.tfevents.*"))
+               if len(part) > 3 and part[3].isdigit()]
+    if started:
+        time.sleep(max(0.0, max(started) + 1 - time.time()))
 
 
 def _device_name(device: torch.device) -> str:

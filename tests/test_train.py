@@ -89,7 +89,8 @@ def test_summary_reports_final_and_best_errors(finished) -> None:
     best_step, best = min(logged["error/test"], key=lambda point: point[1])
     assert summary["best_test_error"] == pytest.approx(best, rel=1e-6)
     assert summary["best_test_iteration"] == best_step
-    assert summary["parameters"] == 75_290  # resnet-8, option A: 464 + 4,672 + 13,952 + 55,552 + 650
+    # resnet-8, option A: 464 + 4,672 + 13,952 + 55,552 + 650
+    assert summary["parameters"] == 75_290
     assert summary["eval_set"] == "test"
     assert summary["device"].startswith("cpu")
     assert summary["versions"]["torch"] == torch.__version__

@@ -1,0 +1,294 @@
+"""One run over several processes: DistributedDataParallel, one process per GPU.
+
+    degrade train depth=110 trainer.gpus=2                      # 2 GPUs, like the paper
+    degrade sweep experiment=fig6 trainer.gpus=2 hydra.launcher.gpus_per_run=2
+
+`train` starts `trainer.gpus` worker processes with torchrun's environment protocol (RANK,
+LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), NCCL on GPUs and gloo on a CPU-only
+device, and waits for them. `train.batch_size` stays the global batch (the paper's 128):
+every rank draws the same augmented global batch from the same seeded stream and trains on
+its own slice, so the data order is the single-process run's and the stream's checkpointed
+state is the same on every rank. DDP averages the gradients; BatchNorm keeps per-process
+statistics, as in the paper's 2-GPU training (`trainer.sync_batchnorm=true`: over the global
+batch). Rank 0 alone writes logs, metrics, checkpoints and the summary. A signal to the
+launching process (Ctrl-C, SIGTERM, SLURM's SIGUSR2) is passed on; the ranks agree on the
+iteration where they stop, rank 0 writes the checkpoint, and the run resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from degradation.config import Config, ConfigError, TrainerConfig
+
+if TYPE_CHECKING:
+    from degradation.train import Outcome
+
+log = logging.getLogger("degrade")
+
+# The ranks compare their stop requests (signals) every this many iterations: a collective
+# costs a host sync on GPUs, and a stop a few steps later is still well inside SLURM's notice.
+AGREE_EVERY = 10
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
+def rank() -> int:
+    """This process's rank; 0 without a process group."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Processes training this run; 1 without a process group."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def launches_workers(config: Config) -> bool:
+    """Whether `train` must start worker processes for `config` instead of training itself."""
+    return config.trainer.gpus > 1 and not dist.is_initialized()
+
+
+def run_lock(folder: Path) -> contextlib.AbstractContextManager[Any]:
+    """The run's lock for rank 0 (or the only process); nothing for the other ranks."""
+    from degradation.storage import RunLock
+
+    return RunLock(folder) if is_writer() else contextlib.nullcontext()
+
+
+def stop_list(stop: list[str]) -> list[str]:
+    """The stop list the training loop reads: the signal handler's own for one process; with
+    several, one that only `agree_on_stop` fills, at the same iteration on every rank."""
+    return [] if dist.is_initialized() else stop
+
+
+def metrics_log(folder: Path, resume_from: int | None) -> Any:
+    """The run's MetricsLog on rank 0; on the other ranks one that writes nothing."""
+    from degradation.logs import MetricsLog
+
+    return MetricsLog(folder, resume_from=resume_from) if is_writer() else _NoMetrics()
+
+
+class _NoMetrics:
+    """MetricsLog's interface, for the ranks that do not write."""
+
+    def log(self, iteration: int, values: dict[str, float]) -> None:
+        """Nothing: rank 0 logs the same values."""
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def wrap(model: nn.Module, device: torch.device, trainer: TrainerConfig) -> nn.Module:
+    """The module `_step` trains: DDP around `model` in a process group, else `model`.
+
+    `model` itself stays what is checkpointed and evaluated (no `module.` key prefix); the
+    wrapper shares its parameters.
+    """
+    if not dist.is_initialized():
+        return model
+    if trainer.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, in place
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def shard(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """This rank's slice of the global batch (all of it without a process group)."""
+    size = world_size()
+    if size == 1:
+        return images, labels
+    per = len(labels) // size
+    start = rank() * per
+    return images[start:start + per], labels[start:start + per]
+
+
+def all_reduce_sum(*tensors: Tensor) -> None:
+    """Sum each tensor over the ranks, in place (a no-op for one process)."""
+    if dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
+def agree_on_stop(iteration: int, pending: list[str], stop: list[str]) -> None:
+    """Move a signal from `pending` (any rank's handler) into `stop` (read by the loop) on
+    every rank at the same iteration, so that all ranks stop after the same step."""
+    if not dist.is_initialized():
+        if pending and not stop:
+            stop.extend(pending)
+        return
+    if stop or iteration % AGREE_EVERY:
+        return
+    wanted = signal.Signals[pending[0]].value if pending else 0
+    flag = torch.tensor([wanted], dtype=torch.int64,
+                        device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if int(flag):
+        stop.append(signal.Signals(int(flag)).name)
+
+
+def spawn(config: Config) -> Outcome:
+    """Train `config` in `trainer.gpus` worker processes; rank 0's outcome.
+
+    Raises `Interrupted` when a signal stopped the workers (after rank 0's checkpoint), and
+    the workers' own error (a `ConfigError`, `DataError`, ...) when one failed.
+    """
+    from degradation.runs import SUMMARY_FILE, run_dir
+    from degradation.storage import read_json
+    from degradation.train import Interrupted, Outcome, resolve_device
+
+    size = config.trainer.gpus
+    device = resolve_device(config.device)
+    if config.trainer.sync_batchnorm and device.type != "cuda":
+        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm has no CPU "
+                          "kernel); on the CPU each process keeps its own BN statistics")
+    if device.type == "cuda" and torch.cuda.device_count() < size:
+        raise ConfigError(f"trainer.gpus={size} but {torch.cuda.device_count()} GPU(s) are "
+                          "visible to this run")
+    folder = run_dir(config)
+    with tempfile.TemporaryDirectory(prefix="degrade-ddp-") as scratch:
+        spec = Path(scratch) / "config.pkl"
+        spec.write_bytes(pickle.dumps(config.to_dict()))
+        port = _free_port()
+        workers = [_start(config, spec, Path(scratch) / f"rank-{index}.error", index, port)
+                   for index in range(size)]
+        with _passing_signals_to(workers) as received:
+            codes = [worker.wait() for worker in workers]
+        errors = [_read_error(Path(scratch) / f"rank-{index}.error") for index in range(size)]
+    if all(code == 0 for code in codes):
+        summary = read_json(folder / SUMMARY_FILE)
+        return Outcome(summary["status"], folder, summary)
+    interrupted = next((error for error in errors if isinstance(error, Interrupted)), None)
+    if interrupted is not None or received:
+        raise interrupted or Interrupted(f"stopped by {received[0]}; run the same command to "
+                                         "resume")
+    first = next((error for error in errors if error is not None), None)
+    if first is not None:
+        raise first
+    raise RuntimeError(f"a training process exited with code {max(codes)} (see its output "
+                       "above)")
+
+
+def _start(config: Config, spec: Path, error_file: Path, index: int, port: int
+           ) -> subprocess.Popen:
+    """Worker `index`, with torchrun's environment and its share of the CPU cores."""
+    size = config.trainer.gpus
+    cores = _cores()
+    share = cores[index::size] or cores
+    env = {**os.environ, "RANK": str(index), "LOCAL_RANK": str(index), "WORLD_SIZE": str(size),
+           "LOCAL_WORLD_SIZE": str(size), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port),
+           "OMP_NUM_THREADS": str(len(share)),
+           "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "degradation.distributed", str(spec), str(error_file),
+         ",".join(map(str, share))],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace")
+    # Relay the worker's lines through this process's logging (console and train.log).
+    threading.Thread(target=_relay, args=(worker,), daemon=True).start()
+    return worker
+
+
+def _relay(worker: subprocess.Popen) -> None:
+    for line in worker.stdout:
+        log.info(line.rstrip("\n"))
+
+
+@contextlib.contextmanager
+def _passing_signals_to(workers: list[subprocess.Popen]) -> Iterator[list[str]]:
+    """Pass SIGINT/SIGTERM/SIGUSR2 on to the workers; yields the names received."""
+    received: list[str] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.send_signal(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, forward) for sig in _SIGNALS}
+    except ValueError:  # not the main thread
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _read_error(path: Path) -> BaseException | None:
+    try:
+        return pickle.loads(path.read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _cores() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _worker(spec_path: str, error_path: str, cores: str) -> int:
+    """One rank: join the process group, train, leave; the error (if any) to `error_path`."""
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+    from degradation.config import from_dict
+    from degradation.train import Interrupted, resolve_device, train
+
+    index = int(os.environ["RANK"])
+    logging.basicConfig(level=logging.INFO if index == 0 else logging.WARNING,
+                        format="%(message)s" if index == 0 else f"rank {index}: %(message)s",
+                        stream=sys.stdout)
+    config = from_dict(pickle.loads(Path(spec_path).read_bytes()))
+    try:
+        device = resolve_device(config.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            train(config)
+        finally:
+            dist.destroy_process_group()
+    except BaseException as error:
+        with contextlib.suppress(Exception):
+            Path(error_path).write_bytes(pickle.dumps(error))
+        if not isinstance(error, Interrupted):
+            log.exception("training failed")
+        return 130 if isinstance(error, Interrupted) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(*sys.argv[1:4]))

@@ -1,0 +1,131 @@
+"""What the local launcher decides and tracks, kept apart from the plugin modules.
+
+Hydra's plugin scan executes every public module under `hydra_plugins` again (new copies of
+their classes), and before registering it in sys.modules (which breaks dataclasses with
+postponed annotations). Modules whose name starts with `_` are never scanned: the slots,
+jobs and exceptions here stay the same objects for everyone who imports them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+# CPU only, `parallel_runs: null`: one run per this many cores. Small CIFAR nets stop getting
+# faster well before 8 threads, so several runs side by side finish a grid sooner.
+CORES_PER_CPU_RUN = 8
+INTERRUPTED_EXIT = 130  # `degrade` exits so when a signal stopped a run after its checkpoint
+
+
+class LauncherError(RuntimeError):
+    """A launcher setting that cannot work on this machine; the message is one line."""
+
+
+class JobFailed(RuntimeError):
+    """A job that ended without completing (its message is the error's last line)."""
+
+
+class JobInterrupted(JobFailed):
+    """A job stopped by a signal; its run resumes from its checkpoint when launched again."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one job runs: its GPUs (CUDA_VISIBLE_DEVICES entries) and its CPU cores."""
+
+    gpus: tuple[str, ...]
+    cores: tuple[int, ...]
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that confine a job to this slot."""
+        threads = str(max(1, len(self.cores)))
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(self.gpus), "OMP_NUM_THREADS": threads,
+               "MKL_NUM_THREADS": threads}
+        if self.gpus:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # the numbering nvidia-smi shows
+        return env
+
+    def describe(self) -> str:
+        """`GPU 1`, `GPUs 0,1`, `CPU cores 0-3`."""
+        if self.gpus:
+            return f"GPU{'s' if len(self.gpus) > 1 else ''} {','.join(self.gpus)}"
+        if len(self.cores) > 1 and list(self.cores) == list(
+                range(self.cores[0], self.cores[-1] + 1)):
+            return f"CPU cores {self.cores[0]}-{self.cores[-1]}"
+        return f"CPU core{'s' if len(self.cores) > 1 else ''} {','.join(map(str, self.cores))}"
+
+
+def visible_gpus(cuda_visible_devices: str | None, device_count: int) -> list[str]:
+    """The GPUs this process may hand out, as CUDA_VISIBLE_DEVICES entries for its children.
+
+    Inside an allocation that already narrowed CUDA_VISIBLE_DEVICES (SLURM, a container) the
+    children get entries of that list (`"2"`, `"GPU-<uuid>"`), never indices that would
+    reach GPUs outside it.
+    """
+    if cuda_visible_devices is None:
+        return [str(index) for index in range(device_count)]
+    entries = [entry.strip() for entry in cuda_visible_devices.split(",") if entry.strip()]
+    return entries[:device_count]  # CUDA ignores the entries after an invalid one
+
+
+def assign_slots(gpus: Sequence[str], cores: Sequence[int], runs_per_gpu: int = 1,
+                 gpus_per_run: int = 1, parallel_runs: int | None = None) -> list[Slot]:
+    """The places the jobs of a sweep run in at once; a pure function of the hardware.
+
+    With GPUs: disjoint groups of `gpus_per_run` GPUs, each taken by `runs_per_gpu` jobs,
+    listed round-robin so that the first jobs spread over all GPUs. Without: `parallel_runs`
+    CPU slots (null: one per CORES_PER_CPU_RUN cores). The cores are divided evenly among
+    the slots either way.
+    """
+    if runs_per_gpu < 1:
+        raise LauncherError(f"hydra.launcher.runs_per_gpu={runs_per_gpu} must be >= 1")
+    if gpus_per_run < 1:
+        raise LauncherError(f"gpus_per_run={gpus_per_run} must be >= 1")
+    if parallel_runs is not None and parallel_runs < 1:
+        raise LauncherError(f"hydra.launcher.parallel_runs={parallel_runs} must be >= 1 "
+                            "(null: one run per 8 cores)")
+    cores = list(cores) or [0]
+    if gpus:
+        if gpus_per_run > len(gpus):
+            raise LauncherError(f"each run needs {gpus_per_run} GPUs but only {len(gpus)} are "
+                                f"visible ({','.join(gpus)})")
+        groups = [tuple(gpus[start:start + gpus_per_run])
+                  for start in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]
+        placed = [group for _ in range(runs_per_gpu) for group in groups]
+    else:
+        count = parallel_runs or max(1, len(cores) // CORES_PER_CPU_RUN)
+        placed = [() for _ in range(count)]
+    return [Slot(group, share) for group, share in zip(placed, _divide(cores, len(placed)),
+                                                       strict=True)]
+
+
+def _divide(cores: list[int], parts: int) -> list[tuple[int, ...]]:
+    """`parts` contiguous, near-equal shares of `cores`; shared cores when there are fewer."""
+    if parts > len(cores):
+        return [(cores[index % len(cores)],) for index in range(parts)]
+    size, extra = divmod(len(cores), parts)
+    shares, start = [], 0
+    for index in range(parts):
+        stop = start + size + (index < extra)
+        shares.append(tuple(cores[start:stop]))
+        start = stop
+    return shares
+
+
+@dataclass
+class Job:
+    """One job of a local launch, from its composed config to its end."""
+
+    number: int  # 1-based, within this launch
+    overrides: list[str]
+    config: DictConfig  # the job's whole config, `hydra` node included
+    folder: Path  # its output folder (the run folder)
+    log_file: Path
+    spec: Path
+    result: Path
+    slot: Slot | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)

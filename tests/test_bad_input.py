@@ -1,0 +1,253 @@
+"""A catalogue of bad input, each through the real command line (Typer's runner, in process).
+
+Every case must end the same way: one `error:` line on stderr that names the bad value, a
+non-zero exit, no traceback, and every file that was on disk before (an earlier finished run,
+the data set) unchanged. A mistake found while composing the configuration creates nothing at
+all; one found once the run has started leaves only that run's new bookkeeping files.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from degradation.cli import app
+from degradation.data import BATCH_DIR, write_cifar10
+from degradation.launching import compose_config
+from degradation.runs import run_dir
+from degradation.storage import CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 training and 32 test images."""
+    return write_cifar10(tmp_path_factory.mktemp("cifar"), train_per_batch=16, test_size=32)
+
+
+def overrides(cifar_root: Path, output: Path, *extra: str) -> list[str]:
+    return [f"output_dir={output}", f"data.root={cifar_root}", "data.download=false",
+            "depth=8", "device=cpu", "train.iterations=12", "train.milestones=[6,9]",
+            "train.log_every=2", "train.eval_every=6", "train.batch_size=8",
+            "train.eval_batch_size=32", "train.threads=1", *extra]
+
+
+def degrade(*args: str) -> Any:
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+@pytest.fixture(scope="module")
+def finished(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An outputs folder holding one finished run."""
+    output = tmp_path_factory.mktemp("finished")
+    result = degrade("train", *overrides(cifar_root, output))
+    assert result.exit_code == 0, result.stderr
+    return output
+
+
+@pytest.fixture
+def outputs(finished: Path, tmp_path: Path) -> Path:
+    """A copy of `finished` for one test to point bad commands at."""
+    return Path(shutil.copytree(finished, tmp_path / "outputs"))
+
+
+@pytest.fixture
+def data(cifar_root: Path, tmp_path: Path) -> Path:
+    """A copy of the data set for one test to damage."""
+    return Path(shutil.copytree(cifar_root, tmp_path / "data"))
+
+
+def snapshot(*roots: Path) -> dict[Path, str]:
+    """Every file under `roots` and a hash of its bytes."""
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest()
+            for root in roots for path in sorted(Path(root).rglob("*")) if path.is_file()}
+
+
+def assert_refused(result: Any, *named: str, code: int | None = None) -> str:
+    """One `error:` line naming `named`, a non-zero exit, no traceback; returns the line."""
+    assert result.exit_code != 0 and (code is None or result.exit_code == code), (
+        result.exit_code, result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        repr(result.exception))
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in named:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+def assert_intact(before: dict[Path, str], after: dict[Path, str], exactly: bool) -> None:
+    """Files from before are unchanged; with `exactly`, no file was added either."""
+    assert {path: after.get(path) for path in before} == before
+    if exactly:
+        assert sorted(after) == sorted(before)
+    assert not [path for path in after if path.name.endswith(".tmp")]
+
+
+# Refused while composing the configuration: exit 2, nothing written anywhere -------------------
+
+@pytest.mark.parametrize("bad, named", [
+    ("depth=9", ["depth=9", "6n+2", "20, 32, 44, 56, 110"]),
+    ("depth=0", ["depth=0", "6n+2"]),
+    ("depth=-4", ["depth=-4", "6n+2"]),
+    ("depth=abc", ["depth='abc'", "integer"]),
+    ("arch=foo", ["arch='foo'", "plain, resnet"]),
+    ("shortcut=D", ["shortcut='D'", "A, B, C"]),
+    ("experiment=nope", ["experiment='nope'", "fig6"]),
+    ("nosuchkey=1", ["nosuchkey"]),
+    ("train.nosuchkey=1", ["train.nosuchkey"]),
+    ("train.lr=-1", ["train.lr=-1", "> 0"]),
+    ("train.lr=fast", ["train.lr='fast'", "number"]),
+    ("train.batch_size=0", ["train.batch_size=0", "> 0"]),
+    ("train.milestones=[18,12]", ["train.milestones=[18, 12]", "increasing"]),
+    ("train.milestones=[6,30]", ["train.milestones=[6, 30]", "train.iterations=12"]),
+    ("seed=-1", ["seed=-1"]),
+    ("device=tpu", ["device='tpu'", "auto, cpu, cuda"]),
+])
+def test_a_bad_value_is_refused_before_anything_is_written(
+        cifar_root: Path, outputs: Path, bad: str, named: list[str]) -> None:
+    before = snapshot(outputs, cifar_root)
+    result = degrade("train", *overrides(cifar_root, outputs), bad)
+    assert_refused(result, *named, code=2)
+    assert_intact(before, snapshot(outputs, cifar_root), exactly=True)
+
+
+def test_a_sweep_with_one_bad_value_starts_none_of_its_runs(cifar_root: Path, outputs: Path
+                                                            ) -> None:
+    before = snapshot(outputs)
+    result = degrade("sweep", *overrides(cifar_root, outputs), "depth=8,14,15")
+    assert_refused(result, "depth=15", code=2)
+    assert_intact(before, snapshot(outputs), exactly=True)
+
+
+def test_a_missing_data_folder_with_download_off_is_refused(outputs: Path, tmp_path: Path
+                                                            ) -> None:
+    before = snapshot(outputs)
+    missing = tmp_path / "no-such-data"
+    result = degrade("train", *overrides(missing, outputs))
+    assert_refused(result, f"data.root={missing}", "data.download=false", code=2)
+    assert_intact(before, snapshot(outputs), exactly=True)
+    assert not missing.exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused(cifar_root: Path, tmp_path: Path
+                                                         ) -> None:
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    before = snapshot(tmp_path)
+    result = degrade("train", *overrides(cifar_root, tmp_path / "afile" / "sub"))
+    assert_refused(result, str(tmp_path / "afile"))
+    assert_intact(before, snapshot(tmp_path), exactly=True)
+
+
+# Refused once the run has started: exit 1, earlier files untouched -----------------------------
+
+def test_a_validation_split_larger_than_the_training_set_is_refused(
+        cifar_root: Path, outputs: Path) -> None:
+    before = snapshot(outputs, cifar_root)
+    result = degrade("train", *overrides(cifar_root, outputs, "data.val_split=100000"))
+    assert_refused(result, "data.val_split=100000", "1 to 79", code=1)
+    assert_intact(before, snapshot(outputs, cifar_root), exactly=False)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(cifar_root: Path, outputs: Path
+                                                         ) -> None:
+    before = snapshot(outputs, cifar_root)
+    result = degrade("train", *overrides(cifar_root, outputs, "train.batch_size=1000"))
+    assert_refused(result, "train.batch_size=1000", "80 training images", code=1)
+    assert_intact(before, snapshot(outputs, cifar_root), exactly=False)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def _not_a_dict(path: Path) -> None:
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+
+
+def _wrong_shape(path: Path) -> None:
+    path.write_bytes(pickle.dumps({"data": np.zeros((16, 100), np.uint8), "labels": [0] * 16}))
+
+
+def _not_a_pickle(path: Path) -> None:
+    path.write_text("<html>404 Not Found</html>")
+
+
+@pytest.mark.parametrize("damage, named", [
+    (Path.unlink, "data_batch_3 is missing"),
+    (_truncate, "data_batch_3 is truncated or not a CIFAR-10 pickle"),
+    (_not_a_pickle, "data_batch_3 is truncated or not a CIFAR-10 pickle"),
+    (_not_a_dict, "data_batch_3 holds a list, expected a dict"),
+    (_wrong_shape, "shape (16, 100), expected a uint8 array of shape (N, 3072)"),
+], ids=["missing", "truncated", "not a pickle", "not a dict", "wrong shape"])
+def test_a_damaged_batch_file_is_refused_naming_it(
+        data: Path, outputs: Path, damage: Any, named: str) -> None:
+    damage(data / BATCH_DIR / "data_batch_3")
+    before = snapshot(outputs, data)
+    result = degrade("train", *overrides(data, outputs, "seed=3"))  # a run not yet trained
+    assert_refused(result, named, code=1)
+    assert_intact(before, snapshot(outputs, data), exactly=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_on_a_machine_without_it_is_refused(cifar_root: Path, outputs: Path) -> None:
+    before = snapshot(outputs)
+    result = degrade("train", *overrides(cifar_root, outputs, "device=cuda", "seed=3"))
+    assert_refused(result, "device='cuda'", "no CUDA device", code=2)
+    assert_intact(before, snapshot(outputs), exactly=True)  # refused before any folder is made
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_files(
+        cifar_root: Path, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = snapshot(outputs)
+
+    def no_space(_fd: int) -> None:  # every write of ours fails as on a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    result = degrade("train", *overrides(cifar_root, outputs, "seed=1"))
+    monkeypatch.undo()
+    assert_refused(result, "No space left on device", "cannot write", code=1)
+    assert_intact(before, snapshot(outputs), exactly=False)
+
+
+def checkpoint_in(cifar_root: Path, outputs: Path, *extra: str) -> Path:
+    """Where the run of these settings keeps its checkpoint (the folder is made)."""
+    folder = run_dir(compose_config(overrides(cifar_root, outputs, *extra)))
+    folder.mkdir(parents=True)
+    return folder / CHECKPOINT
+
+
+def test_a_checkpoint_from_another_configuration_is_refused_naming_the_difference(
+        cifar_root: Path, outputs: Path) -> None:
+    (theirs,) = outputs.rglob(CHECKPOINT)
+    ours = checkpoint_in(cifar_root, outputs, "train.lr=0.05")
+    shutil.copy(theirs, ours)  # e.g. copied by hand into the wrong run folder
+    before = snapshot(outputs)
+    result = degrade("train", *overrides(cifar_root, outputs, "train.lr=0.05"))
+    assert_refused(result, str(ours), "train.lr=0.1 there, 0.05 here", code=1)
+    assert_intact(before, snapshot(outputs), exactly=False)
+
+
+@pytest.mark.parametrize("state, named", [
+    ({"iteration": 3, "model": {}}, "has no accumulators, batches, best, config"),
+    ({"format": 99, "iteration": 3, "model": {}}, "has format 99"),
+], ids=["foreign", "future format"])
+def test_a_checkpoint_not_written_by_this_version_is_refused(
+        cifar_root: Path, outputs: Path, state: dict, named: str) -> None:
+    path = checkpoint_in(cifar_root, outputs, "seed=2")
+    torch.save({"format": 1, **state}, path)
+    before = snapshot(outputs)
+    result = degrade("train", *overrides(cifar_root, outputs, "seed=2"))
+    assert_refused(result, str(path), named, "move it away", code=1)
+    assert_intact(before, snapshot(outputs), exactly=False)

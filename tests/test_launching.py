@@ -1,0 +1,270 @@
+"""Sweeps that scale: GPU/CPU slots, the local launcher, the sweeper's plan, the SLURM path.
+
+The slot tests fake the hardware (a pure function of GPU list and cores). The launcher test
+runs a toy Hydra task in real subprocesses; the end-to-end tests run `degrade sweep` on tiny
+depth-8 nets as a user would, with the local launcher and with submitit's local executor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.callbacks import Callbacks
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus
+from hydra.types import HydraContext
+from omegaconf import DictConfig
+
+from degradation.config import CONF_DIR
+from degradation.launching import compose_config, plan, register, sweep_jobs
+from degradation.runs import SUMMARY_FILE, find_runs, run_dir
+from degradation.storage import CHECKPOINT, LOCK, PREVIOUS_CHECKPOINT, read_json
+from degradation.train import train
+from hydra_plugins.degrade_launcher.local_launcher import (
+    JobFailed,
+    LauncherError,
+    LocalLauncher,
+    assign_slots,
+    visible_gpus,
+)
+from tests.conftest import tiny_overrides
+
+# --- where jobs go: a pure function of the hardware ----------------------------------------
+
+
+def test_one_run_per_gpu_by_default() -> None:
+    slots = assign_slots(["0", "1", "2", "3"], range(16))
+    assert [slot.gpus for slot in slots] == [("0",), ("1",), ("2",), ("3",)]
+    assert [slot.cores for slot in slots] == [tuple(range(i, i + 4)) for i in (0, 4, 8, 12)]
+    assert slots[2].env()["CUDA_VISIBLE_DEVICES"] == "2"
+    assert slots[2].env()["OMP_NUM_THREADS"] == "4"
+
+
+def test_k_runs_per_gpu_spread_round_robin() -> None:
+    slots = assign_slots(["0", "1", "2", "3"], range(8), runs_per_gpu=2)
+    assert [",".join(slot.gpus) for slot in slots] == ["0", "1", "2", "3"] * 2
+    assert all(len(slot.cores) == 1 for slot in slots)
+    assert len({slot.cores for slot in slots}) == 8  # no core shared
+
+
+def test_multi_gpu_runs_take_disjoint_groups() -> None:
+    slots = assign_slots(["0", "1", "2", "3", "4"], range(4), gpus_per_run=2)
+    assert [slot.gpus for slot in slots] == [("0", "1"), ("2", "3")]  # GPU 4 alone is no use
+    assert slots[1].env()["CUDA_VISIBLE_DEVICES"] == "2,3"
+    with pytest.raises(LauncherError, match="needs 2 GPUs but only 1"):
+        assign_slots(["0"], range(4), gpus_per_run=2)
+
+
+def test_cpu_only_divides_the_cores() -> None:
+    assert [slot.cores for slot in assign_slots([], range(2), parallel_runs=2)] == [(0,), (1,)]
+    assert [len(slot.cores) for slot in assign_slots([], range(10), parallel_runs=3)] == [4, 3, 3]
+    assert len(assign_slots([], range(32))) == 4  # null: one run per 8 cores
+    assert len(assign_slots([], range(2))) == 1
+    shared = assign_slots([], [0, 1], parallel_runs=3)  # more runs than cores: shared
+    assert [slot.cores for slot in shared] == [(0,), (1,), (0,)]
+    assert all(slot.env()["CUDA_VISIBLE_DEVICES"] == "" for slot in shared)
+    with pytest.raises(LauncherError, match="parallel_runs=0"):
+        assign_slots([], range(2), parallel_runs=0)
+
+
+def test_visible_gpus_stay_inside_an_allocation() -> None:
+    assert visible_gpus(None, 2) == ["0", "1"]
+    assert visible_gpus("2,3", 2) == ["2", "3"]  # e.g. SLURM gave this job GPUs 2 and 3
+    assert visible_gpus("GPU-aaaa,GPU-bbbb", 1) == ["GPU-aaaa"]
+    assert visible_gpus("", 0) == []
+
+
+def test_launcher_counts_gpus_without_using_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = LocalLauncher(device="auto", runs_per_gpu=2).slots()
+    assert [slot.gpus for slot in slots] == [(str(i),) for i in range(4)] * 2
+    assert all(not slot.gpus for slot in LocalLauncher(device="cpu").slots())
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(LauncherError, match="device=cuda but"):
+        LocalLauncher(device="cuda").slots()
+
+
+def test_hydras_plugin_scan_finds_and_imports_our_plugins() -> None:
+    # As in an installed (not editable) package: the scan walks hydra_plugins/ and executes
+    # each public module before registering it in sys.modules.
+    code = ("from hydra.core.plugins import Plugins; "
+            "print(sorted(name for name in Plugins.instance().class_name_to_class "
+            "if 'degrade_launcher' in name))")
+    found = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                           text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert found.returncode == 0, found.stderr
+    for name in ("local_launcher.LocalLauncher", "sweeper.DegradeSweeper",
+                 "submitit_launchers.SlurmLauncher", "submitit_launchers.LocalLauncher"):
+        assert f"hydra_plugins.degrade_launcher.{name}" in found.stdout
+
+
+# --- the sweep plan: Hydra's expansion, one job per distinct unfinished run ----------------
+
+
+def test_expansion_follows_hydras_basic_sweeper() -> None:
+    jobs = sweep_jobs({"depth": "20,56"}, ["arch=plain,resnet", "seed=0"])
+    assert jobs == [["depth=20", "arch=plain", "seed=0"], ["depth=20", "arch=resnet", "seed=0"],
+                    ["depth=56", "arch=plain", "seed=0"], ["depth=56", "arch=resnet", "seed=0"]]
+
+
+def test_plain_nets_under_several_options_are_one_run(tmp_path: Path) -> None:
+    planned = plan(["arch=plain,resnet", "shortcut=A,B", "depth=8", f"output_dir={tmp_path}"],
+                   sweep=True)
+    assert [run.folder.parent.name for run in planned] == ["plain-8", "resnet-8-A", "resnet-8-B"]
+    assert [run.action for run in planned] == ["start"] * 3
+
+
+# --- the local launcher, on a toy task in real subprocesses --------------------------------
+
+
+def toy_task(cfg: DictConfig) -> str:
+    """Seeds 0 and 1 wait for each other (so they must run at once); seed 1 then fails."""
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    (sweep_dir / f"arrived-{cfg.seed}").touch()
+    if cfg.seed in (0, 1):
+        other = sweep_dir / f"arrived-{1 - cfg.seed}"
+        deadline = time.time() + 120
+        while not other.exists():
+            if time.time() > deadline:
+                raise TimeoutError("ran alone: the other job never started")
+            time.sleep(0.05)
+    seen = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "threads": os.environ.get("OMP_NUM_THREADS"),
+            "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []}
+    (folder / "seen.json").write_text(json.dumps(seen))
+    print(f"toy output of seed {cfg.seed}")
+    if cfg.seed == 1:
+        raise RuntimeError("boom")
+    return f"seed {cfg.seed} ok"
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_jobs_at_once_pinned_and_isolated(tmp_path: Path) -> None:
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        fixed = [f"output_dir={tmp_path}", "depth=8"]  # a sweeper repeats these in every job
+        config = compose("config", overrides=fixed, return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        # Two fake GPUs: the jobs never touch CUDA, they only report what they were given.
+        launcher = LocalLauncher(device="auto", gpus=["0", "1"], poll_s=0.05)
+        launcher.setup(hydra_context=HydraContext(config_loader=loader,
+                                                  callbacks=Callbacks(config)),
+                       task_function=toy_task, config=config)
+        returns = launcher.launch([[*fixed, f"seed={seed}"] for seed in range(3)],
+                                  initial_job_idx=0)
+    assert [ret.status for ret in returns] == [JobStatus.COMPLETED, JobStatus.FAILED,
+                                               JobStatus.COMPLETED]
+    assert returns[0].return_value == "seed 0 ok" and returns[2].return_value == "seed 2 ok"
+    assert isinstance(returns[1]._return_value, JobFailed)
+    assert str(returns[1]._return_value) == "RuntimeError: boom"
+    folders = [Path(ret.working_dir) for ret in returns]
+    assert all(folder.is_relative_to(tmp_path) for folder in folders)
+    assert [folder.name.split("-")[1] for folder in folders] == ["0", "1", "2"]
+    seen = [json.loads((folder / "seen.json").read_text()) for folder in folders]
+    assert {seen[0]["cuda"], seen[1]["cuda"]} == {"0", "1"}  # one GPU each, at the same time
+    assert seen[2]["cuda"] in ("0", "1")  # the slot freed first
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) >= 2:
+        assert not set(seen[0]["cores"]) & set(seen[1]["cores"])
+        assert seen[0]["threads"] == str(len(seen[0]["cores"]))
+    # Each job's output is in its own log, traceback included; nothing of the others.
+    logs = [(folder / "train.log").read_text() for folder in folders]
+    assert "toy output of seed 0" in logs[0] and "seed 1" not in logs[0]
+    assert "RuntimeError: boom" in logs[1] and "toy output of seed 1" in logs[1]
+    assert "boom" not in logs[2]
+
+
+# --- `degrade sweep` end to end ---------------------------------------------------------
+
+
+def degrade(*args: object, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "degradation", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def mtimes(root: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in sorted(root.rglob(CHECKPOINT))}
+
+
+@pytest.mark.slow
+def test_sweep_skips_finished_resumes_unfinished_and_runs_in_parallel(
+        cifar_root: Path, tmp_path: Path) -> None:
+    finished = train(compose_config(tiny_overrides(cifar_root, tmp_path)))  # resnet-8-A
+    plain = compose_config(tiny_overrides(cifar_root, tmp_path, arch="plain"))
+    uninterrupted = train(plain).summary
+    # Make the plain run look stopped after its first checkpoint (iteration 6 of 12).
+    folder = run_dir(plain)
+    (folder / SUMMARY_FILE).unlink()
+    os.replace(folder / PREVIOUS_CHECKPOINT, folder / CHECKPOINT)
+    before = mtimes(finished.run_dir)
+    sweep = ["arch=plain,resnet", "shortcut=A,B", *tiny_overrides(cifar_root, tmp_path)[1:],
+             "hydra.launcher.parallel_runs=2"]
+
+    result = degrade("sweep", *sweep)
+    assert result.returncode == 0, result.stderr
+    assert "3 runs: 1 to start, 1 to resume, 0 to retrain, 1 finished (skipped)" in result.stdout
+    console = result.stdout  # Hydra's log lines and the CLI's
+    assert "Sweep of 4 jobs: 3 distinct runs, 1 finished (skipped), 2 to launch" in console
+    started = [m.start() for m in re.finditer(r"\] started runs/", console)]
+    ended = [m.start() for m in re.finditer(r"finished\] ", console)]
+    assert len(started) == 2 and len(ended) == 2 and max(started) < min(ended)  # both at once
+    assert "[2/2 finished] " in console and "test error" in console
+    assert mtimes(finished.run_dir) == before  # the finished run was not even launched
+    resumed = read_json(folder / SUMMARY_FILE)
+    assert "resumed from iteration 6" in (folder / "train.log").read_text()
+    for key in ("iterations_done", "final_test_error", "final_train_error"):
+        assert resumed[key] == uninterrupted[key], key  # exactly the uninterrupted result
+    assert sorted(record.state for record in find_runs(tmp_path)) == ["done"] * 3
+
+    before = mtimes(tmp_path)
+    again = degrade("sweep", *sweep)
+    assert again.returncode == 0, again.stderr
+    assert "3 finished (skipped)" in again.stdout
+    assert mtimes(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_slurm_path_requeues_a_preempted_run_which_resumes(cifar_root: Path, tmp_path: Path
+                                                            ) -> None:
+    # submitit's local executor runs the same code as on SLURM: the job gets SIGUSR2 (what
+    # SLURM sends before a time limit or on preemption), checkpoints, is requeued, resumes.
+    overrides = tiny_overrides(cifar_root, tmp_path, **{
+        "train.iterations": 24, "train.milestones": "[12,18]", "train.eval_every": 2,
+        "train.batch_size": 8})
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "degradation", "sweep", *overrides, "hydra/launcher=slurm_local"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        folder = run_dir(compose_config(overrides))
+        deadline = time.time() + 300
+        while not (folder / CHECKPOINT).exists() or not (folder / LOCK).exists():
+            if sweep.poll() is not None or time.time() > deadline:
+                pytest.fail(f"no checkpoint appeared:\n{sweep.communicate()[0]}")
+            time.sleep(0.05)
+        pid = int((folder / LOCK).read_text().split()[1])
+        os.kill(pid, signal.SIGUSR2)
+        output, _ = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, output
+    assert "1/1 runs ended" in output
+    log = (folder / "train.log").read_text()
+    assert "stopped by SIGUSR2" in log and "requeueing the job" in log
+    assert "Requeued job" in log and re.search(r"resumed from iteration \d+", log)
+    summary = read_json(folder / SUMMARY_FILE)
+    assert summary["status"] == "done" and summary["iterations_done"] == 24
+    assert list(tmp_path.glob("submitit/*/*_submitted.pkl"))  # it went through submitit
