@@ -218,6 +218,36 @@ def report(
     typer.echo(_analysis(report_command, path, out))
 
 
+@app.command()
+def bench(
+    overrides: list[str] = OVERRIDES,
+    arch: list[str] = typer.Option(["resnet"], "--arch", help="Repeat for several."),
+    depth: list[int] = typer.Option([20, 56], "--depth", help="Repeat for several."),
+    batch_size: int | None = typer.Option(None, help="Default: train.batch_size (128)."),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda (default: device)."),
+    steps: int = typer.Option(20, help="Timed training steps per repeat."),
+    warmup_steps: int = typer.Option(3, help="Untimed steps first (compilation, caches)."),
+    repeats: int = typer.Option(3, help="Timed repeats; the median is reported."),
+    workers: int | None = typer.Option(None, help="The conventional DataLoader's workers."),
+    images: int = typer.Option(50_000, help="Synthetic training images of CIFAR shape."),
+    eval_steps: int = typer.Option(2, help="Timed evaluation batches."),
+    record: bool = typer.Option(False, "--record", help="Append the rows to BENCHMARKS.md."),
+    benchmarks_file: Path = typer.Option(Path("BENCHMARKS.md"), help="Where --record writes."),
+) -> None:
+    """Training and evaluation throughput: our pipeline vs the conventional one, same model.
+
+    The conventional pipeline is PIL images, torchvision RandomCrop/Flip/Normalize through a
+    DataLoader with workers, eager fp32. Reports steady-state images/s after warm-up, the
+    speed-up, warm-up time, evaluation images/s and peak memory.
+    """
+    from degradation.bench import bench_command
+
+    typer.echo(_analysis(bench_command, arch, depth, batch_size, device, steps, warmup_steps,
+                         record, benchmarks_file, repeats=repeats, workers=workers,
+                         images=images, eval_steps=eval_steps, overrides=overrides or [],
+                         progress=lambda line: typer.echo(line, err=True)))
+
+
 @app.command("generate-data")
 def generate_data(
     root: Path = typer.Argument(..., help="Folder to write cifar-10-batches-py/ into."),
@@ -232,13 +262,13 @@ def generate_data(
     typer.echo(f"wrote {written}")
 
 
-def _analysis(command, *args):
+def _analysis(command, *args, **kwargs):
     """Run an analysis command, turning its expected failures into one-line errors."""
     from degradation.analysis import AnalysisError
     from degradation.launching import USER_ERRORS
 
     try:
-        return command(*args)
+        return command(*args, **kwargs)
     except (AnalysisError, *USER_ERRORS) as error:
         fail(str(error), code=1)
 

@@ -87,5 +87,5 @@ def test_show_config_prints_the_resolved_values() -> None:
 def test_help_names_every_command() -> None:
     result = degrade("--help")
     assert result.returncode == 0
-    for command in ("train", "sweep", "status", "plot"):
+    for command in ("train", "sweep", "status", "plot", "table", "responses", "report", "bench"):
         assert command in result.stdout
