@@ -11,21 +11,28 @@ conventional pipeline is the shape of most CIFAR-10 repositories: PIL images thr
 torchvision's RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize in
 DataLoader workers, an eager fp32 NCHW model, PyTorch's default SGD, and the loss read back
 with `.item()` every step. Both train the same network from the same initial weights on the
-same synthetic CIFAR-shaped uint8 images at the same batch size, in this process, one after
-the other. Throughput is counted after warm-up; the warm-up time (compilation included) is
-reported on its own.
+same synthetic CIFAR-shaped uint8 images at the same batch size, one after the other,
+alternating. The conventional pipeline runs in a process of its own, with the C library's
+allocator as it comes (ours tunes it for good in this one: `train.keep_freed_memory`).
+Throughput is counted after warm-up; the warm-up time (compilation included) is reported on
+its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import multiprocessing
+import os
 import platform
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from degradation.config import Config, ConfigError
+from degradation.config import Config, ConfigError, from_dict
 from degradation.data import NUM_CLASSES, SIZE, TrainBatches, pixel_mean
 from degradation.models import build_model
 from degradation.runs import family
@@ -49,6 +56,7 @@ from degradation.train import (
     resolve_speed,
     train_step,
 )
+from hydra_plugins.degrade_launcher._core import Slot, assign_slots, visible_gpus
 
 # The per-channel statistics most CIFAR-10 repositories normalise with (conventional only).
 CONVENTIONAL_MEAN = (0.4914, 0.4822, 0.4465)
@@ -58,8 +66,11 @@ DATA_SEED = 0
 COLUMNS = ("network", "batch", "threads", "settings", "ours img/s", "conventional img/s",
            "speed-up", "ours warm-up s", "conventional warm-up s", "ours eval img/s",
            "conventional eval img/s", "ours peak MiB", "conventional peak MiB",
-           "steps x repeats")
+           "steps x repeats", "load")
 RECORD_COLUMNS = ("date", "machine", "device", "torch", *COLUMNS, "command")
+PACKING_COLUMNS = ("network", "batch", "runs", "threads per run", "fused img/s",
+                   "separate img/s", "one run img/s", "fused / separate", "steps x repeats")
+PACKING_RECORD_COLUMNS = ("date", "machine", "device", "torch", *PACKING_COLUMNS, "command")
 
 
 @dataclass
@@ -81,13 +92,10 @@ class BenchRow:
     speed: Speed
     ours: Measured
     conventional: Measured
+    speedup: float  # the median over repeats of ours / conventional, each pair back to back
     steps: int
     repeats: int
-
-    @property
-    def speedup(self) -> float:
-        """Our training throughput over the conventional pipeline's."""
-        return self.ours.train_images_per_s / self.conventional.train_images_per_s
+    load: tuple[float, float]  # the 1-minute load average's range while measuring
 
     def cells(self) -> list[str]:
         """The row under `COLUMNS`."""
@@ -102,6 +110,32 @@ class BenchRow:
                 f"{self.ours.eval_images_per_s:,.1f}",
                 f"{self.conventional.eval_images_per_s:,.1f}",
                 f"{self.ours.peak_mib:,.0f}", f"{self.conventional.peak_mib:,.0f}",
+                f"{self.steps} x {self.repeats}",
+                "n/a" if math.isnan(self.load[0]) else f"{self.load[0]:.1f}-{self.load[1]:.1f}"]
+
+
+@dataclass
+class PackingRow:
+    """K runs of one network at once: fused into one model, or K processes side by side.
+
+    Images/s count every run's images. `lone` is one run alone with the whole device
+    (`BenchRow.ours`): packing pays when the K runs together beat it.
+    """
+
+    config: Config
+    runs: int
+    threads: int
+    fused: float
+    separate: float
+    lone: float
+    steps: int
+    repeats: int
+
+    def cells(self) -> list[str]:
+        """The row under `PACKING_COLUMNS`."""
+        return [family(self.config), str(self.config.train.batch_size), str(self.runs),
+                str(self.threads), f"{self.fused:,.1f}", f"{self.separate:,.1f}",
+                f"{self.lone:,.1f}", f"{self.fused / self.separate:.2f}x",
                 f"{self.steps} x {self.repeats}"]
 
 
@@ -109,7 +143,7 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
                   device: str | None = None, steps: int = 20, warmup_steps: int = 3,
                   record: bool = False, benchmarks_file: Path = Path("BENCHMARKS.md"), *,
                   repeats: int = 1, workers: int | None = None, images: int = 50_000,
-                  eval_steps: int = 2, overrides: Sequence[str] = (),
+                  eval_steps: int = 2, overrides: Sequence[str] = (), runs: int = 1,
                   progress: Callable[[str], None] | None = None) -> str:
     """Benchmark every arch x depth; return the table (and append it to BENCHMARKS.md if asked).
 
@@ -117,6 +151,8 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
     overrides as for `degrade train` (`train.compile=true`, `train.precision=bf16`, ...).
     `workers` is the conventional DataLoader's; None: 4 as in akamaster/pytorch_resnet_cifar10,
     capped at the cores this process may use (more only oversubscribe them, as PyTorch warns).
+    `runs` > 1 adds a second table: that many runs fused into one model against as many
+    processes side by side (the two ways a sweep can pack runs on one device).
     """
     from degradation.launching import compose_config  # Hydra: only when benchmarking
 
@@ -124,7 +160,7 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
         workers = min(4, available_cores())
     for name, value, least in (("steps", steps, 1), ("warmup_steps", warmup_steps, 1),
                                ("repeats", repeats, 1), ("workers", workers, 0),
-                               ("eval_steps", eval_steps, 1)):
+                               ("eval_steps", eval_steps, 1), ("runs", runs, 1)):
         if value < least:
             raise ConfigError(f"{name}={value} must be >= {least}")
     fixed = [*([f"train.batch_size={batch_size}"] if batch_size is not None else []),
@@ -145,18 +181,27 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
             progress(f"{family(config)}: ours {row.ours.train_images_per_s:,.1f} img/s, "
                      f"conventional {row.conventional.train_images_per_s:,.1f} img/s "
                      f"({row.speedup:.2f}x)")
+    packing = [bench_packing(row, images, runs, steps, warmup_steps, repeats)
+               for row in rows] if runs > 1 else []
+    for row in packing:
+        if progress is not None:
+            progress(f"{family(row.config)} x {row.runs}: fused {row.fused:,.1f} img/s, "
+                     f"separate {row.separate:,.1f} img/s, one run {row.lone:,.1f} img/s")
     device_name = _device_name(rows[0].device)
-    table = "\n".join([f"device: {device_name}, torch {torch.__version__}, {machine()}",
-                       markdown_row(COLUMNS), markdown_row(["---"] * len(COLUMNS)),
-                       *(markdown_row(row.cells()) for row in rows)])
+    tables = [f"device: {device_name}, torch {torch.__version__}, {machine()}",
+              markdown_table(COLUMNS, [row.cells() for row in rows])]
+    if packing:
+        tables += ["", markdown_table(PACKING_COLUMNS, [row.cells() for row in packing])]
     if record:
         command = command_line(archs, depths, batch, rows[0].config.device, steps, warmup_steps,
-                               repeats, workers, images, eval_steps, overrides)
-        date = time.strftime("%Y-%m-%d %H:%M")
-        append_records(benchmarks_file, [
-            [date, machine(), device_name, torch.__version__, *row.cells(), f"`{command}`"]
-            for row in rows])
-    return table
+                               repeats, workers, images, eval_steps, overrides, runs)
+        stamp = [time.strftime("%Y-%m-%d %H:%M"), machine(), device_name, torch.__version__]
+        append_records(benchmarks_file, RECORD_COLUMNS,
+                       [[*stamp, *row.cells(), f"`{command}`"] for row in rows])
+        if packing:
+            append_records(benchmarks_file, PACKING_RECORD_COLUMNS,
+                           [[*stamp, *row.cells(), f"`{command}`"] for row in packing])
+    return "\n".join(tables)
 
 
 @dataclass
@@ -167,6 +212,7 @@ class _Data:
     train_labels: Tensor
     eval_images: Tensor
     eval_labels: Tensor
+    drawn_with: tuple[int, int, int]  # `_synthetic`'s arguments: the same data again elsewhere
 
 
 def _synthetic(images: int, eval_batches: int, eval_batch_size: int) -> _Data:
@@ -177,7 +223,8 @@ def _synthetic(images: int, eval_batches: int, eval_batch_size: int) -> _Data:
                               dtype=torch.uint8),
                 torch.randint(0, NUM_CLASSES, (n,), generator=generator))
 
-    return _Data(*draw(images), *draw(eval_batches * eval_batch_size))
+    return _Data(*draw(images), *draw(eval_batches * eval_batch_size),
+                 drawn_with=(images, eval_batches, eval_batch_size))
 
 
 def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeats: int,
@@ -186,51 +233,174 @@ def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeat
     device = resolve_device(config.device)
     speed = resolve_speed(config.train, device)
     recipe = config.train
+    # First, so that the conventional process starts while this one still has its defaults.
+    conventional = _ConventionalProcess(config, data, workers)
     torch.manual_seed(config.seed)  # all a model's initialisation draws from
     model, optimizer = build_network(config, device, speed)
     batches = TrainBatches(data.train_images, data.train_labels,
                            pixel_mean(data.train_images), recipe.batch_size, config.seed, device)
     eval_images, eval_labels = data.eval_images.to(device), data.eval_labels.to(device)
-    torch.manual_seed(config.seed)  # the same initial weights for the conventional model
-    plain_model = build_model(config.arch, config.depth, config.shortcut).to(device)
-    plain_optimizer = torch.optim.SGD(plain_model.parameters(), lr=recipe.lr,
-                                      momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    loader = _ConventionalBatches(data.train_images, data.train_labels, recipe.batch_size,
-                                  workers, device, config.seed)
-    ours: list[tuple[float, float, float]] = []
-    theirs: list[tuple[float, float, float]] = []
-    peak = {"ours": 0.0, "conventional": 0.0}
+    measured: dict[str, list[tuple[float, float, float, float]]] = {
+        "ours": [], "conventional": []}
+    loads = [_load()]
+
+    def ours() -> tuple[float, float, float, float]:
+        _reset_peak(device)
+        warm = _time(device, lambda: _our_steps(model, optimizer, batches, recipe.lr,
+                                                recipe.precision, speed, warmup_steps))
+        timed = _time(device, lambda: _our_steps(model, optimizer, batches, recipe.lr,
+                                                 recipe.precision, speed, steps))
+        evaluated = _our_eval(model, eval_images, eval_labels, batches.mean,
+                              recipe.eval_batch_size, recipe.precision, speed, device)
+        return warm, steps * recipe.batch_size / timed, evaluated, _peak_mib(device)
+
+    pipelines = {"ours": ours, "conventional": lambda: conventional.measure(steps, warmup_steps)}
     try:
-        for _ in range(repeats):
-            _reset_peak(device)
-            warm = _time(device, lambda: _our_steps(model, optimizer, batches, recipe.lr,
-                                                    recipe.precision, speed, warmup_steps))
-            timed = _time(device, lambda: _our_steps(model, optimizer, batches, recipe.lr,
-                                                     recipe.precision, speed, steps))
-            evaluated = _our_eval(model, eval_images, eval_labels, batches.mean,
-                                  recipe.eval_batch_size, recipe.precision, speed, device)
-            peak["ours"] = max(peak["ours"], _peak_mib(device))
-            ours.append((warm, steps * recipe.batch_size / timed, evaluated))
-            _reset_peak(device)
-            warm = _time(device, lambda: _conventional_steps(plain_model, plain_optimizer,
-                                                             loader, warmup_steps, device))
-            timed = _time(device, lambda: _conventional_steps(plain_model, plain_optimizer,
-                                                              loader, steps, device))
-            evaluated = _conventional_eval(plain_model, data.eval_images, data.eval_labels,
-                                           recipe.eval_batch_size, workers, device)
-            peak["conventional"] = max(peak["conventional"], _peak_mib(device))
-            theirs.append((warm, steps * recipe.batch_size / timed, evaluated))
+        for repeat in range(repeats):
+            # Alternate which goes first, so a drift in the machine's load hits both alike.
+            for name in (("ours", "conventional") if repeat % 2 == 0
+                         else ("conventional", "ours")):
+                measured[name].append(pipelines[name]())
+                loads.append(_load())
     finally:
-        loader.close()
-    return BenchRow(config, device, speed, _summarise(ours, peak["ours"]),
-                    _summarise(theirs, peak["conventional"]), steps, repeats)
+        conventional.close()
+    speedup = statistics.median(a[1] / b[1] for a, b in zip(measured["ours"],
+                                                             measured["conventional"],
+                                                             strict=True))
+    return BenchRow(config, device, speed, _summarise(measured["ours"]),
+                    _summarise(measured["conventional"]), speedup, steps, repeats,
+                    (min(loads), max(loads)))
 
 
-def _summarise(measured: list[tuple[float, float, float]], peak: float) -> Measured:
+def _summarise(measured: list[tuple[float, float, float, float]]) -> Measured:
+    """Medians of (warm-up s, training img/s, evaluation img/s, peak MiB) repeats."""
     return Measured(train_images_per_s=statistics.median(m[1] for m in measured),
                     warmup_s=measured[0][0],  # the first repeat's: compilation happens there
                     eval_images_per_s=statistics.median(m[2] for m in measured),
-                    peak_mib=peak)
+                    peak_mib=max(m[3] for m in measured))
+
+
+def bench_packing(row: BenchRow, images: int, runs: int, steps: int, warmup_steps: int,
+                  repeats: int) -> PackingRow:
+    """`runs` runs of `row`'s network at once: fused into one model in this process, and as
+    many processes side by side, each confined as `hydra/launcher=local` confines a job."""
+    config, device = row.config, row.device
+    slots = _packing_slots(device, runs)
+    configs = [replace(config, seed=config.seed + member) for member in range(runs)]
+    fused = statistics.median(_fused_rate(configs, device, row.speed, images, steps,
+                                          warmup_steps) for _ in range(repeats))
+    separate = statistics.median(_separate_rate(configs, slots, images, steps, warmup_steps)
+                                 for _ in range(repeats))
+    return PackingRow(config, runs, len(slots[0].cores), fused, separate,
+                      row.ours.train_images_per_s, steps, repeats)
+
+
+def _packing_slots(device: torch.device, runs: int) -> list[Slot]:
+    """Where the separate processes run: all on this GPU, or each on its share of the cores."""
+    gpus = [visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())[
+        device.index or 0]] if device.type == "cuda" else []
+    return assign_slots(gpus, sorted(_usable_cores()), runs_per_gpu=runs, parallel_runs=runs)
+
+
+def _usable_cores() -> set[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
+
+
+def _fused_rate(configs: list[Config], device: torch.device, speed: Speed, images: int,
+                steps: int, warmup_steps: int) -> float:
+    """Images/s of every member together, trained as one fused model (`train_step`)."""
+    from degradation.fused import build_fused
+
+    network, _ = build_fused(configs, device, speed)
+    data = _synthetic(images, 1, configs[0].train.eval_batch_size)
+    mean = pixel_mean(data.train_images)
+    members = [TrainBatches(data.train_images, data.train_labels, mean,
+                            config.train.batch_size, config.seed, device) for config in configs]
+    recipe = configs[0].train
+
+    def run(count: int) -> None:
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        for _ in range(count):
+            images_, labels = network.stack([next(batches) for batches in members])
+            loss, _wrong = train_step(network, network.optimizer, images_, labels, recipe.lr,
+                                      recipe.precision, network.memory_format)
+            loss_sum += loss.sum()
+        float(loss_sum)
+
+    _time(device, lambda: run(warmup_steps))
+    return len(configs) * steps * recipe.batch_size / _time(device, lambda: run(steps))
+
+
+def _separate_rate(configs: list[Config], slots: list[Slot], images: int, steps: int,
+                   warmup_steps: int) -> float:
+    """Images/s of every run together, each in its own process, all timed at once."""
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    ready = context.Barrier(len(configs))
+    results = context.SimpleQueue()
+    processes = [context.Process(target=_separate_worker, daemon=True, args=(
+        config.to_dict(), slot.cores, images, steps, warmup_steps, ready, results))
+        for config, slot in zip(configs, slots, strict=True)]
+    with _environment(slots[0].env() if slots[0].gpus else {}):
+        for process in processes:
+            process.start()
+    spans = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    if any(isinstance(span, str) for span in spans):
+        raise RuntimeError(next(span for span in spans if isinstance(span, str)))
+    started, ended = min(span[0] for span in spans), max(span[1] for span in spans)
+    return len(configs) * steps * configs[0].train.batch_size / (ended - started)
+
+
+def _separate_worker(values: dict[str, Any], cores: tuple[int, ...], images: int, steps: int,
+                     warmup_steps: int, ready: Any, results: Any) -> None:
+    """One of the separate processes: its run's steps, timed after every process warmed up."""
+    try:
+        if cores and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cores)
+        config = from_dict(values)
+        device = resolve_device(config.device)
+        speed = replace(resolve_speed(config.train, device), threads=max(1, len(cores)))
+        torch.manual_seed(config.seed)
+        model, optimizer = build_network(config, device, speed)
+        data = _synthetic(images, 1, config.train.eval_batch_size)
+        batches = TrainBatches(data.train_images, data.train_labels,
+                               pixel_mean(data.train_images), config.train.batch_size,
+                               config.seed, device)
+        recipe = config.train
+        _our_steps(model, optimizer, batches, recipe.lr, recipe.precision, speed, warmup_steps)
+        _sync(device)
+        ready.wait()
+        started = time.time()  # wall clock: comparable across the processes
+        _our_steps(model, optimizer, batches, recipe.lr, recipe.precision, speed, steps)
+        _sync(device)
+        results.put((started, time.time()))
+    except BaseException as error:  # the parent waits for one answer from each process
+        ready.abort()
+        results.put(f"{type(error).__name__}: {error}")
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the processes started inside (spawned children read
+    CUDA_VISIBLE_DEVICES when they start CUDA)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _load() -> float:
+    """The 1-minute load average (NaN where the OS has none): other work skews CPU timings."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
 
 
 def _time(device: torch.device, work: Callable[[], None]) -> float:
@@ -316,6 +486,89 @@ class _ConventionalBatches:
         self.iterator = None
 
 
+class _ConventionalProcess:
+    """The conventional pipeline in a process of its own, measured on request.
+
+    Our CPU runs tune the process's allocator for good (`train.keep_freed_memory`); the
+    conventional pipeline gets a fresh process with the C library's defaults, as it has in a
+    script of its own. It trains the same network from the same weights on the same data.
+    """
+
+    def __init__(self, config: Config, data: _Data, workers: int) -> None:
+        context = multiprocessing.get_context("spawn")  # fresh: no allocator setting inherited
+        self.connection, child = context.Pipe()
+        # Not a daemon: its DataLoader starts worker processes of its own.
+        self.process = context.Process(target=_conventional_worker, args=(
+            config.to_dict(), data.drawn_with, workers, child))
+        self.process.start()
+        child.close()
+        self._answer()  # ready
+
+    def measure(self, steps: int, warmup_steps: int) -> tuple[float, float, float, float]:
+        """(warm-up s, training img/s, evaluation img/s, peak MiB) of one repeat."""
+        self.connection.send((steps, warmup_steps))
+        return self._answer()
+
+    def _answer(self) -> Any:
+        try:
+            answer = self.connection.recv()
+        except EOFError:
+            raise RuntimeError(f"the conventional pipeline's process died (exit code "
+                               f"{self.process.exitcode})") from None
+        if isinstance(answer, str):
+            raise RuntimeError(f"the conventional pipeline failed: {answer}")
+        return answer
+
+    def close(self) -> None:
+        """Stop the process (and its DataLoader workers)."""
+        with contextlib.suppress(OSError):
+            self.connection.send(None)
+        self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+
+
+def _conventional_worker(values: dict[str, Any], drawn_with: tuple[int, int, int],
+                         workers: int, connection: Any) -> None:
+    """`_ConventionalProcess`'s side: build once, then measure each (steps, warm-up) asked."""
+    try:
+        config = from_dict(values)
+        device = resolve_device(config.device)
+        data = _synthetic(*drawn_with)
+        recipe = config.train
+        torch.manual_seed(config.seed)  # the weights our model starts from
+        model = build_model(config.arch, config.depth, config.shortcut).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.weight_decay)
+        loader = _ConventionalBatches(data.train_images, data.train_labels, recipe.batch_size,
+                                      workers, device, config.seed)
+        connection.send(True)
+        try:
+            while (request := connection.recv()) is not None:
+                connection.send(_conventional_repeat(model, optimizer, loader, data,
+                                                     recipe.eval_batch_size, workers, device,
+                                                     *request))
+        finally:
+            loader.close()
+    except Exception as error:  # the parent waits for an answer
+        connection.send(f"{type(error).__name__}: {error}")
+
+
+def _conventional_repeat(model: nn.Module, optimizer: torch.optim.Optimizer,
+                         loader: _ConventionalBatches, data: _Data, eval_batch_size: int,
+                         workers: int, device: torch.device, steps: int, warmup_steps: int
+                         ) -> tuple[float, float, float, float]:
+    """(warm-up s, training img/s, evaluation img/s, peak MiB) of one conventional repeat."""
+    _reset_peak(device)
+    warm = _time(device, lambda: _conventional_steps(model, optimizer, loader, warmup_steps,
+                                                     device))
+    timed = _time(device, lambda: _conventional_steps(model, optimizer, loader, steps, device))
+    evaluated = _conventional_eval(model, data.eval_images, data.eval_labels, eval_batch_size,
+                                   workers, device)
+    return warm, steps * loader.loader.batch_size / timed, evaluated, _peak_mib(device)
+
+
 def _conventional_steps(model: nn.Module, optimizer: torch.optim.Optimizer,
                         loader: _ConventionalBatches, steps: int, device: torch.device) -> None:
     model.train()
@@ -393,13 +646,14 @@ def machine() -> str:
 
 def command_line(archs: list[str], depths: list[int], batch_size: int, device: str, steps: int,
                  warmup_steps: int, repeats: int, workers: int, images: int, eval_steps: int,
-                 overrides: Sequence[str]) -> str:
+                 overrides: Sequence[str], runs: int = 1) -> str:
     """The `degrade bench` command that measures the same thing again."""
     parts = ["degrade bench", *(f"--arch {arch}" for arch in archs),
              *(f"--depth {depth}" for depth in depths), f"--batch-size {batch_size}",
              f"--device {device}", f"--steps {steps}", f"--warmup-steps {warmup_steps}",
              f"--repeats {repeats}", f"--workers {workers}", f"--images {images}",
-             f"--eval-steps {eval_steps}", *overrides, "--record"]
+             f"--eval-steps {eval_steps}", *([f"--runs {runs}"] if runs > 1 else []),
+             *overrides, "--record"]
     return " ".join(parts)
 
 
@@ -408,15 +662,25 @@ def markdown_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
 
-def append_records(path: Path, rows: list[list[str]]) -> None:
-    """Append rows to the results table that ends `path`, starting a table if it has none."""
+def markdown_table(columns: Sequence[str], rows: list[list[str]]) -> str:
+    """A header, its separator and the rows."""
+    return "\n".join([markdown_row(columns), markdown_row(["---"] * len(columns)),
+                      *(markdown_row(row) for row in rows)])
+
+
+def append_records(path: Path, columns: Sequence[str], rows: list[list[str]]) -> None:
+    """Append rows to the last table of `path` headed by `columns`; start one at the end of
+    the file when there is none (older tables, with other columns, are left as they are)."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     lines = text.rstrip("\n").splitlines()
-    header = markdown_row(RECORD_COLUMNS)
-    table_start = len(lines)
-    while table_start > 0 and lines[table_start - 1].startswith("|"):
-        table_start -= 1
-    if table_start == len(lines) or lines[table_start] != header:
-        lines += ["", header, markdown_row(["---"] * len(RECORD_COLUMNS))]
-    lines += [markdown_row(row) for row in rows]
+    header = markdown_row(columns)
+    starts = [index for index, line in enumerate(lines) if line == header]
+    if not starts:
+        lines += ["", markdown_table(columns, [])]
+        lines = "\n".join(lines).splitlines()
+        starts = [len(lines) - 2]
+    end = starts[-1] + 2  # after the header and its separator
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[end:end] = [markdown_row(row) for row in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")

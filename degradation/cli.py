@@ -64,12 +64,16 @@ def train(
         resolve_device(planned.config.device)  # checked here only: sweeps may run elsewhere
     except ConfigError as error:
         fail(str(error))
-    if planned.action == "skip":
+    if planned.action == "skip" and not planned.config.trainer.fuse_with:
+        # (With fuse_with the runs fused with it may be unfinished: training skips each
+        # finished one and says so.)
         record = launching.read_run(planned.folder)
         typer.echo(launching.finished_line(record, "skipped") + "; --force retrains it")
         return
-    if planned.action == "retrain":
-        typer.echo(f"previous run kept in {launching.set_aside(planned.folder)}")
+    if force:  # the runs fused with it (trainer.fuse_with) are retrained too
+        for folder in launching.member_folders(planned.config):
+            if (folder / launching.SUMMARY_FILE).exists():
+                typer.echo(f"previous run kept in {launching.set_aside(folder)}")
     launching.launch(overrides or [], sweep=False)
 
 
@@ -95,8 +99,13 @@ def sweep(
                f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)"
                + (f", {counts['running']} being trained elsewhere" if counts["running"] else ""))
     if dry_run:
+        todo = [run for run in planned if run.action not in ("skip", "running")]
+        fused_with = {job[0].folder: [run.config.seed for run in job[1:]]
+                      for job in launching.fuse_runs(todo) if len(job) > 1}
         for run in planned:
-            typer.echo(f"  {run.action:8} {run.folder}  [{' '.join(run.overrides)}]")
+            seeds = fused_with.get(run.folder)
+            typer.echo(f"  {run.action:8} {run.folder}  [{' '.join(run.overrides)}]"
+                       + (f"  (one fused job with seeds {seeds})" if seeds else ""))
         return
     for run in planned:
         if run.action == "retrain":
@@ -231,6 +240,8 @@ def bench(
     workers: int | None = typer.Option(None, help="The conventional DataLoader's workers."),
     images: int = typer.Option(50_000, help="Synthetic training images of CIFAR shape."),
     eval_steps: int = typer.Option(2, help="Timed evaluation batches."),
+    runs: int = typer.Option(1, help="Also time this many runs at once: fused into one model "
+                             "(trainer.fuse) against as many processes side by side."),
     record: bool = typer.Option(False, "--record", help="Append the rows to BENCHMARKS.md."),
     benchmarks_file: Path = typer.Option(Path("BENCHMARKS.md"), help="Where --record writes."),
 ) -> None:
@@ -245,6 +256,7 @@ def bench(
     typer.echo(_analysis(bench_command, arch, depth, batch_size, device, steps, warmup_steps,
                          record, benchmarks_file, repeats=repeats, workers=workers,
                          images=images, eval_steps=eval_steps, overrides=overrides or [],
+                         runs=runs,
                          progress=lambda line: typer.echo(line, err=True)))
 
 

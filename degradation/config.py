@@ -67,6 +67,8 @@ class TrainerConfig:
 
     gpus: int
     sync_batchnorm: bool
+    fuse: int
+    fuse_with: list[int]
 
 
 @dataclass
@@ -179,6 +181,8 @@ def validate(config: Config) -> None:
     _require(train.threads is None or train.threads > 0,
              f"train.threads={train.threads} must be > 0 (null: all cores this process may use)")
     _require(config.trainer.gpus >= 1, f"trainer.gpus={config.trainer.gpus} must be >= 1")
+    _require(config.trainer.fuse >= 1, f"trainer.fuse={config.trainer.fuse} must be >= 1")
+    _check_fusion(config)
     _require(train.batch_size % config.trainer.gpus == 0,
              f"train.batch_size={train.batch_size} must split evenly over "
              f"trainer.gpus={config.trainer.gpus} processes")
@@ -188,6 +192,22 @@ def validate(config: Config) -> None:
     _require(all(0 < m < train.iterations for m in milestones),
              f"train.milestones={milestones} must lie between 0 and "
              f"train.iterations={train.iterations}")
+
+
+def _check_fusion(config: Config) -> None:
+    seeds = [config.seed, *config.trainer.fuse_with]
+    if len(seeds) == 1:
+        return
+    _require(all(seed >= 0 for seed in seeds),
+             f"trainer.fuse_with={config.trainer.fuse_with} must hold seeds >= 0")
+    _require(len(set(seeds)) == len(seeds), f"trainer.fuse_with={config.trainer.fuse_with} "
+             f"must not repeat a seed (seed={config.seed} is trained already)")
+    _require(config.trainer.gpus == 1, f"trainer.fuse_with={config.trainer.fuse_with} needs "
+             f"trainer.gpus=1 (fused runs share one device), not {config.trainer.gpus}")
+    # Warm-up ends at each run's own training error, so fused runs would need per-run rates.
+    _require(not config.warmup_enabled, f"trainer.fuse_with={config.trainer.fuse_with} "
+             f"cannot fuse runs with warm-up (depth={config.depth}); set train.warmup=false "
+             "or train them apart")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from degradation.runs import (
     SUMMARY_FILE,
     RunRecord,
     family,
+    identity,
     read_run,
     run_dir,
     run_path,
@@ -55,7 +56,7 @@ from degradation.storage import (
     atomic_write_text,
     check_writable,
 )
-from degradation.train import Interrupted, train
+from degradation.train import Interrupted, Outcome, train_all
 
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, StorageError)
 
@@ -159,6 +160,47 @@ def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
     return list(planned.values())
 
 
+def fuse_runs(planned: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """The jobs that train `planned`: runs that differ only in seed share a job, up to
+    `trainer.fuse` of them (one fused model, `degradation.fused`); every other run is a job
+    of its own. Jobs keep the order of their first run."""
+    jobs: list[list[PlannedRun]] = []
+    open_jobs: dict[tuple, list[PlannedRun]] = {}
+    for run in planned:
+        config = run.config
+        if config.trainer.fuse == 1 or not fusable(config):
+            jobs.append([run])
+            continue
+        key = tuple(sorted((name, repr(value)) for name, value in identity(config).items()
+                           if name != "seed"))
+        job = open_jobs.get(key)
+        if job is None or len(job) == config.trainer.fuse:
+            job = open_jobs[key] = []
+            jobs.append(job)
+        job.append(run)
+    return jobs
+
+
+def fusable(config: Config) -> bool:
+    """Whether the run can train fused with others (config.py says why when it cannot)."""
+    return (config.trainer.gpus == 1 and not config.warmup_enabled
+            and not config.trainer.fuse_with)
+
+
+def job_overrides(job: list[PlannedRun]) -> list[str]:
+    """The overrides of a job: its first run's, naming the other runs' seeds when fused."""
+    first, others = job[0], [run.config.seed for run in job[1:]]
+    if not others:
+        return first.overrides
+    return [*first.overrides, f"trainer.fuse_with=[{','.join(map(str, others))}]"]
+
+
+def member_folders(config: Config) -> list[Path]:
+    """The folders of the run and of the runs trained fused with it (`trainer.fuse_with`)."""
+    return [run_dir(replace(config, seed=seed))
+            for seed in (config.seed, *config.trainer.fuse_with)]
+
+
 def config_of(composed: DictConfig) -> Config:
     """The `Config` of a composed Hydra config that still holds its `hydra` node."""
     values = OmegaConf.to_container(composed, resolve=False)
@@ -205,32 +247,70 @@ def launch(overrides: list[str], sweep: bool) -> None:
 
 
 def run_task(composed: DictConfig) -> None:
-    """Hydra's task: train one run; in a sweep a failure is recorded and the sweep goes on.
+    """Hydra's task: train one run (with `trainer.fuse_with`, several fused); in a sweep a
+    failure is recorded and the sweep goes on.
 
     A mistake or a file problem is one `error:` line (exit 1 for a single run); a signal
     stops after a checkpoint (exit 130, and a sweep stops too); a diverged run is a result.
     """
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    with contextlib.ExitStack() as member_logs:
+        folders = [Path(HydraConfig.get().runtime.output_dir)]
+        try:
+            config = load_config(composed)
+            folders = member_folders(config)
+            member_logs.enter_context(_logging_also_to(folders[1:]))
+            outcomes = train_all(config)
+        except KeyboardInterrupt:  # Ctrl-C before training started: nothing to checkpoint yet
+            log.error("error: interrupted before training started; nothing was lost")
+            raise SystemExit(130) from None
+        except Interrupted as error:
+            log.error("error: %s", error)
+            raise SystemExit(130) from None
+        except USER_ERRORS as error:
+            _record_error(error, folders, in_sweep)
+            return
+        for outcome in outcomes:  # one per run: fused runs each have their own
+            _report(outcome, replace(config, seed=outcome.summary["seed"]))
+
+
+def _record_error(error: Exception, folders: list[Path], in_sweep: bool) -> None:
+    """One `error:` line, in each run's error.txt too; exit 1 unless in a sweep."""
+    message = " ".join(str(error).split())
+    # The folder belongs to the process holding its lock; a full disk takes this file too.
+    if not isinstance(error, RunLocked):
+        for folder in folders:
+            with contextlib.suppress(StorageError, OSError):
+                atomic_write_text(folder / ERROR_FILE, f"{message}\n")
+    log.error("error: %s", message)
+    if not in_sweep:
+        raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def _logging_also_to(folders: list[Path]) -> Iterator[None]:
+    """Log into each folder's train.log as Hydra logs into the job's own: the runs fused
+    with the job's first run get the job's log too."""
+    root = logging.getLogger()
+    formatter = next((handler.formatter for handler in root.handlers
+                      if isinstance(handler, logging.FileHandler)), None)
+    handlers = []
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(folder / f"{HydraConfig.get().job.name}.log", delay=True)
+        handler.setFormatter(formatter)
+        handlers.append(handler)
+        root.addHandler(handler)
     try:
-        config = load_config(composed)
-        outcome = train(config)
-    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to checkpoint yet
-        log.error("error: interrupted before training started; nothing was lost")
-        raise SystemExit(130) from None
-    except Interrupted as error:
-        log.error("error: %s", error)
-        raise SystemExit(130) from None
-    except USER_ERRORS as error:
-        message = " ".join(str(error).split())
-        # The folder belongs to the process holding its lock; a full disk takes this file too.
-        if not isinstance(error, RunLocked):
-            with contextlib.suppress(StorageError):
-                atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE,
-                                  f"{message}\n")
-        log.error("error: %s", message)
-        if not in_sweep:
-            raise SystemExit(1) from None
-        return
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def _report(outcome: Outcome, config: Config) -> None:
+    """Log how the run of `config` ended; an error.txt of an earlier attempt is removed."""
     (outcome.run_dir / ERROR_FILE).unlink(missing_ok=True)
     if outcome.status == "diverged":
         where = outcome.summary.get("diverged") or {}

@@ -3,14 +3,18 @@
     degrade train depth=56 arch=plain            # one run, the paper's full schedule
     degrade train experiment=smoke data.root=../shared/cifar10-subset
 
+    degrade train seed=0 trainer.fuse_with=[1,2]  # seeds 0, 1 and 2 as one fused model
+
 A run trains until `train.iterations`, evaluates every `train.eval_every` iterations and at
 the end, and checkpoints at each evaluation. Started again, it resumes from its checkpoint;
-finished, it is left alone.
+finished, it is left alone. Runs fused together (degradation/fused.py) each write exactly
+what they would write alone, into their own folders.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import platform
@@ -19,8 +23,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ from degradation.storage import (
     DamagedCheckpoint,
     StorageError,
     atomic_write_text,
+    load_checkpoint,
     read_checkpoint,
     read_json,
     remove_temporaries,
@@ -94,18 +99,63 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train(config: Config, splits: CifarSplits | None = None) -> Outcome:
-    """Train the run `config` describes in its own folder, resuming or skipping as needed."""
-    folder = run_dir(config)
-    if (folder / SUMMARY_FILE).exists():
-        return Outcome("skipped", folder, read_json(folder / SUMMARY_FILE))
+    """Train the run `config` describes in its own folder, resuming or skipping as needed.
+
+    With `trainer.fuse_with` the runs of those seeds train along with it (`train_all`); the
+    outcome returned is this run's own.
+    """
+    return train_all(config, splits)[0]
+
+
+def train_all(config: Config, splits: CifarSplits | None = None) -> list[Outcome]:
+    """Train `config` and the run of each seed in `trainer.fuse_with`: one outcome per run,
+    `config`'s first. Finished runs are skipped; the others train as one fused model
+    (degradation/fused.py) when their checkpoints stand at one iteration, else one by one.
+    """
+    configs = [replace(config, seed=seed) for seed in (config.seed, *config.trainer.fuse_with)]
+    outcomes = {seed: Outcome("skipped", folder, read_json(folder / SUMMARY_FILE))
+                for seed, folder in ((c.seed, run_dir(c)) for c in configs)
+                if (folder / SUMMARY_FILE).exists()}
+    todo = [c for c in configs if c.seed not in outcomes]
+    if not todo:
+        return [outcomes[c.seed] for c in configs]
     if distributed.launches_workers(config):  # trainer.gpus > 1: one DDP process per GPU
-        return distributed.spawn(config)
-    with distributed.run_lock(folder), _checkpoint_on_signal() as stop:
-        _write_config(folder, config)
+        return [distributed.spawn(config)]  # never fused (config.validate refuses it)
+    with contextlib.ExitStack() as held:
+        for member in todo:  # every member's lock before any is touched
+            held.enter_context(distributed.run_lock(run_dir(member)))
+        stop = held.enter_context(_checkpoint_on_signal())
+        groups = _training_groups(todo)
+        for member in (member for group in groups for member in group):
+            _write_config(run_dir(member), member)
         if splits is None:
             splits = load_cifar10(Path(config.data.root), config.data.download,
                                   config.data.val_split)
-        return _Run(config, folder, splits, stop).run()
+        for group in groups:
+            outcomes.update((outcome.summary["seed"], outcome)
+                            for outcome in _Run(group, splits, stop).run())
+    return [outcomes[c.seed] for c in configs]
+
+
+def _training_groups(configs: list[Config]) -> list[list[Config]]:
+    """The runs trained together: all of them, each config's `trainer.fuse_with` naming the
+    others; or, when their checkpoints stand at different iterations, each one alone."""
+    seeds = [c.seed for c in configs]
+    if len(configs) > 1:
+        reached = [_checkpoint_iteration(run_dir(c)) for c in configs]
+        if len(set(reached)) == 1:
+            return [[replace(c, trainer=replace(c.trainer, fuse_with=[s for s in seeds
+                                                                      if s != c.seed]))
+                     for c in configs]]
+        log.warning("warning: the runs of seeds %s have checkpoints at iterations %s; they are "
+                    "trained one after another, not fused", seeds, reached)
+    return [[replace(c, trainer=replace(c.trainer, fuse_with=[]))] for c in configs]
+
+
+def _checkpoint_iteration(folder: Path) -> int:
+    """The iteration a run would resume from: that of its newest readable checkpoint, or 0."""
+    state, _ = load_checkpoint(folder)
+    return 0 if state is None else state["iteration"]
 
 
 # Runs at least this long compile on the CPU when `train.compile` is null (see resolve_speed).
@@ -135,7 +185,7 @@ def resolve_speed(recipe: TrainConfig, device: torch.device) -> Speed:
     channels_last = True if recipe.channels_last is None else recipe.channels_last
     compile_model = recipe.compile
     if compile_model is None:
-        # On the CPU the first compile takes 1-2 min on two cores for 8-10% faster steps: it pays
+        # On the CPU the first compile takes 1-2 min on two cores for about 12% faster steps: it pays
         # back within a long run, never within a short one (BENCHMARKS.md). Inductor's CPU
         # kernels need a C++ compiler.
         compile_model = device.type == "cuda" or (
@@ -154,19 +204,56 @@ def available_cores() -> int:
 def build_network(config: Config, device: torch.device, speed: Speed
                   ) -> tuple[nn.Module, torch.optim.SGD]:
     """The run's freshly initialised model, laid out and compiled as `speed` says, and its SGD."""
-    torch.set_num_threads(speed.threads)
-    if device.type == "cuda":
-        # Picks the fastest conv algorithms for the fixed batch shape; CPU runs are unaffected.
-        torch.backends.cudnn.benchmark = True
+    use_speed(device, speed)
     model = build_model(config.arch, config.depth, config.shortcut)
     model = model.to(device=device, memory_format=speed.memory_format)
-    recipe = config.train
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, **sgd_kernel(device))
+    optimizer = make_sgd(model.parameters(), config.train, device)
     if speed.compile:
         # In place, so state_dict keys (and checkpoints) are those of the plain module.
         model.compile(dynamic=False)
     return model, optimizer
+
+
+def use_speed(device: torch.device, speed: Speed) -> None:
+    """Set what `speed` says for the whole process: threads, cuDNN's choice on CUDA, and on
+    the CPU an allocator that keeps the memory of one step for the next."""
+    torch.set_num_threads(speed.threads)
+    if device.type == "cuda":
+        # Picks the fastest conv algorithms for the fixed batch shape; CPU runs are unaffected.
+        torch.backends.cudnn.benchmark = True
+    else:
+        keep_freed_memory()
+
+
+# glibc's mallopt() parameters (malloc.h) and the largest mmap threshold it accepts (64-bit).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD = -1, -3, 32 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks of up to 32 MiB for reuse; False where the C
+    library has no mallopt (macOS, musl).
+
+    A CPU training step allocates and frees the same few-MiB activation tensors every step.
+    By default glibc hands such blocks back to the kernel and takes them again, page fault by
+    page fault (5-14 thousand faults a step for ResNet-20 at batch 128); kept, the step
+    faults no page and runs 1.2-1.4x faster on 2 cores (BENCHMARKS.md). It is set for the
+    whole process and for good, so `degrade bench` times the conventional pipeline in a
+    process of its own.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def make_sgd(parameters: Iterable[Tensor], recipe: TrainConfig, device: torch.device
+             ) -> torch.optim.SGD:
+    """The recipe's SGD (momentum, weight decay) over `parameters`, on this device's kernel."""
+    return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay, **sgd_kernel(device))
 
 
 def sgd_kernel(device: torch.device) -> dict[str, bool]:
@@ -182,6 +269,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tenso
                memory_format: torch.memory_format) -> tuple[Tensor, Tensor]:
     """One SGD step on a batch: its mean loss (fp32) and error count, left on the device.
 
+    A fused model (degradation/fused.py) takes a (K, B, ...) batch, one per member, and
+    answers (K, B, classes): the loss and count are then one per member, and the loss
+    minimised is their sum, whose gradient for each member is that of its own mean loss.
     Nothing here reads a value back to the host, so on CUDA the CPU queues steps ahead of
     the GPU; the caller accumulates the two tensors and reads them at log points.
     """
@@ -190,12 +280,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tenso
     images = images.contiguous(memory_format=memory_format)
     with _autocast(images.device, precision):
         outputs = model(images)
-        loss = F.cross_entropy(outputs, labels)
+        loss = _cross_entropy(outputs, labels, "mean")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.sum().backward()
     optimizer.step()
     with torch.no_grad():
-        wrong = (outputs.argmax(dim=1) != labels).sum()
+        wrong = (outputs.argmax(dim=-1) != labels).sum(dim=-1)
     return loss.detach().float(), wrong
 
 
@@ -205,7 +295,8 @@ def evaluate(model: nn.Module, images_u8: Tensor, labels: Tensor, mean: Tensor,
     """Summed loss (fp64) and error count over a whole set with BN's running statistics.
 
     Batches are cut on the images' device (keep the set there to copy nothing per evaluation)
-    and run under inference mode; the results stay on the device.
+    and run under inference mode; the results stay on the device. A fused model sees the
+    same batches with every member and gets one sum and one count per member.
     """
     device = images_u8.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -217,57 +308,89 @@ def evaluate(model: nn.Module, images_u8: Tensor, labels: Tensor, mean: Tensor,
             for images, batch_labels in eval_batches(images_u8, labels, mean, batch_size,
                                                      device):
                 outputs = model(images.contiguous(memory_format=memory_format))
-                loss_sum += F.cross_entropy(outputs.float(), batch_labels, reduction="sum")
-                wrong += (outputs.argmax(dim=1) != batch_labels).sum()
+                batch_labels = batch_labels.expand(outputs.shape[:-1])  # fused: each member's
+                # Out of place: the sums take the members' shape at the first batch.
+                loss_sum = loss_sum + _cross_entropy(outputs.float(), batch_labels, "sum")
+                wrong = wrong + (outputs.argmax(dim=-1) != batch_labels).sum(dim=-1)
     finally:
         model.train(training)
     return loss_sum, wrong
 
 
-class _Run:
-    """The state of one run between its start (or resume) and its end."""
+def _cross_entropy(outputs: Tensor, labels: Tensor, reduction: str) -> Tensor:
+    """Cross-entropy reduced over the batch (the last dimension of `labels`): a scalar for a
+    lone model's (B, classes) outputs, one per member for a fused model's (K, B, classes)."""
+    if outputs.dim() == 2:
+        return F.cross_entropy(outputs, labels, reduction=reduction)
+    # Classes second, as cross_entropy wants them for (K, classes, B) inputs.
+    losses = F.cross_entropy(outputs.movedim(-1, 1), labels, reduction="none")
+    return losses.mean(dim=-1) if reduction == "mean" else losses.sum(dim=-1)
 
-    def __init__(self, config: Config, folder: Path, splits: CifarSplits, stop: list[str]):
-        self.config, self.folder, self.splits, self.stop = config, folder, splits, stop
+
+class _Run:
+    """Runs that differ only in seed, from their start (or resume) to their end: one model
+    alone (DDP over several processes included), or several as one fused model.
+
+    The network and its optimizer are the run's; everything else is each member's own
+    (`_Member`), written through the same code whether it trains alone or fused.
+    """
+
+    def __init__(self, configs: list[Config], splits: CifarSplits, stop: list[str]):
         self.pending, self.stop = stop, distributed.stop_list(stop)  # DDP: stop together
-        self.device = resolve_device(config.device)
-        self.recipe = config.train
+        self.recipe = configs[0].train
+        self.device = resolve_device(configs[0].device)
         self.speed = resolve_speed(self.recipe, self.device)
-        _seed_everything(config.seed)
-        self.model, self.optimizer = build_network(config, self.device, self.speed)
-        self.trained = distributed.wrap(self.model, self.device, config.trainer)  # DDP or model
-        self.batches = TrainBatches(splits.train_images, splits.train_labels, splits.mean,
-                                    self.recipe.batch_size, config.seed, self.device)
+        self.fused = len(configs) > 1
+        if self.fused:
+            from degradation.fused import build_fused  # fused.py builds on this module
+
+            self.model, rngs = build_fused(configs, self.device, self.speed)
+            self.optimizer, self.trained = self.model.optimizer, self.model
+            self.memory_format = self.model.memory_format
+        else:
+            seed_everything(configs[0].seed)
+            self.model, self.optimizer = build_network(configs[0], self.device, self.speed)
+            self.trained = distributed.wrap(self.model, self.device, configs[0].trainer)  # DDP
+            self.memory_format = self.speed.memory_format
+            rngs = [None]  # a lone run checkpoints the process's own generators
+        self.members = [_Member(config, splits, self.device, rng)
+                        for config, rng in zip(configs, rngs, strict=True)]
+        self.everyone = list(self.members)  # self.members loses those that diverge
         # The evaluation set is copied to the device once, not at every evaluation.
         self.eval_images = splits.eval_images.to(self.device)
         self.eval_labels = splits.eval_labels.to(self.device)
-        self.iteration = 0
-        self.warming_up = config.warmup_enabled
-        self.best: dict[str, float] | None = None
-        self.last_test: dict[str, float] = {}
-        self.last_train: dict[str, float] = {}
-        self.elapsed = 0.0
-        self._reset_accumulators()
-        resumed = self._resume()
+        self.mean = splits.mean
+        resumed = [member.resume(lambda state, index=index: self._load(index, state))
+                   for index, member in enumerate(self.members)]
+        if len({member.iteration for member in self.members}) > 1:  # checked before fusing
+            raise StorageError("fused runs must resume from one iteration; train them apart")
+        for member, cut in zip(self.members, resumed, strict=True):
+            member.open_logs(cut)
         for group in self.optimizer.param_groups:
             # A checkpoint brings its kernel choice (a CUDA run's fused=True): use this device's.
             group.update(sgd_kernel(self.device))
-        self.metrics = distributed.metrics_log(folder, self.iteration if resumed else None)
-        self.progress = Progress(family(config), self.recipe.iterations, self.recipe.batch_size,
-                                 start=self.iteration)
 
-    def run(self) -> Outcome:
-        """Train to the end (or divergence) and write the summary."""
+    @property
+    def iteration(self) -> int:
+        """The iteration every member still training has reached."""
+        return self.members[0].iteration
+
+    def run(self) -> list[Outcome]:
+        """Train to the end (or divergence) and write each member's summary."""
         started = time.perf_counter()
-        self.started = started
+        for member in self.members:
+            member.started = started
+        outcomes: list[Outcome] = []
         try:
-            while self.iteration < self.recipe.iterations:
+            while self.members and self.iteration < self.recipe.iterations:
                 self._step()
-                self.iteration += 1
+                for member in self.members:
+                    member.iteration += 1
                 at_end = self.iteration == self.recipe.iterations
-                logging_now = self.iteration % self.recipe.log_every == 0 or at_end
-                if logging_now and not self._log_training():
-                    return self._finish("diverged")
+                if self.iteration % self.recipe.log_every == 0 or at_end:
+                    outcomes += self._log_training()
+                    if not self.members:
+                        break
                 if self.iteration % self.recipe.eval_every == 0 or at_end:
                     self._evaluate()
                     self._checkpoint()
@@ -276,22 +399,114 @@ class _Run:
                 if self.stop and not at_end:  # at the end, finishing is the quickest stop
                     raise Interrupted(f"stopped by {self.stop[0]} at iteration {self.iteration}; "
                                       f"checkpoint written, run the same command to resume")
-            return self._finish("done")
+            return outcomes + [self._finish(member, "done") for member in self.members]
         finally:
-            self.metrics.close()
+            for member in self.everyone:
+                member.metrics.close()
 
     def _step(self) -> None:
-        images, labels = distributed.shard(*next(self.batches))  # DDP: this rank's slice
+        batches = [distributed.shard(*next(member.batches))  # DDP: this rank's slice
+                   for member in self.members]
         distributed.agree_on_stop(self.iteration, self.pending, self.stop)
-        loss, wrong = train_step(self.trained, self.optimizer, images, labels,
-                                 learning_rate(self.iteration, self.recipe, self.warming_up),
-                                 self.recipe.precision, self.speed.memory_format)
-        # Accumulated on the device and read only at log points: no host sync per step.
-        self.loss_sum += loss * labels.numel()
-        self.wrong += wrong
-        self.seen += labels.numel()
+        images, labels = self.model.stack(batches) if self.fused else batches[0]
+        # Fusion refuses warm-up (config.validate), so the members share one rate.
+        lr = learning_rate(self.iteration, self.recipe, self.members[0].warming_up)
+        loss, wrong = train_step(self.trained, self.optimizer, images, labels, lr,
+                                 self.recipe.precision, self.memory_format)
+        for member, member_loss, member_wrong in zip(self.members, loss.reshape(-1),
+                                                     wrong.reshape(-1), strict=True):
+            member.add(member_loss, member_wrong, labels.shape[-1])
 
-    def _log_training(self) -> bool:
+    def _log_training(self) -> list[Outcome]:
+        """Log each member's training error; those no longer finite end as diverged."""
+        outcomes = []
+        for member in [member for member in self.members if not member.log_training()]:
+            outcomes.append(self._finish(member, "diverged"))
+            index = self.members.index(member)
+            del self.members[index]
+            if self.members:  # its NaNs never reach the others; it simply stops being computed
+                self.model.drop(index)
+                self.optimizer = self.model.optimizer  # over the members left
+        return outcomes
+
+    def _evaluate(self) -> None:
+        loss_sum, wrong = evaluate(self.model, self.eval_images, self.eval_labels, self.mean,
+                                   self.recipe.eval_batch_size, self.recipe.precision,
+                                   self.memory_format)
+        for member, member_loss, member_wrong in zip(self.members, loss_sum.reshape(-1),
+                                                     wrong.reshape(-1), strict=True):
+            member.record_test(member_loss, member_wrong, len(self.eval_labels))
+
+    def _checkpoint(self) -> None:
+        if not distributed.is_writer():
+            return
+        for index, member in enumerate(self.members):
+            member.checkpoint(self._saved(index))
+
+    def _saved(self, index: int) -> dict[str, Any]:
+        """A member's model, optimizer and RNG state, exactly as its lone run saves them."""
+        if self.fused:
+            return {"model": self.model.member_state_dict(index),
+                    "optimizer": self.model.member_optimizer_state_dict(index),
+                    "rng": self.members[index].rng}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state()}
+
+    def _load(self, index: int, state: dict[str, Any]) -> None:
+        """Restore what `_saved` saves, from a checkpoint of a lone or a fused run."""
+        if self.fused:
+            self.model.load_member_state_dict(index, state["model"])
+            self.model.load_member_optimizer_state_dict(index, state["optimizer"])
+            self.members[index].rng = state["rng"]
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+
+    def _finish(self, member: _Member, status: str) -> Outcome:
+        parameters = self.model.parameters_per_member if self.fused else count_parameters(
+            self.model)
+        return member.finish(status, parameters)
+
+
+class _Member:
+    """One run's own part of the training, whether it trains alone or fused with others:
+    its data stream, accumulated training error, logs, best and last errors, checkpoint,
+    resume and summary."""
+
+    def __init__(self, config: Config, splits: CifarSplits, device: torch.device,
+                 rng: dict[str, Any] | None):
+        self.config, self.folder, self.device = config, run_dir(config), device
+        self.recipe = config.train
+        self.eval_set = splits.eval_set
+        self.batches = TrainBatches(splits.train_images, splits.train_labels, splits.mean,
+                                    self.recipe.batch_size, config.seed, device)
+        self.rng = rng  # fused: the generators' state its lone run holds (seeded, then init)
+        self.iteration = 0
+        self.warming_up = config.warmup_enabled
+        self.best: dict[str, float] | None = None
+        self.last_test: dict[str, float] = {}
+        self.last_train: dict[str, float] = {}
+        self.diverged: dict[str, Any] | None = None
+        self.elapsed = 0.0
+        self.started = time.perf_counter()
+        self._reset_accumulators()
+
+    def open_logs(self, resumed: bool) -> None:
+        """Open the logs, cut back to the iteration resumed from when `resumed`."""
+        self.metrics = distributed.metrics_log(self.folder, self.iteration if resumed else None)
+        fused = f" seed {self.config.seed}" if self.config.trainer.fuse_with else ""
+        self.progress = Progress(family(self.config) + fused, self.recipe.iterations,
+                                 self.recipe.batch_size, start=self.iteration)
+
+    def add(self, loss: Tensor, wrong: Tensor, count: int) -> None:
+        """Accumulate one step's mean loss and error count over `count` images."""
+        # On the device, read only at log points: no host sync per step.
+        self.loss_sum += loss * count
+        self.wrong += wrong
+        self.seen += count
+
+    def log_training(self) -> bool:
         """Log the running training error since the last log point; False if diverged."""
         distributed.all_reduce_sum(self.loss_sum, self.wrong, self.seen)  # DDP: every rank's
         seen = int(self.seen)
@@ -313,11 +528,8 @@ class _Run:
         self.progress.update(self.iteration, lr, error)
         return True
 
-    def _evaluate(self) -> None:
-        loss_sum, wrong = evaluate(self.model, self.eval_images, self.eval_labels,
-                                   self.splits.mean, self.recipe.eval_batch_size,
-                                   self.recipe.precision, self.speed.memory_format)
-        count = len(self.eval_labels)
+    def record_test(self, loss_sum: Tensor, wrong: Tensor, count: int) -> None:
+        """Log an evaluation's summed loss and error count over `count` images."""
         error = 100.0 * float(wrong) / count
         self.last_test = {"error/test": error, "loss/test": float(loss_sum) / count}
         self.metrics.log(self.iteration, self.last_test)
@@ -327,18 +539,17 @@ class _Run:
                                                            self.warming_up),
                              self.last_train.get("error/train", float("nan")), error)
 
-    def _checkpoint(self) -> None:
-        if not distributed.is_writer():
-            return
+    def checkpoint(self, saved: dict[str, Any]) -> None:
+        """Write the checkpoint: `saved` (model, optimizer, rng) and this run's own state."""
         self.metrics.flush()
         save_checkpoint(self.folder, {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "iteration": self.iteration,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": saved["model"],
+            "optimizer": saved["optimizer"],
             "batches": self.batches.state_dict(),
-            "rng": _rng_state(),
+            "rng": saved["rng"],
             "warming_up": self.warming_up,
             "best": self.best,
             "last_test": self.last_test,
@@ -347,8 +558,9 @@ class _Run:
             "elapsed_s": self.elapsed + time.perf_counter() - self.started,
         })
 
-    def _resume(self) -> bool:
-        """Restore the newest good checkpoint; True when logs must be cut back to its iteration.
+    def resume(self, load: Callable[[dict[str, Any]], None]) -> bool:
+        """Restore the newest good checkpoint, the network's part of it through `load`; True
+        when logs must be cut back to its iteration.
 
         A damaged checkpoint is renamed `<name>.damaged` and the one before it used, saying so.
         With no usable checkpoint but logs of an earlier attempt, the run starts again from
@@ -378,14 +590,12 @@ class _Run:
             return earlier_logs
         self._check_checkpoint(path, state)
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            load(state)
         except (RuntimeError, ValueError, KeyError) as error:
             raise StorageError(f"checkpoint {path} does not fit this model "
                                f"({str(error).strip().splitlines()[0]}); move it away to "
                                "retrain") from None
         self.batches.load_state_dict(state["batches"])
-        _set_rng_state(state["rng"])
         self.iteration = state["iteration"]
         self.warming_up = state["warming_up"]
         self.best, self.last_test = state["best"], state["last_test"]
@@ -419,7 +629,8 @@ class _Run:
             raise ConfigError(f"checkpoint {path} was made with different settings "
                               f"({'; '.join(changed)}); move it away to retrain")
 
-    def _finish(self, status: str) -> Outcome:
+    def finish(self, status: str, parameters: int) -> Outcome:
+        """Write the summary of a run that ended (`parameters`: its network's count)."""
         summary = {
             "status": status,
             "arch": self.config.arch,
@@ -434,18 +645,20 @@ class _Run:
             "final_train_loss": self.last_train.get("loss/train"),
             "best_test_error": None if self.best is None else self.best["error"],
             "best_test_iteration": None if self.best is None else self.best["iteration"],
-            "eval_set": self.splits.eval_set,
-            "parameters": count_parameters(self.model),
+            "eval_set": self.eval_set,
+            "parameters": parameters,
             "wall_time_s": self.elapsed + time.perf_counter() - self.started,
             "device": _device_name(self.device),
             "versions": {"degrade": __version__, "torch": torch.__version__,
                          "python": platform.python_version()},
             "code_version": code_version(),
             # Where and how it diverged: iteration, lr, and the last finite errors.
-            "diverged": None if getattr(self, "diverged", None) is None else {
+            "diverged": None if self.diverged is None else {
                 **self.diverged, "last_test_error": self.last_test.get("error/test")},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if self.config.trainer.fuse_with:
+            summary["fused_with"] = list(self.config.trainer.fuse_with)
         if distributed.is_writer():
             write_json(self.folder / SUMMARY_FILE, summary)
         return Outcome(status, self.folder, summary)
@@ -504,7 +717,8 @@ def _checkpoint_on_signal() -> Iterator[list[str]]:
             signal.signal(sig, handler)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators, as a run does before building its model."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -515,7 +729,8 @@ _CHECKPOINT_KEYS = frozenset({
     "last_test", "last_train", "accumulators", "elapsed_s"})
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The state of every generator `seed_everything` seeds, as a checkpoint keeps it."""
     # CUDA's generators only if this process started CUDA: asking would start it (a CPU run
     # on a GPU machine), and an unstarted generator is still in its seeded state on resume.
     return {"python": random.getstate(), "numpy": np.random.get_state(),
@@ -523,7 +738,8 @@ def _rng_state() -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())

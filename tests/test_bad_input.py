@@ -26,6 +26,7 @@ from degradation.data import BATCH_DIR, write_cifar10
 from degradation.launching import compose_config
 from degradation.runs import run_dir
 from degradation.storage import CHECKPOINT
+from tests.conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,8 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def overrides(cifar_root: Path, output: Path, *extra: str) -> list[str]:
-    return [f"output_dir={output}", f"data.root={cifar_root}", "data.download=false",
-            "depth=8", "device=cpu", "train.iterations=12", "train.milestones=[6,9]",
-            "train.log_every=2", "train.eval_every=6", "train.batch_size=8",
-            "train.eval_batch_size=32", "train.threads=1", *extra]
+    return [*tiny_overrides(cifar_root, output, **{"train.batch_size": 8, "train.threads": 1,
+                                                   "train.eval_batch_size": 32}), *extra]
 
 
 def degrade(*args: str) -> Any:
@@ -113,11 +112,15 @@ def assert_intact(before: dict[Path, str], after: dict[Path, str], exactly: bool
     ("train.milestones=[6,30]", ["train.milestones=[6, 30]", "train.iterations=12"]),
     ("seed=-1", ["seed=-1"]),
     ("device=tpu", ["device='tpu'", "auto, cpu, cuda"]),
+    ("trainer.fuse=0", ["trainer.fuse=0", ">= 1"]),
+    ("trainer.fuse_with=[0]", ["trainer.fuse_with=[0]", "seed=0"]),
+    ("trainer.fuse_with=[-2]", ["trainer.fuse_with=[-2]", ">= 0"]),
+    ("trainer.fuse_with=[1] depth=110", ["trainer.fuse_with=[1]", "warm-up", "depth=110"]),
 ])
 def test_a_bad_value_is_refused_before_anything_is_written(
         cifar_root: Path, outputs: Path, bad: str, named: list[str]) -> None:
     before = snapshot(outputs, cifar_root)
-    result = degrade("train", *overrides(cifar_root, outputs), bad)
+    result = degrade("train", *overrides(cifar_root, outputs), *bad.split())
     assert_refused(result, *named, code=2)
     assert_intact(before, snapshot(outputs, cifar_root), exactly=True)
 

@@ -26,7 +26,14 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig
 
 from degradation.config import CONF_DIR
-from degradation.launching import compose_config, plan, register, sweep_jobs
+from degradation.launching import (
+    compose_config,
+    fuse_runs,
+    job_overrides,
+    plan,
+    register,
+    sweep_jobs,
+)
 from degradation.runs import SUMMARY_FILE, find_runs, run_dir
 from degradation.storage import CHECKPOINT, LOCK, PREVIOUS_CHECKPOINT, read_json
 from degradation.train import train
@@ -125,6 +132,26 @@ def test_plain_nets_under_several_options_are_one_run(tmp_path: Path) -> None:
                    sweep=True)
     assert [run.folder.parent.name for run in planned] == ["plain-8", "resnet-8-A", "resnet-8-B"]
     assert [run.action for run in planned] == ["start"] * 3
+
+
+def test_runs_that_differ_only_in_seed_share_fused_jobs(tmp_path: Path) -> None:
+    planned = plan(["arch=plain,resnet", "seed=0,1,2", "depth=8,110", "trainer.fuse=2",
+                    f"output_dir={tmp_path}"], sweep=True)
+    jobs = fuse_runs(planned)
+    described = [[f"{run.config.arch}-{run.config.depth}:{run.config.seed}" for run in job]
+                 for job in jobs]
+    # Chunks of at most trainer.fuse; depth 110 warms up per run, so it is never fused.
+    assert sorted(described) == [["plain-110:0"], ["plain-110:1"], ["plain-110:2"],
+                                 ["plain-8:0", "plain-8:1"], ["plain-8:2"],
+                                 ["resnet-110:0"], ["resnet-110:1"], ["resnet-110:2"],
+                                 ["resnet-8:0", "resnet-8:1"], ["resnet-8:2"]]
+    assert described[0] == ["plain-8:0", "plain-8:1"]  # jobs in the order of their first run
+    assert job_overrides(jobs[0])[-1] == "trainer.fuse_with=[1]"
+    assert job_overrides(jobs[1]) == jobs[1][0].overrides
+    fused = compose_config(job_overrides(jobs[0]))
+    assert run_dir(fused) == jobs[0][0].folder  # the job's folder is its first run's own
+    unfused = plan(["seed=0,1", "depth=8", f"output_dir={tmp_path}"], sweep=True)
+    assert [len(job) for job in fuse_runs(unfused)] == [1, 1]  # trainer.fuse=1: the default
 
 
 # --- the local launcher, on a toy task in real subprocesses --------------------------------
@@ -235,6 +262,23 @@ def test_sweep_skips_finished_resumes_unfinished_and_runs_in_parallel(
     assert again.returncode == 0, again.stderr
     assert "3 finished (skipped)" in again.stdout
     assert mtimes(tmp_path) == before
+
+
+def test_a_sweep_with_fuse_trains_seeds_together_each_in_its_own_folder(
+        cifar_root: Path, tmp_path: Path) -> None:
+    sweep = ["seed=0,1,2", "trainer.fuse=2", *tiny_overrides(cifar_root, tmp_path)]
+    dry = degrade("sweep", "--dry-run", *sweep)
+    assert "(one fused job with seeds [1])" in dry.stdout, dry.stdout
+    result = degrade("sweep", *sweep)
+    assert result.returncode == 0, result.stderr
+    assert "3 runs in 2 jobs" in result.stdout
+    summaries = {record.config.seed: record.summary for record in find_runs(tmp_path)}
+    assert sorted(summaries) == [0, 1, 2]
+    assert summaries[0]["fused_with"] == [1] and summaries[1]["fused_with"] == [0]
+    assert "fused_with" not in summaries[2]  # the chunk of one trains alone
+    assert all(summary["status"] == "done" for summary in summaries.values())
+    again = degrade("sweep", *sweep)
+    assert again.returncode == 0 and "3 finished (skipped)" in again.stdout
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from degradation.data import write_cifar10
 from degradation.runs import METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from degradation.storage import CHECKPOINT, LOCK, PREVIOUS_CHECKPOINT, read_json
 from degradation.train import _let_new_event_file_sort_last
+from tests.conftest import tiny_overrides
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -86,10 +87,9 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def overrides(cifar_root: Path, output: Path, *extra: str) -> list[str]:
-    return [f"output_dir={output}", f"data.root={cifar_root}", "data.download=false",
-            "depth=8", "device=cpu", "train.iterations=24", "train.milestones=[12,18]",
-            "train.log_every=2", "train.eval_every=6", "train.batch_size=8",
-            "train.eval_batch_size=32", "train.threads=1", *extra]
+    return [*tiny_overrides(cifar_root, output, **{
+        "train.iterations": 24, "train.milestones": "[12,18]", "train.batch_size": 8,
+        "train.eval_batch_size": 32, "train.threads": 1}), *extra]
 
 
 # The first process of every scenario: its failure, injected by HOOK. They all start at once

@@ -3,8 +3,10 @@
 The overrides (and a preset's `hydra.sweeper.params`) are expanded exactly as Hydra's basic
 sweeper does, each job is composed, and `degradation.launching.plan_jobs` keeps one job per
 distinct run folder (`arch=plain,resnet shortcut=A,B` is 3 runs: plain nets have no shortcut)
-and drops finished runs, so a rerun sweep launches nothing. The rest go to the configured
-launcher in one batch; a failed job is listed at the end instead of stopping the sweep.
+and drops finished runs, so a rerun sweep launches nothing. With `trainer.fuse=k`, runs that
+differ only in seed become one job of up to k runs trained as one fused model. The jobs go
+to the configured launcher in one batch; a failed job is listed at the end instead of
+stopping the sweep.
 """
 
 from __future__ import annotations
@@ -62,12 +64,18 @@ class DegradeSweeper(Sweeper):
                  f"{len(todo)} to launch")
         if not todo:
             return []
-        results = self.launcher.launch([run.overrides for run in todo], initial_job_idx=0)
-        for run, result in zip(todo, results, strict=True):
+        jobs = launching.fuse_runs(todo)
+        if len(jobs) < len(todo):
+            log.info(f"{len(todo)} runs in {len(jobs)} jobs: runs that differ only in seed "
+                     "train fused (trainer.fuse)")
+        results = self.launcher.launch([launching.job_overrides(job) for job in jobs],
+                                       initial_job_idx=0)
+        for job, result in zip(jobs, results, strict=True):
             if result.status != JobStatus.COMPLETED:
                 message = _failure(result._return_value)
                 if message is not None:
-                    launching.record_failure(run.folder, message)
+                    for run in job:
+                        launching.record_failure(run.folder, message)
         return [list(results)]
 
 
