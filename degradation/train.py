@@ -185,9 +185,9 @@ def resolve_speed(recipe: TrainConfig, device: torch.device) -> Speed:
     channels_last = True if recipe.channels_last is None else recipe.channels_last
     compile_model = recipe.compile
     if compile_model is None:
-        # On the CPU the first compile takes 1-2 min on two cores for about 12% faster steps: it pays
-        # back within a long run, never within a short one (BENCHMARKS.md). Inductor's CPU
-        # kernels need a C++ compiler.
+        # On the CPU the first compile takes 1-2 min on two cores for about 12% faster steps:
+        # it pays back within a long run, never within a short one (BENCHMARKS.md).
+        # Inductor's CPU kernels need a C++ compiler.
         compile_model = device.type == "cuda" or (
             recipe.iterations >= CPU_COMPILE_MIN_ITERATIONS
             and any(shutil.which(cxx) for cxx in ("g++", "clang++")))
