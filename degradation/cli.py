@@ -248,8 +248,10 @@ def bench(
     """Training and evaluation throughput: our pipeline vs the conventional one, same model.
 
     The conventional pipeline is PIL images, torchvision RandomCrop/Flip/Normalize through a
-    DataLoader with workers, eager fp32. Reports steady-state images/s after warm-up, the
-    speed-up, warm-up time, evaluation images/s and peak memory.
+    DataLoader with workers, eager fp32, in a process of its own. Reports steady-state
+    images/s after warm-up, the speed-up (median of back-to-back pairs), warm-up time,
+    evaluation images/s and peak memory; `--runs K` also times K runs fused against K
+    processes side by side.
     """
     from degradation.bench import bench_command
 
