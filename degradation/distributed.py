@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from degradation.config import Config, ConfigError, TrainerConfig
+from degradation.signals import noting_stop_signals
 
 if TYPE_CHECKING:
     from degradation.train import Outcome
@@ -45,7 +45,6 @@ log = logging.getLogger("degrade")
 # The ranks compare their stop requests (signals) every this many iterations: a collective
 # costs a host sync on GPUs, and a stop a few steps later is still well inside SLURM's notice.
 AGREE_EVERY = 10
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 def rank() -> int:
@@ -218,27 +217,16 @@ def _relay(worker: subprocess.Popen) -> None:
         log.info(line.rstrip("\n"))
 
 
-@contextlib.contextmanager
-def _passing_signals_to(workers: list[subprocess.Popen]) -> Iterator[list[str]]:
+def _passing_signals_to(workers: list[subprocess.Popen]
+                        ) -> contextlib.AbstractContextManager[list[str]]:
     """Pass SIGINT/SIGTERM/SIGUSR2 on to the workers; yields the names received."""
-    received: list[str] = []
 
-    def forward(signum: int, _frame: Any) -> None:
-        received.append(signal.Signals(signum).name)
+    def forward(signum: int) -> None:
         for worker in workers:
             with contextlib.suppress(ProcessLookupError):
                 worker.send_signal(signum)
 
-    try:
-        previous = {sig: signal.signal(sig, forward) for sig in _SIGNALS}
-    except ValueError:  # not the main thread
-        yield received
-        return
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return noting_stop_signals(also=forward)
 
 
 def _read_error(path: Path) -> BaseException | None:

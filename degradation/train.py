@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +47,7 @@ from degradation.runs import (
     identity,
     run_dir,
 )
+from degradation.signals import noting_stop_signals
 from degradation.storage import (
     CHECKPOINT,
     PREVIOUS_CHECKPOINT,
@@ -124,7 +124,7 @@ def train_all(config: Config, splits: CifarSplits | None = None) -> list[Outcome
     with contextlib.ExitStack() as held:
         for member in todo:  # every member's lock before any is touched
             held.enter_context(distributed.run_lock(run_dir(member)))
-        stop = held.enter_context(_checkpoint_on_signal())
+        stop = held.enter_context(noting_stop_signals())
         groups = _training_groups(todo)
         for member in (member for group in groups for member in group):
             _write_config(run_dir(member), member)
@@ -697,24 +697,6 @@ def _autocast(device: torch.device, precision: str) -> Iterator[None]:
             yield
     else:
         yield
-
-
-@contextlib.contextmanager
-def _checkpoint_on_signal() -> Iterator[list[str]]:
-    """SIGTERM/SIGINT/SIGUSR2 ask the loop to checkpoint and stop at the next step."""
-    stop: list[str] = []
-    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-    try:
-        previous = {sig: signal.signal(sig, lambda s, _f: stop.append(signal.Signals(s).name))
-                    for sig in wanted}
-    except ValueError:  # not the main thread: leave signals to the caller
-        yield stop
-        return
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def seed_everything(seed: int) -> None:
