@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
-from degradation.runs import METRICS_FILE, TENSORBOARD_DIR, RunRecord, find_runs, identity
+from degradation.runs import METRICS_FILE, TENSORBOARD_DIR, RunRecord, find_runs, recipe
 from degradation.storage import atomic_write_text, read_json
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
@@ -41,7 +41,6 @@ STATE_ORDER = ("done", "running", "interrupted", "pending", "failed", "diverged"
 COLUMNS = ["arch", "depth", "shortcut", "variant", "seed", "run", "state", "eval_set",
            "iteration", "metric", "value"]
 GROUP = ["arch", "depth", "shortcut", "variant"]
-_NAMED_IN_PATH = ("arch", "depth", "shortcut", "seed")
 
 
 class AnalysisError(ValueError):
@@ -82,10 +81,7 @@ def eval_set_of(record: RunRecord) -> str:
 
 def variants(records: Sequence[RunRecord]) -> dict[Path, str]:
     """For each run, the settings in which it differs from the most common recipe ('' if none)."""
-    recipes = {}
-    for record in records:
-        flat = identity(record.config)
-        recipes[record.path] = {k: v for k, v in flat.items() if k not in _NAMED_IN_PATH}
+    recipes = {record.path: recipe(record.config) for record in records}
     keys = {path: json.dumps(rest, sort_keys=True) for path, rest in recipes.items()}
     reference = json.loads(Counter(keys.values()).most_common(1)[0][0]) if keys else {}
     result = {}

@@ -56,8 +56,14 @@ def depth_colour(depth: int) -> str:
 
 
 def main_shortcut(scalars: pd.DataFrame) -> str | None:
-    """The paper's option A when any ResNet used it, else the most common option (or None)."""
-    options = scalars.loc[scalars["arch"] == "resnet"].drop_duplicates("run")["shortcut"]
+    """The shortcut option Figure 6 draws, from the ResNet runs' options (`preferred_shortcut`)."""
+    return preferred_shortcut(
+        scalars.loc[scalars["arch"] == "resnet"].drop_duplicates("run")["shortcut"])
+
+
+def preferred_shortcut(options: pd.Series) -> str | None:
+    """The paper's option A when any ResNet run used it, else the most common option (or None
+    for no ResNet runs): what Figures 6 and 7 both draw."""
     if options.empty:
         return None
     return "A" if (options == "A").any() else options.value_counts().index[0]
@@ -200,9 +206,8 @@ def _error_name(scalars: pd.DataFrame) -> str:
 def figure7(responses: Sequence[dict[str, Any]], max_depth: int = DEEPEST_MAIN_PANEL) -> Figure:
     """Figure 7: std of each 3x3 layer's response, in network order (top) and sorted (bottom)."""
     # As in Figure 6: plain nets and the ResNets of the paper's option A (else the commonest).
-    options = pd.Series([item["shortcut"] for item in responses if item["arch"] == "resnet"],
-                        dtype=object)
-    shortcut = "A" if (options == "A").any() else (options.mode()[0] if len(options) else None)
+    shortcut = preferred_shortcut(pd.Series(
+        [item["shortcut"] for item in responses if item["arch"] == "resnet"], dtype=object))
     groups: dict[tuple, list[list[float]]] = {}
     for item in responses:
         chosen = item["arch"] == "plain" or item["shortcut"] == shortcut

@@ -44,7 +44,7 @@ from degradation.runs import (
     SUMMARY_FILE,
     RunRecord,
     family,
-    identity,
+    identity_hash,
     read_run,
     run_dir,
     run_path,
@@ -165,14 +165,13 @@ def fuse_runs(planned: list[PlannedRun]) -> list[list[PlannedRun]]:
     `trainer.fuse` of them (one fused model, `degradation.fused`); every other run is a job
     of its own. Jobs keep the order of their first run."""
     jobs: list[list[PlannedRun]] = []
-    open_jobs: dict[tuple, list[PlannedRun]] = {}
+    open_jobs: dict[tuple[str, str], list[PlannedRun]] = {}
     for run in planned:
         config = run.config
         if config.trainer.fuse == 1 or not fusable(config):
             jobs.append([run])
             continue
-        key = tuple(sorted((name, repr(value)) for name, value in identity(config).items()
-                           if name != "seed"))
+        key = (family(config), identity_hash(config))  # everything but the seed
         job = open_jobs.get(key)
         if job is None or len(job) == config.trainer.fuse:
             job = open_jobs[key] = []

@@ -56,11 +56,18 @@ def identity(config: Config) -> dict[str, Any]:
     return flat
 
 
+# The identity settings a run folder's path spells out; the hash stands for the rest.
+NAMED_IN_PATH = ("arch", "depth", "shortcut", "seed")
+
+
+def recipe(config: Config) -> dict[str, Any]:
+    """The identity settings other than those the path names: how the network was trained."""
+    return {key: value for key, value in identity(config).items() if key not in NAMED_IN_PATH}
+
+
 def identity_hash(config: Config) -> str:
-    """Eight hex digits over every identity setting other than arch, depth, shortcut, seed."""
-    named_in_path = ("arch", "depth", "shortcut", "seed")
-    rest = {key: value for key, value in identity(config).items() if key not in named_in_path}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+    """Eight hex digits over `recipe(config)`."""
+    return hashlib.sha256(json.dumps(recipe(config), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def run_path(config: Config) -> str:

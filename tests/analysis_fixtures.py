@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import yaml
+from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from degradation.config import Config, load_config
+from degradation.config import Config, load_config, yaml_defaults
 from degradation.runs import CONFIG_FILE, SUMMARY_FILE, TENSORBOARD_DIR, run_dir
 from degradation.storage import write_json
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "config.yaml"
 PARAMETERS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 8: 75_290}
 
 Points = Iterable[tuple[int, float]]
@@ -22,9 +22,7 @@ Points = Iterable[tuple[int, float]]
 
 def make_config(output_dir: Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """A real `Config` from conf/config.yaml with dotted-key overrides (`train.iterations`)."""
-    values = yaml.safe_load(CONF.read_text(encoding="utf-8"))
-    values.pop("defaults", None)
-    values.pop("hydra", None)
+    values = OmegaConf.to_container(yaml_defaults())
     values["output_dir"] = str(output_dir)
     for dotted, value in (overrides or {}).items():
         *parents, last = dotted.split(".")

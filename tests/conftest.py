@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from degradation.data import write_cifar10
+from degradation.runs import TENSORBOARD_DIR
 
 SHARED_SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "cifar10-subset"
 
@@ -15,6 +17,13 @@ SHARED_SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "cifar10
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated data set: 5 x 40 training images, 60 test images."""
     return write_cifar10(tmp_path_factory.mktemp("cifar"), train_per_batch=40, test_size=60)
+
+
+@pytest.fixture(scope="session")
+def small_cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller generated data set: 5 x 16 training images, 32 test images."""
+    return write_cifar10(tmp_path_factory.mktemp("small-cifar"), train_per_batch=16,
+                         test_size=32)
 
 
 def tiny_overrides(cifar_root: Path, output_dir: Path, **extra: object) -> list[str]:
@@ -27,3 +36,11 @@ def tiny_overrides(cifar_root: Path, output_dir: Path, **extra: object) -> list[
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every (iteration, value) a run logged to TensorBoard, by tag."""
+    accumulator = EventAccumulator(str(folder / TENSORBOARD_DIR), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}

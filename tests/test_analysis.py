@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_fixtures import make_config, make_summary, write_events, write_run, write_study
 
 from degradation import analysis
 from degradation.analysis import AnalysisError
+from tests.analysis_fixtures import make_config, make_summary, write_events, write_run, write_study
 
 FAST = {"train.iterations": 2000, "train.milestones": [1000, 1500]}
 

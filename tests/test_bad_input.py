@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from degradation.cli import app
-from degradation.data import BATCH_DIR, write_cifar10
+from degradation.data import BATCH_DIR
 from degradation.launching import compose_config
 from degradation.runs import run_dir
 from degradation.storage import CHECKPOINT
@@ -30,9 +30,9 @@ from tests.conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cifar_root(small_cifar_root: Path) -> Path:
     """80 training and 32 test images."""
-    return write_cifar10(tmp_path_factory.mktemp("cifar"), train_per_batch=16, test_size=32)
+    return small_cifar_root
 
 
 def overrides(cifar_root: Path, output: Path, *extra: str) -> list[str]:

@@ -221,19 +221,27 @@ def reference_steps(steps: int) -> tuple[list[float], list[int], dict[str, torch
     return losses, errors, model.state_dict()
 
 
-def shared_steps(steps: int, speed: Speed) -> tuple[list[float], list[int], dict]:
-    config = tiny()
-    torch.manual_seed(config.seed)
-    model, optimizer = build_network(config, CPU, speed)
-    losses, errors = [], []
-    batches = stream()
-    for _ in range(steps):
-        images, labels = next(batches)
-        loss, wrong = train_step(model, optimizer, images, labels, 0.1, "fp32",
-                                 speed.memory_format)
-        losses.append(float(loss))
-        errors.append(int(wrong))
-    return losses, errors, model.state_dict()
+def shared_steps(steps: int, channels_last: bool, compile_model: bool
+                 ) -> tuple[list[float], list[int], dict]:
+    """`steps` of `train_step` as `degrade train` takes them, with the process's threads as
+    they were before (`build_network` sets them)."""
+    threads = torch.get_num_threads()
+    speed = Speed(channels_last, compile_model, threads)
+    try:
+        config = tiny()
+        torch.manual_seed(config.seed)
+        model, optimizer = build_network(config, CPU, speed)
+        losses, errors = [], []
+        batches = stream()
+        for _ in range(steps):
+            images, labels = next(batches)
+            loss, wrong = train_step(model, optimizer, images, labels, 0.1, "fp32",
+                                     speed.memory_format)
+            losses.append(float(loss))
+            errors.append(int(wrong))
+        return losses, errors, model.state_dict()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -242,11 +250,7 @@ def reference() -> tuple[list[float], list[int], dict[str, torch.Tensor]]:
 
 
 def test_shared_step_equals_the_eager_reference_bit_for_bit(reference: tuple) -> None:
-    threads = torch.get_num_threads()
-    try:
-        losses, errors, state = shared_steps(4, Speed(False, False, threads))
-    finally:
-        torch.set_num_threads(threads)
+    losses, errors, state = shared_steps(4, channels_last=False, compile_model=False)
     ref_losses, ref_errors, ref_state = reference
     assert losses == ref_losses and errors == ref_errors
     for key, value in ref_state.items():
@@ -255,12 +259,8 @@ def test_shared_step_equals_the_eager_reference_bit_for_bit(reference: tuple) ->
 
 def test_channels_last_changes_only_rounding_and_is_itself_deterministic(
         reference: tuple) -> None:
-    threads = torch.get_num_threads()
-    try:
-        nhwc = shared_steps(4, Speed(True, False, threads))
-        again = shared_steps(4, Speed(True, False, threads))
-    finally:
-        torch.set_num_threads(threads)
+    nhwc = shared_steps(4, channels_last=True, compile_model=False)
+    again = shared_steps(4, channels_last=True, compile_model=False)
     ref_losses, ref_errors, ref_state = reference
     assert nhwc[0] == again[0] and all(torch.equal(nhwc[2][k], again[2][k]) for k in nhwc[2])
     assert nhwc[0] == pytest.approx(ref_losses, rel=STEP_RTOL)
@@ -346,11 +346,7 @@ def test_channels_last_does_not_change_what_a_run_logs(cifar_root: Path, tmp_pat
 def test_compile_changes_only_rounding(reference: tuple) -> None:
     # Inductor fuses BN and ReLU and reorders float sums: a change of rounding, like
     # channels_last; the CPU compile of a depth-8 net's forward and backward takes ~20-60 s.
-    threads = torch.get_num_threads()
-    try:
-        losses, errors, state = shared_steps(4, Speed(False, True, threads))
-    finally:
-        torch.set_num_threads(threads)
+    losses, errors, state = shared_steps(4, channels_last=False, compile_model=True)
     ref_losses, ref_errors, ref_state = reference
     assert losses == pytest.approx(ref_losses, rel=STEP_RTOL)
     assert errors == ref_errors

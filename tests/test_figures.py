@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_fixtures import write_study
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_hex
 
 from degradation import figures
 from degradation.analysis import COLUMNS, PLAIN_SHORTCUT, AnalysisError
+from tests.analysis_fixtures import write_study
 
 STEPS = np.arange(1000, 64001, 1000)
 

@@ -50,8 +50,7 @@ from degradation.train import (
     train_all,
     train_step,
 )
-from tests.conftest import tiny_overrides
-from tests.test_train import scalars
+from tests.conftest import scalars, tiny_overrides
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1)

@@ -6,11 +6,11 @@ import base64
 from html.parser import HTMLParser
 
 import pytest
-from analysis_fixtures import make_config, make_summary, write_run, write_study
 
 from degradation import report
 from degradation.analysis import RESPONSES_FILE, AnalysisError
 from degradation.storage import write_json
+from tests.analysis_fixtures import make_config, make_summary, write_run, write_study
 
 
 class _Page(HTMLParser):

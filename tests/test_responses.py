@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from analysis_fixtures import make_config, make_summary, write_run
 
 from degradation import responses
 from degradation.analysis import RESPONSES_FILE, AnalysisError, load_runs
@@ -12,6 +11,7 @@ from degradation.data import eval_batches, load_cifar10, write_cifar10
 from degradation.models import build_model, response_modules
 from degradation.runs import read_run
 from degradation.storage import read_json, save_checkpoint
+from tests.analysis_fixtures import make_config, make_summary, write_run
 
 
 def _tiny_net(arch: str, seed: int = 0) -> torch.nn.Module:

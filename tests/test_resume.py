@@ -24,16 +24,14 @@ from typing import Any
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 from typer.testing import CliRunner
 
 from degradation.cli import app
-from degradation.data import write_cifar10
-from degradation.runs import METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
+from degradation.runs import METRICS_FILE, SUMMARY_FILE
 from degradation.storage import CHECKPOINT, LOCK, PREVIOUS_CHECKPOINT, read_json
 from degradation.train import _let_new_event_file_sort_last
-from tests.conftest import tiny_overrides
+from tests.conftest import scalars, tiny_overrides
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -81,9 +79,9 @@ main()
 
 
 @pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cifar_root(small_cifar_root: Path) -> Path:
     """80 training and 32 test images: a second a run."""
-    return write_cifar10(tmp_path_factory.mktemp("cifar"), train_per_batch=16, test_size=32)
+    return small_cifar_root
 
 
 def overrides(cifar_root: Path, output: Path, *extra: str) -> list[str]:
@@ -171,13 +169,6 @@ def run_folder(output: Path) -> Path:
 
 def checkpoint_iteration(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["iteration"]
-
-
-def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    accumulator = EventAccumulator(str(folder / TENSORBOARD_DIR), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-            for tag in accumulator.Tags()["scalars"]}
 
 
 def errors(stderr: str) -> list[str]:

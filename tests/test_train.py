@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from degradation.launching import compose_config
 from degradation.logs import TAGS
 from degradation.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from degradation.storage import load_checkpoint, read_json
 from degradation.train import learning_rate, train
-from tests.conftest import tiny_overrides
+from tests.conftest import scalars, tiny_overrides
 
 PAPER = compose_config([]).train
 
@@ -30,13 +29,6 @@ def test_warmup_uses_the_warmup_rate_until_switched_off() -> None:
     assert learning_rate(0, PAPER, warming_up=True) == 0.01
     assert learning_rate(40_000, PAPER, warming_up=True) == 0.01
     assert learning_rate(400, PAPER, warming_up=False) == 0.1
-
-
-def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    accumulator = EventAccumulator(str(folder / TENSORBOARD_DIR), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-            for tag in accumulator.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")
