@@ -165,13 +165,14 @@ def fuse_runs(planned: list[PlannedRun]) -> list[list[PlannedRun]]:
     `trainer.fuse` of them (one fused model, `degradation.fused`); every other run is a job
     of its own. Jobs keep the order of their first run."""
     jobs: list[list[PlannedRun]] = []
-    open_jobs: dict[tuple[str, str], list[PlannedRun]] = {}
+    open_jobs: dict[tuple[Path, str], list[PlannedRun]] = {}
     for run in planned:
         config = run.config
         if config.trainer.fuse == 1 or not fusable(config):
             jobs.append([run])
             continue
-        key = (family(config), identity_hash(config))  # everything but the seed
+        # The folder of its runs but for the seed: output_dir and network, then the recipe.
+        key = (run_dir(config).parent, identity_hash(config))
         job = open_jobs.get(key)
         if job is None or len(job) == config.trainer.fuse:
             job = open_jobs[key] = []

@@ -150,6 +150,11 @@ def test_runs_that_differ_only_in_seed_share_fused_jobs(tmp_path: Path) -> None:
     assert job_overrides(jobs[1]) == jobs[1][0].overrides
     fused = compose_config(job_overrides(jobs[0]))
     assert run_dir(fused) == jobs[0][0].folder  # the job's folder is its first run's own
+    # Runs in other output folders are other runs, never fused with these.
+    two_places = plan(["seed=0,1", "depth=8", "trainer.fuse=2",
+                       f"output_dir={tmp_path / 'a'},{tmp_path / 'b'}"], sweep=True)
+    assert [[run.config.output_dir for run in job] for job in fuse_runs(two_places)] == [
+        [str(tmp_path / "a")] * 2, [str(tmp_path / "b")] * 2]
     unfused = plan(["seed=0,1", "depth=8", f"output_dir={tmp_path}"], sweep=True)
     assert [len(job) for job in fuse_runs(unfused)] == [1, 1]  # trainer.fuse=1: the default
 
