@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from degradation.config import Config, ConfigError, from_dict
+from degradation.config import Config, ConfigError, TrainConfig, from_dict
 from degradation.data import NUM_CLASSES, SIZE, TrainBatches, pixel_mean
 from degradation.models import build_model
 from degradation.runs import family
@@ -56,7 +56,13 @@ from degradation.train import (
     resolve_speed,
     train_step,
 )
-from hydra_plugins.degrade_launcher._core import Slot, assign_slots, visible_gpus
+from hydra_plugins.degrade_launcher._core import (
+    Slot,
+    assign_slots,
+    pin_to,
+    usable_cores,
+    visible_gpus,
+)
 
 # The per-channel statistics most CIFAR-10 repositories normalise with (conventional only).
 CONVENTIONAL_MEAN = (0.4914, 0.4822, 0.4465)
@@ -181,7 +187,7 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
             progress(f"{family(config)}: ours {row.ours.train_images_per_s:,.1f} img/s, "
                      f"conventional {row.conventional.train_images_per_s:,.1f} img/s "
                      f"({row.speedup:.2f}x)")
-    packing = [bench_packing(row, images, runs, steps, warmup_steps, repeats)
+    packing = [bench_packing(row, data, runs, steps, warmup_steps, repeats)
                for row in rows] if runs > 1 else []
     for row in packing:
         if progress is not None:
@@ -212,6 +218,7 @@ class _Data:
     train_labels: Tensor
     eval_images: Tensor
     eval_labels: Tensor
+    mean: Tensor  # the training images' per-pixel mean, as `degrade train` subtracts it
     drawn_with: tuple[int, int, int]  # `_synthetic`'s arguments: the same data again elsewhere
 
 
@@ -223,8 +230,9 @@ def _synthetic(images: int, eval_batches: int, eval_batch_size: int) -> _Data:
                               dtype=torch.uint8),
                 torch.randint(0, NUM_CLASSES, (n,), generator=generator))
 
-    return _Data(*draw(images), *draw(eval_batches * eval_batch_size),
-                 drawn_with=(images, eval_batches, eval_batch_size))
+    train_images, train_labels = draw(images)
+    return _Data(train_images, train_labels, *draw(eval_batches * eval_batch_size),
+                 mean=pixel_mean(train_images), drawn_with=(images, eval_batches, eval_batch_size))
 
 
 def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeats: int,
@@ -237,8 +245,8 @@ def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeat
     conventional = _ConventionalProcess(config, data, workers)
     torch.manual_seed(config.seed)  # all a model's initialisation draws from
     model, optimizer = build_network(config, device, speed)
-    batches = TrainBatches(data.train_images, data.train_labels,
-                           pixel_mean(data.train_images), recipe.batch_size, config.seed, device)
+    batches = TrainBatches(data.train_images, data.train_labels, data.mean, recipe.batch_size,
+                           config.seed, device)
     eval_images, eval_labels = data.eval_images.to(device), data.eval_labels.to(device)
     measured: dict[str, list[tuple[float, float, float, float]]] = {
         "ours": [], "conventional": []}
@@ -246,10 +254,10 @@ def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeat
 
     def ours() -> tuple[float, float, float, float]:
         _reset_peak(device)
-        warm = _time(device, lambda: _our_steps(model, optimizer, batches, recipe.lr,
-                                                recipe.precision, speed, warmup_steps))
-        timed = _time(device, lambda: _our_steps(model, optimizer, batches, recipe.lr,
-                                                 recipe.precision, speed, steps))
+        warm = _time(device, lambda: _our_steps(model, optimizer, batches.__next__, recipe,
+                                                speed.memory_format, warmup_steps))
+        timed = _time(device, lambda: _our_steps(model, optimizer, batches.__next__, recipe,
+                                                 speed.memory_format, steps))
         evaluated = _our_eval(model, eval_images, eval_labels, batches.mean,
                               recipe.eval_batch_size, recipe.precision, speed, device)
         return warm, steps * recipe.batch_size / timed, evaluated, _peak_mib(device)
@@ -280,16 +288,15 @@ def _summarise(measured: list[tuple[float, float, float, float]]) -> Measured:
                     peak_mib=max(m[3] for m in measured))
 
 
-def bench_packing(row: BenchRow, images: int, runs: int, steps: int, warmup_steps: int,
+def bench_packing(row: BenchRow, data: _Data, runs: int, steps: int, warmup_steps: int,
                   repeats: int) -> PackingRow:
     """`runs` runs of `row`'s network at once: fused into one model in this process, and as
     many processes side by side, each confined as `hydra/launcher=local` confines a job."""
     config, device = row.config, row.device
     slots = _packing_slots(device, runs)
     configs = [replace(config, seed=config.seed + member) for member in range(runs)]
-    fused = statistics.median(_fused_rate(configs, device, row.speed, images, steps,
-                                          warmup_steps) for _ in range(repeats))
-    separate = statistics.median(_separate_rate(configs, slots, images, steps, warmup_steps)
+    fused = _fused_rate(configs, device, row.speed, data, steps, warmup_steps, repeats)
+    separate = statistics.median(_separate_rate(configs, slots, data, steps, warmup_steps)
                                  for _ in range(repeats))
     return PackingRow(config, runs, len(slots[0].cores), fused, separate,
                       row.ours.train_images_per_s, steps, repeats)
@@ -299,48 +306,42 @@ def _packing_slots(device: torch.device, runs: int) -> list[Slot]:
     """Where the separate processes run: all on this GPU, or each on its share of the cores."""
     gpus = [visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())[
         device.index or 0]] if device.type == "cuda" else []
-    return assign_slots(gpus, sorted(_usable_cores()), runs_per_gpu=runs, parallel_runs=runs)
+    return assign_slots(gpus, usable_cores(), runs_per_gpu=runs, parallel_runs=runs)
 
 
-def _usable_cores() -> set[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return os.sched_getaffinity(0)
-    return set(range(os.cpu_count() or 1))
-
-
-def _fused_rate(configs: list[Config], device: torch.device, speed: Speed, images: int,
-                steps: int, warmup_steps: int) -> float:
-    """Images/s of every member together, trained as one fused model (`train_step`)."""
+def _fused_rate(configs: list[Config], device: torch.device, speed: Speed, data: _Data,
+                steps: int, warmup_steps: int, repeats: int) -> float:
+    """Images/s of every member together, trained as one fused model (`train_step`): the
+    median over `repeats`, each after its warm-up steps."""
     from degradation.fused import build_fused
 
     network, _ = build_fused(configs, device, speed)
-    data = _synthetic(images, 1, configs[0].train.eval_batch_size)
-    mean = pixel_mean(data.train_images)
-    members = [TrainBatches(data.train_images, data.train_labels, mean,
+    members = [TrainBatches(data.train_images, data.train_labels, data.mean,
                             config.train.batch_size, config.seed, device) for config in configs]
-    recipe = configs[0].train
+
+    def next_batch() -> tuple[Tensor, Tensor]:
+        return network.stack([next(batches) for batches in members])
 
     def run(count: int) -> None:
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        for _ in range(count):
-            images_, labels = network.stack([next(batches) for batches in members])
-            loss, _wrong = train_step(network, network.optimizer, images_, labels, recipe.lr,
-                                      recipe.precision, network.memory_format)
-            loss_sum += loss.sum()
-        float(loss_sum)
+        _our_steps(network, network.optimizer, next_batch, configs[0].train,
+                   network.memory_format, count)
 
-    _time(device, lambda: run(warmup_steps))
-    return len(configs) * steps * recipe.batch_size / _time(device, lambda: run(steps))
+    images = len(configs) * steps * configs[0].train.batch_size
+    rates = []
+    for _ in range(repeats):
+        _time(device, lambda: run(warmup_steps))
+        rates.append(images / _time(device, lambda: run(steps)))
+    return statistics.median(rates)
 
 
-def _separate_rate(configs: list[Config], slots: list[Slot], images: int, steps: int,
+def _separate_rate(configs: list[Config], slots: list[Slot], data: _Data, steps: int,
                    warmup_steps: int) -> float:
     """Images/s of every run together, each in its own process, all timed at once."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     ready = context.Barrier(len(configs))
     results = context.SimpleQueue()
     processes = [context.Process(target=_separate_worker, daemon=True, args=(
-        config.to_dict(), slot.cores, images, steps, warmup_steps, ready, results))
+        config.to_dict(), slot.cores, data.drawn_with, steps, warmup_steps, ready, results))
         for config, slot in zip(configs, slots, strict=True)]
     with _environment(slots[0].env() if slots[0].gpus else {}):
         for process in processes:
@@ -354,27 +355,26 @@ def _separate_rate(configs: list[Config], slots: list[Slot], images: int, steps:
     return len(configs) * steps * configs[0].train.batch_size / (ended - started)
 
 
-def _separate_worker(values: dict[str, Any], cores: tuple[int, ...], images: int, steps: int,
-                     warmup_steps: int, ready: Any, results: Any) -> None:
+def _separate_worker(values: dict[str, Any], cores: tuple[int, ...],
+                     drawn_with: tuple[int, int, int], steps: int, warmup_steps: int,
+                     ready: Any, results: Any) -> None:
     """One of the separate processes: its run's steps, timed after every process warmed up."""
     try:
-        if cores and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cores)
+        pin_to(cores)
         config = from_dict(values)
         device = resolve_device(config.device)
         speed = replace(resolve_speed(config.train, device), threads=max(1, len(cores)))
         torch.manual_seed(config.seed)
         model, optimizer = build_network(config, device, speed)
-        data = _synthetic(images, 1, config.train.eval_batch_size)
-        batches = TrainBatches(data.train_images, data.train_labels,
-                               pixel_mean(data.train_images), config.train.batch_size,
-                               config.seed, device)
-        recipe = config.train
-        _our_steps(model, optimizer, batches, recipe.lr, recipe.precision, speed, warmup_steps)
+        data = _synthetic(*drawn_with)  # the parent's data, drawn again from its seed
+        batches = TrainBatches(data.train_images, data.train_labels, data.mean,
+                               config.train.batch_size, config.seed, device)
+        _our_steps(model, optimizer, batches.__next__, config.train, speed.memory_format,
+                   warmup_steps)
         _sync(device)
         ready.wait()
         started = time.time()  # wall clock: comparable across the processes
-        _our_steps(model, optimizer, batches, recipe.lr, recipe.precision, speed, steps)
+        _our_steps(model, optimizer, batches.__next__, config.train, speed.memory_format, steps)
         _sync(device)
         results.put((started, time.time()))
     except BaseException as error:  # the parent waits for one answer from each process
@@ -414,15 +414,20 @@ def _time(device: torch.device, work: Callable[[], None]) -> float:
 # --- ours: the code `degrade train` runs ----------------------------------------------------
 
 
-def _our_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TrainBatches,
-               lr: float, precision: str, speed: Speed, steps: int) -> None:
-    loss_sum = torch.zeros((), device=batches.images.device, dtype=torch.float64)
+def _our_steps(model: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimizer,
+               next_batch: Callable[[], tuple[Tensor, Tensor]], recipe: TrainConfig,
+               memory_format: torch.memory_format, steps: int) -> None:
+    """`steps` of `train_step` as `degrade train` takes them, on a lone or a fused model."""
+    loss_sum: Tensor | None = None
     for _ in range(steps):
-        images, labels = next(batches)
-        loss, _wrong = train_step(model, optimizer, images, labels, lr, precision,
-                                  speed.memory_format)
-        loss_sum += loss * labels.numel()  # as `degrade train` accumulates it
-    float(loss_sum)  # one read at the end, as at a log point
+        images, labels = next_batch()
+        loss, _wrong = train_step(model, optimizer, images, labels, recipe.lr,
+                                  recipe.precision, memory_format)
+        # On the device, as `degrade train` accumulates it (one sum per member when fused).
+        total = loss.double() * labels.shape[-1]
+        loss_sum = total if loss_sum is None else loss_sum + total
+    if loss_sum is not None:
+        float(loss_sum.sum())  # one read at the end, as at a log point
 
 
 def _our_eval(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor,

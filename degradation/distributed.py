@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from degradation.config import Config, ConfigError, TrainerConfig
 from degradation.signals import noting_stop_signals
+from hydra_plugins.degrade_launcher._core import parse_cores, pin_to, usable_cores
 
 if TYPE_CHECKING:
     from degradation.train import Outcome
@@ -195,7 +196,7 @@ def _start(config: Config, spec: Path, error_file: Path, index: int, port: int
            ) -> subprocess.Popen:
     """Worker `index`, with torchrun's environment and its share of the CPU cores."""
     size = config.trainer.gpus
-    cores = _cores()
+    cores = usable_cores()
     share = cores[index::size] or cores
     env = {**os.environ, "RANK": str(index), "LOCAL_RANK": str(index), "WORLD_SIZE": str(size),
            "LOCAL_WORLD_SIZE": str(size), "MASTER_ADDR": "127.0.0.1",
@@ -242,16 +243,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _cores() -> list[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
 def _worker(spec_path: str, error_path: str, cores: str) -> int:
     """One rank: join the process group, train, leave; the error (if any) to `error_path`."""
-    if cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+    pin_to(parse_cores(cores))
     from degradation.config import from_dict
     from degradation.train import Interrupted, resolve_device, train
 

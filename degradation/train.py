@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import platform
 import random
 import shutil
@@ -62,6 +61,7 @@ from degradation.storage import (
     set_aside_damaged,
     write_json,
 )
+from hydra_plugins.degrade_launcher._core import usable_cores
 
 CHECKPOINT_FORMAT = 1
 log = logging.getLogger("degrade")
@@ -195,10 +195,8 @@ def resolve_speed(recipe: TrainConfig, device: torch.device) -> Speed:
 
 
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask: `taskset` narrows it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """How many CPU cores this process may run on (its affinity mask: `taskset` narrows it)."""
+    return len(usable_cores())
 
 
 def build_network(config: Config, device: torch.device, speed: Speed
@@ -282,7 +280,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tenso
         outputs = model(images)
         loss = _cross_entropy(outputs, labels, "mean")
     optimizer.zero_grad(set_to_none=True)
-    loss.sum().backward()
+    # Fused: the sum of the members' losses. A lone loss is a scalar already: no extra kernel.
+    (loss.sum() if loss.dim() else loss).backward()
     optimizer.step()
     with torch.no_grad():
         wrong = (outputs.argmax(dim=-1) != labels).sum(dim=-1)
@@ -353,12 +352,13 @@ class _Run:
             self.trained = distributed.wrap(self.model, self.device, configs[0].trainer)  # DDP
             self.memory_format = self.speed.memory_format
             rngs = [None]  # a lone run checkpoints the process's own generators
+        # The data set is copied to the device once, not for each member or each evaluation.
+        splits = replace(splits, **{name: getattr(splits, name).to(self.device) for name in (
+            "train_images", "train_labels", "eval_images", "eval_labels", "mean")})
         self.members = [_Member(config, splits, self.device, rng)
                         for config, rng in zip(configs, rngs, strict=True)]
         self.everyone = list(self.members)  # self.members loses those that diverge
-        # The evaluation set is copied to the device once, not at every evaluation.
-        self.eval_images = splits.eval_images.to(self.device)
-        self.eval_labels = splits.eval_labels.to(self.device)
+        self.eval_images, self.eval_labels = splits.eval_images, splits.eval_labels
         self.mean = splits.mean
         resumed = [member.resume(lambda state, index=index: self._load(index, state))
                    for index, member in enumerate(self.members)]
@@ -366,9 +366,6 @@ class _Run:
             raise StorageError("fused runs must resume from one iteration; train them apart")
         for member, cut in zip(self.members, resumed, strict=True):
             member.open_logs(cut)
-        for group in self.optimizer.param_groups:
-            # A checkpoint brings its kernel choice (a CUDA run's fused=True): use this device's.
-            group.update(sgd_kernel(self.device))
 
     @property
     def iteration(self) -> int:
@@ -461,6 +458,9 @@ class _Run:
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:
+                # The checkpoint brought its kernel choice (a CUDA run's fused=True): use ours.
+                group.update(sgd_kernel(self.device))
             set_rng_state(state["rng"])
 
     def _finish(self, member: _Member, status: str) -> Outcome:

@@ -8,8 +8,9 @@ jobs and exceptions here stay the same objects for everyone who imports them.
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,25 @@ class JobFailed(RuntimeError):
 
 class JobInterrupted(JobFailed):
     """A job stopped by a signal; its run resumes from its checkpoint when launched again."""
+
+
+def usable_cores() -> list[int]:
+    """The CPU cores this process may run on (its affinity mask: `taskset` narrows it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def pin_to(cores: Iterable[int]) -> None:
+    """Confine this process to `cores` where the OS can (Linux); no cores: left as it is."""
+    cores = set(cores)
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+
+
+def parse_cores(text: str) -> list[int]:
+    """`0,1,2` (as `Slot` hands cores to a child process) as a list; empty for ``."""
+    return [int(core) for core in text.split(",") if core]
 
 
 @dataclass(frozen=True)

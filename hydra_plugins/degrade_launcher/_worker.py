@@ -10,20 +10,18 @@ starts with `_` so that Hydra's plugin scan does not import it.
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from hydra_plugins.degrade_launcher._core import INTERRUPTED_EXIT
+from hydra_plugins.degrade_launcher._core import INTERRUPTED_EXIT, parse_cores, pin_to
 
 
 def main(spec_path: str, result_path: str, cores: str) -> int:
     """Run the job; write {'status', 'value' | 'message'} to `result_path`; exit status."""
-    if cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+    pin_to(parse_cores(cores))
     result: dict[str, Any] = {"status": "FAILED"}
     try:
         result = _run(pickle.loads(Path(spec_path).read_bytes()))

@@ -39,6 +39,7 @@ from hydra_plugins.degrade_launcher._core import (
     LauncherError,
     Slot,
     assign_slots,
+    usable_cores,
     visible_gpus,
 )
 
@@ -72,7 +73,7 @@ class LocalLauncher(Launcher):
 
     def slots(self) -> list[Slot]:
         """This machine's slots for the configured device and sharing."""
-        return assign_slots(self._gpus(), _available_cores(), self.runs_per_gpu,
+        return assign_slots(self._gpus(), usable_cores(), self.runs_per_gpu,
                             self.gpus_per_run, self.parallel_runs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -274,9 +275,3 @@ def _hydra_config(config: DictConfig) -> Iterator[None]:
         yield
     finally:
         HydraConfig.instance().cfg = saved
-
-
-def _available_cores() -> list[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
