@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
+from degradation.logs import read_metrics
 from degradation.runs import METRICS_FILE, TENSORBOARD_DIR, RunRecord, find_runs, recipe
 from degradation.storage import atomic_write_text, read_json
 
@@ -41,6 +42,7 @@ STATE_ORDER = ("done", "running", "interrupted", "pending", "failed", "diverged"
 COLUMNS = ["arch", "depth", "shortcut", "variant", "seed", "run", "state", "eval_set",
            "iteration", "metric", "value"]
 GROUP = ["arch", "depth", "shortcut", "variant"]
+_DTYPES = {"depth": "int64", "seed": "int64", "iteration": "int64", "value": "float64"}
 
 
 class AnalysisError(ValueError):
@@ -115,8 +117,7 @@ def scalars_of(records: Sequence[RunRecord], root: Path) -> pd.DataFrame:
         frames.append(points[COLUMNS])
     if not frames:
         return pd.DataFrame({column: pd.Series(dtype=_dtype(column)) for column in COLUMNS})
-    return pd.concat(frames, ignore_index=True).astype(
-        {"depth": "int64", "seed": "int64", "iteration": "int64", "value": "float64"})
+    return pd.concat(frames, ignore_index=True).astype(_DTYPES)
 
 
 def read_run_scalars(run_dir: Path) -> pd.DataFrame:
@@ -153,23 +154,18 @@ def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
 
 
 def _read_metrics_csv(path: Path) -> pd.DataFrame:
-    empty = pd.DataFrame({"iteration": pd.Series(dtype="int64"), "metric": pd.Series(dtype=str),
-                          "value": pd.Series(dtype="float64")})
-    if not path.exists():
-        return empty
     try:
-        wide = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return empty
-    if "iteration" not in wide:
-        return empty
-    tidy = wide.melt(id_vars="iteration", var_name="metric", value_name="value").dropna()
-    return tidy.drop_duplicates(["metric", "iteration"], keep="last")
+        rows = read_metrics(path)
+    except (OSError, ValueError, KeyError):  # missing, damaged, or not ours
+        rows = {}
+    points = [(iteration, metric, value) for iteration, values in rows.items()
+              for metric, value in values.items()]
+    return pd.DataFrame(points, columns=["iteration", "metric", "value"]).astype(
+        {"iteration": "int64", "metric": object, "value": "float64"})
 
 
 def _dtype(column: str) -> str:
-    return {"depth": "int64", "seed": "int64", "iteration": "int64",
-            "value": "float64"}.get(column, "object")
+    return _DTYPES.get(column, "object")
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,7 @@ No default is written here: a field without a YAML value is reported as missing.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,7 @@ def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
     key = getattr(error, "full_key", None) or "?"
     message = str(getattr(error, "msg", error)).splitlines()[0]
     if "not in" in message:
-        return f"unknown config key '{key}' (see `degrade train --cfg job` for the known keys)"
+        return f"unknown config key '{key}' (`degrade train --show-config` lists the keys)"
     if "missing mandatory value" in message.lower():
         return f"config key '{key}' has no value"
     conversion = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", message)
@@ -202,12 +202,25 @@ def _check_fusion(config: Config) -> None:
              f"trainer.fuse_with={config.trainer.fuse_with} must hold seeds >= 0")
     _require(len(set(seeds)) == len(seeds), f"trainer.fuse_with={config.trainer.fuse_with} "
              f"must not repeat a seed (seed={config.seed} is trained already)")
-    _require(config.trainer.gpus == 1, f"trainer.fuse_with={config.trainer.fuse_with} needs "
-             f"trainer.gpus=1 (fused runs share one device), not {config.trainer.gpus}")
-    # Warm-up ends at each run's own training error, so fused runs would need per-run rates.
-    _require(not config.warmup_enabled, f"trainer.fuse_with={config.trainer.fuse_with} "
-             f"cannot fuse runs with warm-up (depth={config.depth}); set train.warmup=false "
-             "or train them apart")
+    refusal = fusion_refusal(config)
+    _require(refusal is None, f"trainer.fuse_with={config.trainer.fuse_with} {refusal}")
+
+
+def fusion_refusal(config: Config) -> str | None:
+    """Why the run cannot train fused with others (None: it can)."""
+    if config.trainer.gpus != 1:
+        return (f"needs trainer.gpus=1 (fused runs share one device), not "
+                f"{config.trainer.gpus}")
+    if config.warmup_enabled:
+        # Warm-up ends at each run's own training error, so fused runs would need per-run rates.
+        return (f"cannot fuse runs with warm-up (depth={config.depth}); set train.warmup=false "
+                "or train them apart")
+    return None
+
+
+def members(config: Config) -> list[Config]:
+    """The run and the runs trained fused with it (`trainer.fuse_with`), in that order."""
+    return [replace(config, seed=seed) for seed in (config.seed, *config.trainer.fuse_with)]
 
 
 def _require(condition: bool, message: str) -> None:

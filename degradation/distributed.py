@@ -36,7 +36,12 @@ from torch import Tensor, nn
 
 from degradation.config import Config, ConfigError, TrainerConfig
 from degradation.signals import noting_stop_signals
-from hydra_plugins.degrade_launcher._core import parse_cores, pin_to, usable_cores
+from hydra_plugins.degrade_launcher._core import (
+    INTERRUPTED_EXIT,
+    parse_cores,
+    pin_to,
+    usable_cores,
+)
 
 if TYPE_CHECKING:
     from degradation.train import Outcome
@@ -268,7 +273,7 @@ def _worker(spec_path: str, error_path: str, cores: str) -> int:
             Path(error_path).write_bytes(pickle.dumps(error))
         if not isinstance(error, Interrupted):
             log.exception("training failed")
-        return 130 if isinstance(error, Interrupted) else 1
+        return INTERRUPTED_EXIT if isinstance(error, Interrupted) else 1
     return 0
 
 

@@ -36,7 +36,15 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from degradation.config import CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, load_config
+from degradation.config import (
+    CONF_DIR,
+    EXPERIMENTS_DIR,
+    Config,
+    ConfigError,
+    fusion_refusal,
+    load_config,
+    members,
+)
 from degradation.data import DataError, ensure_cifar10
 from degradation.models import ModelConfigError
 from degradation.runs import (
@@ -50,6 +58,7 @@ from degradation.runs import (
     run_path,
 )
 from degradation.storage import (
+    CHECKPOINT,
     RunLock,
     RunLocked,
     StorageError,
@@ -57,6 +66,7 @@ from degradation.storage import (
     check_writable,
 )
 from degradation.train import Interrupted, Outcome, train_all
+from hydra_plugins.degrade_launcher._core import INTERRUPTED_EXIT
 
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, StorageError)
 
@@ -155,7 +165,7 @@ def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
         elif (folder / SUMMARY_FILE).exists():
             action = "retrain" if force else "skip"
         else:
-            action = "resume" if (folder / "checkpoint.pt").exists() else "start"
+            action = "resume" if (folder / CHECKPOINT).exists() else "start"
         planned[folder] = PlannedRun(job, config, folder, action)
     return list(planned.values())
 
@@ -182,9 +192,8 @@ def fuse_runs(planned: list[PlannedRun]) -> list[list[PlannedRun]]:
 
 
 def fusable(config: Config) -> bool:
-    """Whether the run can train fused with others (config.py says why when it cannot)."""
-    return (config.trainer.gpus == 1 and not config.warmup_enabled
-            and not config.trainer.fuse_with)
+    """Whether a sweep may fuse the run with others: it can be, and names no partners itself."""
+    return fusion_refusal(config) is None and not config.trainer.fuse_with
 
 
 def job_overrides(job: list[PlannedRun]) -> list[str]:
@@ -197,8 +206,7 @@ def job_overrides(job: list[PlannedRun]) -> list[str]:
 
 def member_folders(config: Config) -> list[Path]:
     """The folders of the run and of the runs trained fused with it (`trainer.fuse_with`)."""
-    return [run_dir(replace(config, seed=seed))
-            for seed in (config.seed, *config.trainer.fuse_with)]
+    return [run_dir(member) for member in members(config)]
 
 
 def config_of(composed: DictConfig) -> Config:
@@ -263,10 +271,10 @@ def run_task(composed: DictConfig) -> None:
             outcomes = train_all(config)
         except KeyboardInterrupt:  # Ctrl-C before training started: nothing to checkpoint yet
             log.error("error: interrupted before training started; nothing was lost")
-            raise SystemExit(130) from None
+            raise SystemExit(INTERRUPTED_EXIT) from None
         except Interrupted as error:
             log.error("error: %s", error)
-            raise SystemExit(130) from None
+            raise SystemExit(INTERRUPTED_EXIT) from None
         except USER_ERRORS as error:
             _record_error(error, folders, in_sweep)
             return

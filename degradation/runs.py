@@ -8,6 +8,7 @@ runs and resume interrupted ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -88,10 +89,14 @@ class RunRecord:
     config: Config
     summary: dict[str, Any] | None
 
-    @property
+    @functools.cached_property
     def state(self) -> str:
         """done, diverged, running (a live process holds the lock), failed, interrupted
-        (a checkpoint to resume from) or pending (nothing trained yet)."""
+        (a checkpoint to resume from) or pending (nothing trained yet).
+
+        Found once per record (a lock probe and a few file checks), so that every part of a
+        command sees the same state even if the run ends meanwhile; `read_run` again for news.
+        """
         if self.summary is not None:
             return self.summary.get("status", "done")
         if RunLock(self.path).holder() is not None:  # a kernel lock: gone with its process

@@ -153,14 +153,14 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         raise DamagedCheckpoint(f"checkpoint {path} is damaged or truncated "
-                                f"({_first_line(error)})") from None
+                                f"({first_line(error)})") from None
     if bad is not None:
         raise DamagedCheckpoint(f"checkpoint {path} is damaged (checksum mismatch in {bad})")
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as error:  # an unpicklable payload can raise almost anything
         raise DamagedCheckpoint(f"checkpoint {path} is damaged ({type(error).__name__}: "
-                                f"{_first_line(error)})") from None
+                                f"{first_line(error)})") from None
     if not (isinstance(state, dict) and "iteration" in state and "model" in state):
         raise DamagedCheckpoint(f"checkpoint {path} is not a degrade checkpoint")
     return state
@@ -339,6 +339,7 @@ def _is_me(holder: str) -> bool:
     return holder == f"{socket.gethostname()} {os.getpid()}"
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

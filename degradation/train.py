@@ -33,7 +33,7 @@ import yaml
 from torch import Tensor, nn
 
 from degradation import __version__, distributed
-from degradation.config import Config, ConfigError, TrainConfig, from_dict
+from degradation.config import Config, ConfigError, TrainConfig, from_dict, members
 from degradation.data import CifarSplits, TrainBatches, eval_batches, load_cifar10
 from degradation.logs import Progress
 from degradation.models import build_model, count_parameters
@@ -53,6 +53,7 @@ from degradation.storage import (
     DamagedCheckpoint,
     StorageError,
     atomic_write_text,
+    first_line,
     load_checkpoint,
     read_checkpoint,
     read_json,
@@ -112,7 +113,7 @@ def train_all(config: Config, splits: CifarSplits | None = None) -> list[Outcome
     `config`'s first. Finished runs are skipped; the others train as one fused model
     (degradation/fused.py) when their checkpoints stand at one iteration, else one by one.
     """
-    configs = [replace(config, seed=seed) for seed in (config.seed, *config.trainer.fuse_with)]
+    configs = members(config)
     outcomes = {seed: Outcome("skipped", folder, read_json(folder / SUMMARY_FILE))
                 for seed, folder in ((c.seed, run_dir(c)) for c in configs)
                 if (folder / SUMMARY_FILE).exists()}
@@ -593,7 +594,7 @@ class _Member:
             load(state)
         except (RuntimeError, ValueError, KeyError) as error:
             raise StorageError(f"checkpoint {path} does not fit this model "
-                               f"({str(error).strip().splitlines()[0]}); move it away to "
+                               f"({first_line(error)}); move it away to "
                                "retrain") from None
         self.batches.load_state_dict(state["batches"])
         self.iteration = state["iteration"]
