@@ -108,8 +108,7 @@ def scalars_of(records: Sequence[RunRecord], root: Path) -> pd.DataFrame:
         points = read_run_scalars(record.path)
         if points.empty:
             continue
-        run = record.path.relative_to(root).as_posix() if record.path.is_relative_to(root) \
-            else str(record.path)
+        run = run_label(record, root)
         points = points.assign(
             arch=record.config.arch, depth=record.config.depth, shortcut=shortcut_of(record),
             variant=labels[record.path], seed=record.config.seed, run=run,
@@ -118,6 +117,13 @@ def scalars_of(records: Sequence[RunRecord], root: Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame({column: pd.Series(dtype=_dtype(column)) for column in COLUMNS})
     return pd.concat(frames, ignore_index=True).astype(_DTYPES)
+
+
+def run_label(record: RunRecord, root: Path) -> str:
+    """How the frames and tables name a run: its folder relative to `root` where it lies below."""
+    if record.path.is_relative_to(root):
+        return record.path.relative_to(root).as_posix()
+    return str(record.path)
 
 
 def read_run_scalars(run_dir: Path) -> pd.DataFrame:

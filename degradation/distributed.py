@@ -141,9 +141,7 @@ def all_reduce_sum(*tensors: Tensor) -> None:
 def agree_on_stop(iteration: int, pending: list[str], stop: list[str]) -> None:
     """Move a signal from `pending` (any rank's handler) into `stop` (read by the loop) on
     every rank at the same iteration, so that all ranks stop after the same step."""
-    if not dist.is_initialized():
-        if pending and not stop:
-            stop.extend(pending)
+    if not dist.is_initialized():  # one process: `stop` is the handler's own list already
         return
     if stop or iteration % AGREE_EVERY:
         return

@@ -199,11 +199,10 @@ def _finish(fig: Figure, scalars: pd.DataFrame, linear: bool, xmax_iterations: i
 
 
 def _error_name(scalars: pd.DataFrame) -> str:
-    sets = sorted(set(scalars["eval_set"])) if "eval_set" in scalars else ["test"]
-    return "/".join(sets) + " error"
+    return "/".join(sorted(set(scalars["eval_set"]))) + " error"
 
 
-def figure7(responses: Sequence[dict[str, Any]], max_depth: int = DEEPEST_MAIN_PANEL) -> Figure:
+def figure7(responses: Sequence[dict[str, Any]]) -> Figure:
     """Figure 7: std of each 3x3 layer's response, in network order (top) and sorted (bottom)."""
     # As in Figure 6: plain nets and the ResNets of the paper's option A (else the commonest).
     shortcut = preferred_shortcut(pd.Series(
@@ -211,7 +210,7 @@ def figure7(responses: Sequence[dict[str, Any]], max_depth: int = DEEPEST_MAIN_P
     groups: dict[tuple, list[list[float]]] = {}
     for item in responses:
         chosen = item["arch"] == "plain" or item["shortcut"] == shortcut
-        if chosen and item["depth"] <= max_depth:
+        if chosen and item["depth"] <= DEEPEST_MAIN_PANEL:
             key = (item["arch"], item["depth"], item.get("shortcut") or PLAIN_SHORTCUT)
             groups.setdefault(key, []).append(item["std"])
     if not groups:

@@ -24,6 +24,7 @@ from degradation.analysis import (
     network_label,
     read_responses,
     results_table,
+    run_label,
     scalars_of,
     shortcut_of,
     table_cells,
@@ -133,15 +134,14 @@ def _runs_table(records: Sequence[RunRecord], scalars: pd.DataFrame, root: Path)
     labels = variants(records)
     latest = (scalars.sort_values("iteration").groupby(["run", "metric"])[["iteration", "value"]]
               .last() if not scalars.empty else None)
-    headers = ["network", "variant", "seed", "state", "iterations", "test error", "train error",
-               "best test error (iteration)", "wall time", "device", "code version", "folder",
-               "config"]
-    show_variant = any(labels.values())
+    show_variant = any(labels.values())  # one recipe for all runs: no variant column
+    headers = ["network", *(["variant"] if show_variant else []), "seed", "state", "iterations",
+               "test error", "train error", "best test error (iteration)", "wall time",
+               "device", "code version", "folder", "config"]
     rows = []
     for record in sorted(records, key=lambda r: (r.config.arch, r.config.depth,
                                                  shortcut_of(r), r.config.seed)):
-        run = record.path.relative_to(root).as_posix() if record.path.is_relative_to(root) \
-            else str(record.path)
+        run = run_label(record, root)
         summary = record.summary or {}
         test = _final_or_latest(summary.get("final_test_error"), latest, run, "error/test")
         train = _final_or_latest(summary.get("final_train_error"), latest, run, "error/train")
@@ -155,7 +155,7 @@ def _runs_table(records: Sequence[RunRecord], scalars: pd.DataFrame, root: Path)
         config_yaml = html.escape(yaml.safe_dump(record.config.to_dict(), sort_keys=False))
         rows.append([
             network_label(record.config.arch, record.config.depth, shortcut_of(record)),
-            labels[record.path], str(record.config.seed),
+            *([labels[record.path]] if show_variant else []), str(record.config.seed),
             _Html(f"<span class='state-{record.state}'>{html.escape(state)}</span>"),
             f"{done if done is not None else 0} / {record.config.train.iterations}",
             test + ("" if eval_set_of(record) == "test" else " (validation)"), train,
@@ -165,9 +165,6 @@ def _runs_table(records: Sequence[RunRecord], scalars: pd.DataFrame, root: Path)
             _Html(html.escape(run).replace("/", "/<wbr>")),  # long paths break at slashes
             _Html(f"<details><summary>config</summary><pre>{config_yaml}</pre></details>"),
         ])
-    if not show_variant:  # one recipe for all runs: the column would be empty
-        headers.pop(1)
-        rows = [row[:1] + row[2:] for row in rows]
     return _html_table(headers, rows)
 
 
