@@ -99,7 +99,7 @@ def sweep(
                f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)"
                + (f", {counts['running']} being trained elsewhere" if counts["running"] else ""))
     if dry_run:
-        todo = [run for run in planned if run.action not in ("skip", "running")]
+        todo = launching.to_launch(planned)
         fused_with = {job[0].folder: [run.config.seed for run in job[1:]]
                       for job in launching.fuse_runs(todo) if len(job) > 1}
         for run in planned:

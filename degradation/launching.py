@@ -53,6 +53,7 @@ from degradation.runs import (
     RunRecord,
     family,
     identity_hash,
+    last_line,
     read_run,
     run_dir,
     run_path,
@@ -66,7 +67,7 @@ from degradation.storage import (
     check_writable,
 )
 from degradation.train import Interrupted, Outcome, train_all
-from hydra_plugins.degrade_launcher._core import INTERRUPTED_EXIT
+from hydra_plugins.degrade_launcher._core import INTERRUPTED_EXIT, one_line
 
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, StorageError)
 
@@ -170,6 +171,11 @@ def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
     return list(planned.values())
 
 
+def to_launch(planned: list[PlannedRun]) -> list[PlannedRun]:
+    """The runs a sweep launches: all but the finished and those trained elsewhere."""
+    return [run for run in planned if run.action not in ("skip", "running")]
+
+
 def fuse_runs(planned: list[PlannedRun]) -> list[list[PlannedRun]]:
     """The jobs that train `planned`: runs that differ only in seed share a job, up to
     `trainer.fuse` of them (one fused model, `degradation.fused`); every other run is a job
@@ -224,9 +230,8 @@ def describe_run(folder: Path) -> str | None:
         return None
     if record.summary is not None:
         return finished_line(record, record.summary.get("status", "done"))
-    error = folder / ERROR_FILE
-    reason = error.read_text(encoding="utf-8").strip().splitlines()[-1:] if error.exists() else []
-    return f"{_title(record.config)}: {record.state}" + (f": {reason[0]}" if reason else "") \
+    reason = last_line(folder / ERROR_FILE)
+    return f"{_title(record.config)}: {record.state}" + (f": {reason}" if reason else "") \
         + f" ({folder})"
 
 
@@ -284,7 +289,7 @@ def run_task(composed: DictConfig) -> None:
 
 def _record_error(error: Exception, folders: list[Path], in_sweep: bool) -> None:
     """One `error:` line, in each run's error.txt too; exit 1 unless in a sweep."""
-    message = " ".join(str(error).split())
+    message = one_line(error)
     # The folder belongs to the process holding its lock; a full disk takes this file too.
     if not isinstance(error, RunLocked):
         for folder in folders:

@@ -161,7 +161,7 @@ def progress(record: RunRecord) -> RunProgress:
     iteration = max(rows, default=0)
     last = {tag: rows[i][tag] for i in sorted(rows) for tag in rows[i]}  # latest value per tag
     eta = _eta(record.path, total) if state == "running" else None
-    error = _last_line(record.path / ERROR_FILE) if state == "failed" else None
+    error = last_line(record.path / ERROR_FILE) if state == "failed" else None
     return RunProgress(iteration, total, last.get("error/train"), last.get("error/test"), eta,
                        error)
 
@@ -199,7 +199,8 @@ def _train_points(path: Path) -> list[tuple[int, float]]:
     return points
 
 
-def _last_line(path: Path) -> str | None:
+def last_line(path: Path) -> str | None:
+    """The last non-empty line of a text file (None when there is none, or no file)."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     except OSError:

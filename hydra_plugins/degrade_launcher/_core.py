@@ -34,6 +34,17 @@ class JobInterrupted(JobFailed):
     """A job stopped by a signal; its run resumes from its checkpoint when launched again."""
 
 
+def one_line(text: object) -> str:
+    """A message with its line breaks and runs of spaces folded: one line of a log or file."""
+    return " ".join(str(text).split())
+
+
+def error_line(error: BaseException) -> str:
+    """`Type: message` in one line (the type alone when there is no message)."""
+    text = one_line(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def usable_cores() -> list[int]:
     """The CPU cores this process may run on (its affinity mask: `taskset` narrows it)."""
     if hasattr(os, "sched_getaffinity"):

@@ -16,7 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hydra_plugins.degrade_launcher._core import INTERRUPTED_EXIT, parse_cores, pin_to
+from hydra_plugins.degrade_launcher._core import (
+    INTERRUPTED_EXIT,
+    error_line,
+    one_line,
+    parse_cores,
+    pin_to,
+)
 
 
 def main(spec_path: str, result_path: str, cores: str) -> int:
@@ -31,7 +37,7 @@ def main(spec_path: str, result_path: str, cores: str) -> int:
         result = {"status": status, "message": _context_line(stop) or f"exited with code {code}"}
     except BaseException as error:  # reported through RESULT, never lost
         traceback.print_exc()
-        result = {"status": "FAILED", "message": _one_line(error)}
+        result = {"status": "FAILED", "message": error_line(error)}
     _write(Path(result_path), result)
     return {"COMPLETED": 0, "INTERRUPTED": INTERRUPTED_EXIT}.get(result["status"], 1)
 
@@ -51,7 +57,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         return {"status": "COMPLETED", "value": ret.return_value}
     error = ret._return_value
     traceback.print_exception(type(error), error, error.__traceback__)  # into the run's log
-    return {"status": "FAILED", "message": _one_line(error)}
+    return {"status": "FAILED", "message": error_line(error)}
 
 
 def _write(path: Path, result: dict[str, Any]) -> None:
@@ -62,15 +68,10 @@ def _write(path: Path, result: dict[str, Any]) -> None:
     path.write_bytes(data)
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def _context_line(stop: SystemExit) -> str | None:
     """The error a SystemExit was raised in place of (`raise SystemExit(...) from None`)."""
     context = stop.__context__
-    return None if context is None else " ".join(str(context).split()) or None
+    return None if context is None else one_line(context) or None
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from hydra_plugins.degrade_launcher._core import one_line
+
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _submitit
 except ImportError:  # the optional `slurm` extra is not installed
@@ -52,7 +54,7 @@ class _Requeueing:
                 # callable (same arguments, same run folder) and requeue the job. It exits.
                 signal.raise_signal(getattr(signal, preemption))
             except Exception as error:  # out of requeues (UncompletedJobError), scontrol failed
-                return _failed(f"not requeued: {' '.join(str(error).split())}")
+                return _failed(f"not requeued: {one_line(error)}")
         return _failed(f"stopped by {stopped_by} after a checkpoint (not requeued: only "
                        f"{preemption} requeues); the next sweep resumes it")
 

@@ -23,7 +23,12 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.degrade_launcher._core import JobFailed, JobInterrupted
+from hydra_plugins.degrade_launcher._core import (
+    JobFailed,
+    JobInterrupted,
+    error_line,
+    one_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ class DegradeSweeper(Sweeper):
         jobs = launching.sweep_jobs(params, arguments, OverridesParser.create(loader))
         planned = launching.plan_jobs(
             jobs, lambda job: launching.config_of(loader.load_sweep_config(self.config, job)))
-        todo = [run for run in planned if run.action not in ("skip", "running")]
+        todo = launching.to_launch(planned)
         busy = sum(run.action == "running" for run in planned)
         elsewhere = f"{busy} being trained elsewhere, " if busy else ""
         log.info(f"Sweep of {len(jobs)} jobs: {len(planned)} distinct runs, "
@@ -83,7 +88,6 @@ def _failure(error: object) -> str | None:
     """The line error.txt gets for a failed job; None for a run stopped by a signal."""
     if isinstance(error, JobInterrupted):
         return None  # it resumes from its checkpoint: interrupted, not failed
-    text = " ".join(str(error).split())
     if isinstance(error, JobFailed) or not isinstance(error, BaseException):
-        return text
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+        return one_line(error)
+    return error_line(error)
