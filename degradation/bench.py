@@ -44,7 +44,7 @@ from torchvision import transforms
 
 from degradation.config import Config, ConfigError, TrainConfig, from_dict
 from degradation.data import NUM_CLASSES, SIZE, TrainBatches, pixel_mean
-from degradation.models import build_model
+from degradation.models import build_model, layer_names
 from degradation.runs import family
 from degradation.storage import atomic_write_text
 from degradation.train import (
@@ -52,6 +52,7 @@ from degradation.train import (
     available_cores,
     build_network,
     evaluate,
+    gradient_norms,
     resolve_device,
     resolve_speed,
     train_step,
@@ -72,7 +73,7 @@ DATA_SEED = 0
 COLUMNS = ("network", "batch", "threads", "settings", "ours img/s", "conventional img/s",
            "speed-up", "ours warm-up s", "conventional warm-up s", "ours eval img/s",
            "conventional eval img/s", "ours peak MiB", "conventional peak MiB",
-           "steps x repeats", "load")
+           "grad-norm logging", "steps x repeats", "load")
 RECORD_COLUMNS = ("date", "machine", "device", "torch", *COLUMNS, "command")
 PACKING_COLUMNS = ("network", "batch", "runs", "threads per run", "fused img/s",
                    "separate img/s", "one run img/s", "fused / separate", "steps x repeats")
@@ -102,6 +103,8 @@ class BenchRow:
     steps: int
     repeats: int
     load: tuple[float, float]  # the 1-minute load average's range while measuring
+    # Reading every layer's gradient norm at a log point, as % of the log_every steps it follows
+    grad_norm_overhead: float
 
     def cells(self) -> list[str]:
         """The row under `COLUMNS`."""
@@ -116,7 +119,7 @@ class BenchRow:
                 f"{self.ours.eval_images_per_s:,.1f}",
                 f"{self.conventional.eval_images_per_s:,.1f}",
                 f"{self.ours.peak_mib:,.0f}", f"{self.conventional.peak_mib:,.0f}",
-                f"{self.steps} x {self.repeats}",
+                f"{self.grad_norm_overhead:.2f}%", f"{self.steps} x {self.repeats}",
                 "n/a" if math.isnan(self.load[0]) else f"{self.load[0]:.1f}-{self.load[1]:.1f}"]
 
 
@@ -248,8 +251,10 @@ def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeat
     batches = TrainBatches(data.train_images, data.train_labels, data.mean, recipe.batch_size,
                            config.seed, device)
     eval_images, eval_labels = data.eval_images.to(device), data.eval_labels.to(device)
+    layers = layer_names(model)
     measured: dict[str, list[tuple[float, float, float, float]]] = {
         "ours": [], "conventional": []}
+    grad_norm_overheads: list[float] = []
     loads = [_load()]
 
     def ours() -> tuple[float, float, float, float]:
@@ -258,6 +263,8 @@ def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeat
                                                 speed.memory_format, warmup_steps))
         timed = _time(device, lambda: _our_steps(model, optimizer, batches.__next__, recipe,
                                                  speed.memory_format, steps))
+        read = _time(device, lambda: gradient_norms(model, layers).tolist())
+        grad_norm_overheads.append(100 * read / (recipe.log_every * timed / steps))
         evaluated = _our_eval(model, eval_images, eval_labels, batches.mean,
                               recipe.eval_batch_size, recipe.precision, speed, device)
         return warm, steps * recipe.batch_size / timed, evaluated, _peak_mib(device)
@@ -277,7 +284,7 @@ def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeat
                                                              strict=True))
     return BenchRow(config, device, speed, _summarise(measured["ours"]),
                     _summarise(measured["conventional"]), speedup, steps, repeats,
-                    (min(loads), max(loads)))
+                    (min(loads), max(loads)), statistics.median(grad_norm_overheads))
 
 
 def _summarise(measured: list[tuple[float, float, float, float]]) -> Measured:

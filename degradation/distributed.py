@@ -99,6 +99,9 @@ class _NoMetrics:
     def log(self, iteration: int, values: dict[str, float]) -> None:
         """Nothing: rank 0 logs the same values."""
 
+    def log_gradients(self, iteration: int, norms: dict[str, float]) -> None:
+        """Nothing: rank 0 logs the same (all-reduced) gradients."""
+
     def flush(self) -> None:
         """Nothing to flush."""
 

@@ -113,6 +113,10 @@ class FusedNetwork:
         """The parameters of one member (those of its lone model)."""
         return sum(value[0].numel() for value in self.params.values())
 
+    def get_parameter(self, name: str) -> Tensor:
+        """The members' stacked parameter `name` (K, ...), as nn.Module.get_parameter."""
+        return self.params[name]
+
     @property
     def training(self) -> bool:
         """Whether BN uses batch statistics (and updates the running ones), as nn.Module's."""

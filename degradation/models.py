@@ -175,6 +175,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of the 6n+1 3x3 convs in network order: the layers whose weight
+    gradients are logged, the same layers as Figure 7's responses."""
+    names = ["stem.conv"]
+    for i, stage in enumerate(model.stages):
+        for j in range(len(stage)):
+            names += [f"stages.{i}.{j}.conv1", f"stages.{i}.{j}.conv2"]
+    return names
+
+
 def response_modules(model: nn.Module) -> list[nn.BatchNorm2d]:
     """Return the BN after each 3x3 conv in network order: Figure 7's layer responses."""
     # Fig. 7 measures each 3x3 layer "after BN and before the ReLU or the addition";

@@ -24,6 +24,7 @@ from degradation.storage import CHECKPOINT, RunLock, read_json
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
+GRAD_NORMS_FILE = "grad_norms.csv"  # per log point, each 3x3 conv weight's gradient norm
 TENSORBOARD_DIR = "tensorboard"
 ERROR_FILE = "error.txt"
 REPLACED = ".replaced-"  # `<folder>.replaced-<time>`: a finished run set aside by `--force`

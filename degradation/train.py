@@ -36,7 +36,7 @@ from degradation import __version__, distributed
 from degradation.config import Config, ConfigError, TrainConfig, from_dict, members
 from degradation.data import CifarSplits, TrainBatches, eval_batches, load_cifar10
 from degradation.logs import Progress
-from degradation.models import build_model, count_parameters
+from degradation.models import build_model, count_parameters, layer_names
 from degradation.runs import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -289,6 +289,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tenso
     return loss.detach().float(), wrong
 
 
+def gradient_norms(model: nn.Module, layers: list[str], members: int = 1) -> Tensor:
+    """(members, layers): the L2 norm of each layer's weight gradient left by the last step,
+    one row per member of a fused model (a lone model is one member). Stays on the device."""
+    with torch.no_grad():
+        return torch.stack([
+            model.get_parameter(f"{layer}.weight").grad.reshape(members, -1).norm(dim=1)
+            for layer in layers], dim=1)
+
+
 def evaluate(model: nn.Module, images_u8: Tensor, labels: Tensor, mean: Tensor,
              batch_size: int, precision: str,
              memory_format: torch.memory_format) -> tuple[Tensor, Tensor]:
@@ -359,6 +368,7 @@ class _Run:
         self.members = [_Member(config, splits, self.device, rng)
                         for config, rng in zip(configs, rngs, strict=True)]
         self.everyone = list(self.members)  # self.members loses those that diverge
+        self.layers = layer_names(self.model.base if self.fused else self.model)
         self.eval_images, self.eval_labels = splits.eval_images, splits.eval_labels
         self.mean = splits.mean
         resumed = [member.resume(lambda state, index=index: self._load(index, state))
@@ -386,6 +396,7 @@ class _Run:
                     member.iteration += 1
                 at_end = self.iteration == self.recipe.iterations
                 if self.iteration % self.recipe.log_every == 0 or at_end:
+                    self._log_gradients()
                     outcomes += self._log_training()
                     if not self.members:
                         break
@@ -414,6 +425,15 @@ class _Run:
         for member, member_loss, member_wrong in zip(self.members, loss.reshape(-1),
                                                      wrong.reshape(-1), strict=True):
             member.add(member_loss, member_wrong, labels.shape[-1])
+
+    def _log_gradients(self) -> None:
+        """Log each member's per-layer weight-gradient norms of the step just taken."""
+        # DDP: every rank holds the all-reduced gradients. One read back per log point, where
+        # the training error is read back anyway.
+        norms = gradient_norms(self.model, self.layers, len(self.members)).float().tolist()
+        for member, row in zip(self.members, norms, strict=True):
+            member.metrics.log_gradients(self.iteration, dict(zip(self.layers, row,
+                                                                  strict=True)))
 
     def _log_training(self) -> list[Outcome]:
         """Log each member's training error; those no longer finite end as diverged."""

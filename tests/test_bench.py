@@ -85,6 +85,7 @@ def test_bench_measures_both_pipelines_and_records_them(
         assert cells["batch"] == "8" and cells["steps x repeats"] == "2 x 1"
         assert cells["settings"] == "fp32, channels_last, eager"
         assert re.fullmatch(r"\d+\.\d-\d+\.\d", cells["load"]), cells["load"]
+        assert re.fullmatch(r"\d+\.\d\d%", cells["grad-norm logging"])
     recorded = table_rows(record.read_text())
     assert len(recorded) == 2
     for row, printed in zip(recorded, rows, strict=True):

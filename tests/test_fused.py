@@ -34,6 +34,7 @@ from degradation.fused import build_fused
 from degradation.launching import compose_config
 from degradation.runs import (
     CONFIG_FILE,
+    GRAD_NORMS_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
     find_runs,
@@ -342,3 +343,21 @@ def test_degrade_train_with_fuse_with_reports_each_run(cifar_root: Path, tmp_pat
     assert forced.exit_code == 0, forced.output
     assert forced.stdout.count("previous run kept in") == 2  # both set aside, both trained
     assert forced.stderr.count(": done, test error") == 2
+
+
+def test_a_fused_member_logs_the_gradient_norms_of_its_lone_run(
+        reference: dict[str, dict[int, Path]]) -> None:
+    for seed in SEEDS:
+        ours, theirs = (read_grad_norms_rows(reference[kind][seed]) for kind in ("fused", "lone"))
+        assert [row[:3] for row in ours] == [row[:3] for row in theirs]
+        # The first log point is two steps in: rounding has not yet grown (see the docstring).
+        first = [row for row in ours if row[0] == ours[0][0]]
+        expected = [row for row in theirs if row[0] == theirs[0][0]]
+        assert [row[3] for row in first] == pytest.approx([row[3] for row in expected],
+                                                          rel=LOSS_RTOL)
+
+
+def read_grad_norms_rows(folder: Path) -> list[tuple[int, int, str, float]]:
+    with (folder / GRAD_NORMS_FILE).open() as file:
+        return [(int(row["iteration"]), int(row["layer"]), row["name"], float(row["grad_norm"]))
+                for row in csv.DictReader(file)]

@@ -28,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from typer.testing import CliRunner
 
 from degradation.cli import app
-from degradation.runs import METRICS_FILE, SUMMARY_FILE
+from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, SUMMARY_FILE
 from degradation.storage import CHECKPOINT, LOCK, PREVIOUS_CHECKPOINT, read_json
 from degradation.train import _let_new_event_file_sort_last
 from tests.conftest import scalars, tiny_overrides
@@ -187,6 +187,8 @@ def assert_identical(folder: Path, reference: Path) -> None:
         assert torch.equal(ours["optimizer"]["state"][index]["momentum_buffer"],
                            state["momentum_buffer"]), index
     assert (folder / METRICS_FILE).read_bytes() == (reference / METRICS_FILE).read_bytes()
+    assert (folder / GRAD_NORMS_FILE).read_bytes() == (
+        reference / GRAD_NORMS_FILE).read_bytes()
     logged = scalars(folder)
     assert logged == scalars(reference)
     for tag, points in logged.items():

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from degradation.launching import compose_config
 from degradation.logs import TAGS
-from degradation.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
+from degradation.models import build_model, layer_names
+from degradation.runs import (
+    CONFIG_FILE,
+    GRAD_NORMS_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+)
 from degradation.storage import load_checkpoint, read_json
 from degradation.train import learning_rate, train
 from tests.conftest import scalars, tiny_overrides
@@ -50,7 +58,7 @@ def test_run_folder_holds_config_events_csv_checkpoint_and_summary(finished) -> 
 
 def test_logged_tags_and_steps(finished) -> None:
     logged = scalars(finished.run_dir)
-    assert set(logged) == set(TAGS)
+    assert {tag for tag in logged if not tag.startswith("grad_norm/")} == set(TAGS)
     assert [step for step, _ in logged["error/train"]] == list(range(2, 13, 2))
     assert [step for step, _ in logged["error/test"]] == [6, 12]
     # Each point reports the rate of the step just taken: milestones 6 and 9 -> steps 7, 10.
@@ -69,6 +77,47 @@ def test_csv_rows_equal_the_tensorboard_points(finished) -> None:
         # TensorBoard stores float32; the CSV keeps full precision.
         assert [value for _, value in from_csv] == pytest.approx(
             [value for _, value in logged[tag]], rel=1e-6)
+
+
+def test_each_log_point_records_every_3x3_layers_gradient_norm_in_network_order(
+        finished) -> None:
+    layers = layer_names(build_model("resnet", 8))
+    assert len(layers) == 7  # 6n+1 convs for n = 1
+    with (finished.run_dir / GRAD_NORMS_FILE).open() as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["iteration", "layer", "name", "grad_norm"]
+    assert [(int(row["iteration"]), int(row["layer"]), row["name"]) for row in rows] == [
+        (iteration, layer, name) for iteration in range(2, 13, 2)
+        for layer, name in enumerate(layers)]
+    logged = scalars(finished.run_dir)
+    for layer, name in enumerate(layers):
+        points = logged[f"grad_norm/{layer:03d}_{name}"]
+        from_csv = [float(row["grad_norm"]) for row in rows if int(row["layer"]) == layer]
+        assert [step for step, _ in points] == list(range(2, 13, 2))
+        assert [value for _, value in points] == pytest.approx(from_csv, rel=1e-6)
+        assert all(0 < value < float("inf") for value in from_csv)
+
+
+def test_the_logged_norms_are_those_of_the_step_just_taken(cifar_root: Path,
+                                                          tmp_path: Path) -> None:
+    taken: list[list[float]] = []
+
+    def record(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        # The 3x3 conv weights, in registration order, which is the network's order.
+        taken.append([float(p.grad.norm()) for p in optimizer.param_groups[0]["params"]
+                      if p.dim() == 4 and p.shape[-1] == 3])
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        run = train(compose_config(tiny_overrides(cifar_root, tmp_path)))
+    finally:
+        handle.remove()
+    with (run.run_dir / GRAD_NORMS_FILE).open() as file:
+        rows = list(csv.DictReader(file))
+    for iteration in range(2, 13, 2):
+        logged = [float(row["grad_norm"]) for row in rows if int(row["iteration"]) == iteration]
+        assert logged == pytest.approx(taken[iteration - 1], rel=1e-6), iteration
+    assert taken[0] != pytest.approx(taken[1], rel=1e-3)  # steps differ: the test can tell
 
 
 def test_summary_reports_final_and_best_errors(finished) -> None:
