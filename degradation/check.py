@@ -33,7 +33,8 @@ from hydra_plugins.degrade_launcher._core import (
 # One command may compile (CUDA: torch.compile of a few graphs); nothing here should take longer.
 COMMAND_TIMEOUT_S = 900
 ITERATIONS = 12  # checkpoints at 6 and 12: a rewound run resumes from 6
-SIGNAL_ITERATIONS = 48  # long enough that Ctrl-C lands mid-run
+# Long enough that Ctrl-C, pressed at the first checkpoint (iteration 4), lands mid-run.
+SIGNAL_ITERATIONS = {"cpu": 48, "cuda": 480}
 
 
 class CheckFailed(Exception):
@@ -206,10 +207,11 @@ def more_gpus_visible(space: Workspace) -> None:
 def interrupted(gpus: int = 1) -> Callable[[Workspace], None]:
     """Ctrl-C (SIGINT to the command's process group) mid-run, then the same command again."""
     def check(space: Workspace) -> None:
-        output = f"sigint-{gpus}"
+        output, iterations = f"sigint-{gpus}", SIGNAL_ITERATIONS[space.device]
         args = ["train", *space.overrides(output, **{
-            "trainer.gpus": gpus, "train.iterations": SIGNAL_ITERATIONS,
-            "train.milestones": "[24,36]", "train.eval_every": 4})]
+            "trainer.gpus": gpus, "train.iterations": iterations,
+            "train.milestones": f"[{iterations // 2},{iterations * 3 // 4}]",
+            "train.eval_every": 4})]
         _interrupt(space, args, space.root / output)
         space.degrade(*args)
         expect_resumed(find_runs(space.root / output)[0].path)
@@ -264,7 +266,8 @@ CHECKS: list[Check] = [
     Check("SIGINT, then resume", interrupted()),
     Check("responses (Figure 7)", responses),
     Check("bench", bench),
-    Check("DDP: trainer.gpus=2 (gloo)", distributed(), ("cpu",)),
+    # On the CPU one DDP check covers both: the run trains in two gloo processes to the end.
+    Check("DDP: trainer.gpus=2 (gloo), SIGINT, then resume", interrupted(gpus=2), ("cpu",)),
     Check("DDP: trainer.gpus=2 (NCCL)", distributed(), ("cuda",), gpus=2),
     Check("DDP: trainer.gpus=2 with SyncBatchNorm", distributed(**{
         "trainer.sync_batchnorm": "true"}), ("cuda",), gpus=2),
