@@ -64,9 +64,9 @@ class Workspace:
         self.data = root / "data"
         self._lone: Path | None = None
 
-    def degrade(self, *args: object, env: dict[str, str] | None = None,
-                expect: int = 0) -> subprocess.CompletedProcess[str]:
-        """Run `degrade ARGS` as a user would; CheckFailed unless it exits with `expect`."""
+    def degrade(self, *args: object, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+        """Run `degrade ARGS` as a user would; CheckFailed unless it exits 0."""
         command = [sys.executable, "-m", "degradation", *map(str, args)]
         try:
             result = subprocess.run(command, cwd=self.root, capture_output=True, text=True,
@@ -74,7 +74,7 @@ class Workspace:
         except subprocess.TimeoutExpired:
             raise CheckFailed(f"`degrade {args[0]}` did not end within {COMMAND_TIMEOUT_S} s"
                               ) from None
-        if result.returncode != expect:
+        if result.returncode != 0:
             raise CheckFailed(f"`degrade {args[0]}` exited {result.returncode}: "
                               f"{_reason(result.stderr, result.stdout)}")
         return result
