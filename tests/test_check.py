@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from degradation import check
-from degradation.check import CHECKS, Check, CheckFailed, Workspace, plan
+from degradation.check import CHECKS, Check, CheckFailed, Workspace, expect_resumed, plan, rewind
 from degradation.cli import app
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -119,6 +119,15 @@ def test_cuda_covers_every_path_of_the_report() -> None:
                  "a CUDA checkpoint on the CPU", "2 GPUs visible", "responses", "bench",
                  "NCCL", "SyncBatchNorm", "trainer.gpus=2, SIGINT"):
         assert path in names, path
+
+
+def test_a_run_that_started_again_instead_of_resuming_fails(tmp_path: Path) -> None:
+    (tmp_path / "train.log").write_text("resnet-8-A: no checkpoint to resume from; starting "
+                                        "again from iteration 0\n")
+    with pytest.raises(CheckFailed, match=r"did not resume from its checkpoint: .*iteration 0"):
+        expect_resumed(tmp_path)
+    with pytest.raises(CheckFailed, match="no run of seed 0 with two checkpoints"):
+        rewind(tmp_path)
 
 
 def test_help_lists_check() -> None:
