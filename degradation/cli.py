@@ -276,6 +276,38 @@ def generate_data(
     typer.echo(f"wrote {written}")
 
 
+@app.command()
+def check(device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+          ) -> None:
+    """Is this machine ready? Runs every path a user's runs take on DEVICE, on tiny data.
+
+    In a temporary folder, a few minutes: one run with the defaults, fused seeds, a sweep of
+    two runs at once, resumes (a fused run's checkpoint alone; on CUDA also CPU to CUDA and
+    back, and fewer GPUs visible), Ctrl-C then resume, responses, bench, and DDP over two
+    processes. Prints passed/failed/skipped per check; exit 0 only when none failed.
+    """
+    from degradation.check import run_checks
+    from degradation.config import DEVICES, ConfigError
+    from degradation.train import resolve_device
+
+    if device not in DEVICES:
+        fail(f"--device {device!r} is not one of: {', '.join(DEVICES)}")
+    try:
+        resolved = resolve_device(device).type
+    except ConfigError as error:
+        fail(str(error))
+    typer.echo(f"degrade check on {resolved}: each check runs `degrade ...` on generated data")
+    rows = []
+    for row in run_checks(resolved):
+        rows.append(row)
+        typer.echo(row.format())
+    failed = sum(row.result == "failed" for row in rows)
+    skipped = sum(row.result == "skipped" for row in rows)
+    typer.echo(f"{len(rows) - failed - skipped} passed, {failed} failed, {skipped} skipped")
+    if failed:
+        raise typer.Exit(1)
+
+
 def _analysis(command, *args, **kwargs):
     """Run an analysis command, turning its expected failures into one-line errors."""
     from degradation.analysis import AnalysisError
