@@ -198,6 +198,25 @@ def table(
 
 
 @app.command()
+def export(
+    out: Path = typer.Argument(..., help="File to write, e.g. outputs/points.csv."),
+    path: Path = typer.Option(Path("outputs"), "--from", help="Folder to search for runs."),
+    fmt: str | None = typer.Option(None, "--format", help="csv or parquet (needs pyarrow); "
+                                   "default: parquet for a .parquet file, else csv."),
+) -> None:
+    """Every logged point of every run as one table: a row per run and iteration, with the
+    run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*, ...) and
+    one column per metric (error/train, error/test, loss/train, loss/test, lr)."""
+    from degradation.export import export_command, format_refusal
+
+    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
+    refusal = format_refusal(fmt)
+    if refusal:
+        fail(refusal)
+    typer.echo(_analysis(export_command, path, out, fmt))
+
+
+@app.command()
 def responses(
     path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
     out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),

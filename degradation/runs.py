@@ -216,3 +216,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def flat_config(config: Config) -> dict[str, Any]:
+    """Every setting of `config` under its dotted key (`train.lr`, `data.root`)."""
+    return _flatten(config.to_dict())
