@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -129,36 +130,70 @@ def sweep(
 
 
 @app.command()
-def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs.")
-           ) -> None:
-    """One line per run under PATH: network, seed, state, iteration, last errors, ETA.
+def status(
+    targets: list[str] = typer.Argument(None, help="PATH (folder to search for runs, default "
+                                        "outputs) and/or the sweep's overrides KEY=VALUE: "
+                                        "then its runs not yet started are listed too.",
+                                        show_default=False),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until every run has ended "
+                               "(Ctrl-C stops watching, not the runs)."),
+    every: float = typer.Option(5.0, "--every", min=0.1, help="Seconds between refreshes."),
+    times: int | None = typer.Option(None, "--times", min=1,
+                                     help="With --watch: stop after this many refreshes."),
+) -> None:
+    """One line per run under PATH: network, seed, state, iteration, last errors, lr, img/s, ETA.
 
     States: done, diverged, running (a live process holds the run's lock), failed (with the
-    last line of its error.txt), interrupted (resumes from its checkpoint), pending.
+    last line of its error.txt), interrupted (resumes from its checkpoint), pending, and, for
+    the runs the overrides ask for whose folder holds no run yet, not started. `degrade status
+    experiment=fig6 --watch` follows a sweep started elsewhere (e.g. on a cluster).
     """
-    from collections import Counter
+    from degradation import watch as progress_view
 
-    from degradation.logs import format_duration
-    from degradation.runs import family, find_runs, progress
+    overrides = [target for target in targets or [] if "=" in target]
+    paths = [Path(target) for target in targets or [] if "=" not in target]
+    if len(paths) > 1:
+        fail(f"status takes one PATH, not {len(paths)}: {' '.join(map(str, paths))}")
+    snapshot = _status_snapshot(paths[0] if paths else None, overrides)
+    if not watch:
+        views = snapshot()
+        for view in views:
+            typer.echo(progress_view.run_line(view))
+        typer.echo(progress_view.status_line(views))
+        return
+    view = progress_view.ProgressView(every_s=every, live_every_s=every,
+                                      stream=typer.get_text_stream("stdout"))
+    with contextlib.suppress(KeyboardInterrupt):  # stops watching; the runs go on
+        progress_view.watch(snapshot, view, times=times)
 
-    records = find_runs(path)
-    if not records:
-        fail(f"no runs under {path} (a run folder holds config.yaml)", code=1)
-    for record in records:
-        state, where = record.state, progress(record)
-        errors = "  ".join(f"{name} " + ("     -" if value is None else f"{value:5.2f}%")
-                           for name, value in (("train", where.train_error),
-                                               ("test", where.test_error)))
-        note = ""
-        if state == "running" and where.eta_s is not None:
-            note = f"  ETA {format_duration(where.eta_s)}"
-        elif where.error:
-            note = f"  error: {where.error}"
-        typer.echo(f"{family(record.config):14} seed {record.config.seed:<3} {state:11} "
-                   f"{where.iteration:>6}/{where.total:<6} {errors}  {record.path}{note}")
-    counts = Counter(record.state for record in records)
-    typer.echo(f"{len(records)} runs: " + ", ".join(f"{counts[state]} {state}" for state in (
-        "done", "diverged", "running", "failed", "interrupted", "pending") if counts[state]))
+
+def _status_snapshot(path: Path | None, overrides: list[str]):
+    """What `degrade status` shows: every run under PATH and every run the overrides ask for."""
+    from degradation import launching
+    from degradation.runs import CONFIG_FILE, find_runs, run_dir
+    from degradation.watch import configs_views, view_of
+
+    configs = []
+    if overrides:
+        try:
+            jobs = launching.expand(overrides)
+            configs = [launching.compose_config(job) for job in jobs]
+        except launching.USER_ERRORS as error:
+            fail(str(error))
+    root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
+    # Runs under PATH as their folders show them, then the runs asked for that have none yet.
+    asked = configs_views([config for config in configs
+                           if not (run_dir(config) / CONFIG_FILE).exists()])
+
+    def snapshot():
+        views = [view_of(record) for record in find_runs(root)]
+        found = {view.path for view in views}
+        views += [view for view in asked() if view.path not in found]
+        if not views:
+            fail(f"no runs under {root} (a run folder holds config.yaml)", code=1)
+        return views
+
+    return snapshot
 
 
 @app.command()
