@@ -118,9 +118,9 @@ def table(views: Sequence[RunView]):
     from rich.table import Table
 
     grid = Table(caption=sweep_line(views), caption_justify="left")
-    for column in ("network", "seed", "state", "iteration", "lr", "train err", "test err",
-                   "img/s", "ETA"):
-        grid.add_column(column, justify="left" if column in ("network", "state") else "right")
+    for column in ("network", "seed", "state", "iter.", "lr", "train", "test", "img/s", "ETA"):
+        grid.add_column(column, justify="left" if column in ("network", "state") else "right",
+                        no_wrap=True)
     for view in views:
         grid.add_row(view.name, str(view.seed), view.state, f"{view.iteration}/{view.total}",
                      "-" if view.lr is None else f"{view.lr:.4g}",
