@@ -99,6 +99,9 @@ def sweep(
     typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
                f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)"
                + (f", {counts['running']} being trained elsewhere" if counts["running"] else ""))
+    warning = _cpu_estimate(launching.to_launch(planned))
+    if warning:
+        typer.echo(warning, err=True)
     if dry_run:
         todo = launching.to_launch(planned)
         fused_with = {job[0].folder: [run.config.seed for run in job[1:]]
@@ -339,6 +342,27 @@ def _analysis(command, *args, **kwargs):
         return command(*args, **kwargs)
     except (AnalysisError, *USER_ERRORS) as error:
         fail(str(error), code=1)
+
+
+def _cpu_estimate(runs) -> str | None:
+    """Where the runs would train on the CPU: a warning when they take over an hour."""
+    from degradation import launching
+    from degradation.config import ConfigError
+    from degradation.runs import progress
+    from degradation.train import resolve_device
+    from degradation.watch import cpu_estimate
+
+    try:
+        if not runs or resolve_device(runs[0].config.device).type != "cpu":
+            return None
+    except ConfigError:  # device=cuda without one: training itself says so
+        return None
+    left = []
+    for run in runs:
+        record = launching.read_run(run.folder) if run.action == "resume" else None
+        done = progress(record).iteration if record is not None else 0
+        left.append((run.config, run.config.train.iterations - done))
+    return cpu_estimate(left)
 
 
 def _plan(overrides: list[str], sweep: bool, force: bool):

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from degradation.config import Config
+from degradation.config import Config, suggested_milestones
 from degradation.logs import format_duration
 from degradation.runs import RunRecord, family, progress, read_run, run_dir
 
 NOT_STARTED = "not started"
 ENDED = ("done", "diverged")
+LONG_SWEEP_S = 3600.0  # CPU-only sweeps longer than this say so before they start
+# Slower than any CPU trains a CIFAR net of the paper's depths (<= 110) at batch 128: fewer
+# images than this per second of the limit cannot take that long, and are not timed.
+MIN_CPU_IMAGES_PER_S = 50.0
 PLAIN_EVERY_S = 60.0  # without a terminal: a line per run every minute keeps logs short
 LIVE_EVERY_S = 2.0  # on a terminal: redraw this often (each redraw reads every run folder)
 
@@ -206,3 +210,39 @@ def configs_views(configs: Iterable[Config]) -> Callable[[], list[RunView]]:
     """A snapshot function over the runs `configs` ask for (started or not)."""
     configs = list(configs)
     return lambda: [view_of_config(config) for config in configs]
+
+
+def _network(config: Config) -> tuple:
+    return config.arch, config.depth, config.shortcut, config.train.batch_size
+
+
+def cpu_estimate(runs: Sequence[tuple[Config, int]],
+                 step_seconds: Callable[[Config], float] | None = None,
+                 limit_s: float = LONG_SWEEP_S) -> str | None:
+    """On a CPU-only machine, a warning for `runs` ((config, iterations left) each) that take
+    longer than `limit_s`, with the estimate and how to shorten it; None otherwise.
+
+    Each network's steps are timed once (a few steps, `step_seconds`, default
+    `bench.step_seconds`) and multiplied by the iterations left; runs side by side share the
+    same cores, so their times add up.
+    """
+    images = sum(config.train.batch_size * left for config, left in runs)
+    if images < MIN_CPU_IMAGES_PER_S * limit_s:
+        return None  # too short to take an hour on any CPU: not worth timing steps
+    if step_seconds is None:
+        from degradation.bench import step_seconds
+    timed: dict[tuple, float] = {}
+    for config, _ in runs:
+        if _network(config) not in timed:
+            timed[_network(config)] = step_seconds(config)
+    total = sum(timed[_network(config)] * left for config, left in runs)
+    if total <= limit_s:
+        return None
+    per_iteration = sum(timed[_network(config)] for config, _ in runs)
+    fits = max(100, int(limit_s / per_iteration) // 100 * 100)
+    milestones = ",".join(map(str, suggested_milestones(fits)))
+    return (f"warning: no GPU: {len(runs)} run{'s' * (len(runs) != 1)} need about "
+            f"{format_duration(total)} on this CPU (estimated from a few timed steps of each "
+            f"network: up to {max(timed.values()):.2f} s per step). To shorten: "
+            f"train.iterations={fits} train.milestones=[{milestones}] (about an hour), fewer "
+            "or shallower networks (depth=20), experiment=smoke, or a machine with a GPU.")

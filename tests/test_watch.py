@@ -6,10 +6,18 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from degradation.cli import app
-from degradation.watch import NOT_STARTED, ProgressView, RunView, run_line, sweep_line
+from degradation.watch import (
+    NOT_STARTED,
+    ProgressView,
+    RunView,
+    cpu_estimate,
+    run_line,
+    sweep_line,
+)
 from tests.analysis_fixtures import make_config, make_summary, write_run
 from tests.test_status import mixed  # noqa: F401  (a fixture)
 
@@ -108,3 +116,41 @@ def test_status_with_overrides_lists_the_runs_not_started(tmp_path: Path) -> Non
     # Without the overrides only what is on disk is known.
     assert CliRunner().invoke(app, ["status", str(tmp_path)]).output.splitlines()[-1] == \
         "1 runs: 1 done"
+
+
+def test_a_cpu_sweep_over_an_hour_says_so_with_the_estimate_and_how_to_shorten() -> None:
+    demo = [(make_config(Path("out"), {"arch": arch, "depth": depth,
+                                       "train.iterations": 16000,
+                                       "train.milestones": [8000, 12000]}), 16000)
+            for arch in ("plain", "resnet") for depth in (20, 56)]
+    timed = []
+
+    def step_seconds(config) -> float:  # the timing is injected: no test depends on speed
+        timed.append((config.arch, config.depth))
+        return 0.02 * config.depth / 20
+
+    warning = cpu_estimate(demo, step_seconds)
+    assert timed == [("plain", 20), ("plain", 56), ("resnet", 20), ("resnet", 56)]
+    # 16000 iterations x (0.02 + 0.056 + 0.02 + 0.056) s = 40m32s: under an hour, no warning.
+    assert warning is None
+    slow = cpu_estimate(demo, lambda config: 0.1 * config.depth / 20)  # 16000 x 0.76 s
+    assert slow is not None and slow.startswith("warning: no GPU: 4 runs need about 3h22m")
+    # 3600 s / 0.76 s per iteration of all four: 4700 iterations fit in about an hour.
+    assert "train.iterations=4700 train.milestones=[2350,3525]" in slow
+    assert "experiment=smoke" in slow
+    short = [(config, 40) for config, _ in demo]
+    assert cpu_estimate(short, lambda config: pytest.fail("short sweeps are not timed")) is None
+
+
+def test_sweep_warns_before_starting_on_the_cpu(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import degradation.bench
+
+    monkeypatch.setattr(degradation.bench, "step_seconds", lambda config: 0.5)
+    result = CliRunner().invoke(app, ["sweep", "--dry-run", "device=cpu", "depth=20,56",
+                                      f"output_dir={tmp_path}", "train.iterations=16000",
+                                      "train.milestones=[8000,12000]"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].startswith("warning: no GPU: 2 runs need about 4h26m on this CPU")
+    assert "train.iterations=3600 train.milestones=[1800,2700]" in lines[1]
