@@ -117,6 +117,7 @@ def sweep(
     if counts["start"] + counts["resume"] + counts["retrain"] == 0:
         return
     launching.launch(overrides or [], sweep=True)
+    _write_study(planned)
     records = [launching.read_run(run.folder) for run in planned]
     states = [record.state if record else "failed" for record in records]
     done = sum(state in ("done", "diverged") for state in states)
@@ -212,10 +213,14 @@ def plot(
     depth, a band over seeds; plus a shortcut A/B/C comparison when the runs have several.
     Writes PNG and PDF to PATH/figures/ and prints their paths.
     """
+    from degradation.board import study_command
     from degradation.figures import plot_command
 
     for written in _analysis(plot_command, path, out, linear):
         typer.echo(written)
+    study = _analysis(study_command, path)
+    if study is not None:
+        typer.echo(f"{study} (TensorBoard: tensorboard --logdir {path})")
 
 
 @app.command()
@@ -342,6 +347,16 @@ def _analysis(command, *args, **kwargs):
         return command(*args, **kwargs)
     except (AnalysisError, *USER_ERRORS) as error:
         fail(str(error), code=1)
+
+
+def _write_study(planned) -> None:
+    """The study's TensorBoard view (Figure 6 layout, mean curves) for each output folder."""
+    from degradation.analysis import AnalysisError
+    from degradation.board import study_command
+
+    for output_dir in dict.fromkeys(Path(run.config.output_dir) for run in planned):
+        with contextlib.suppress(AnalysisError):  # no run has logged yet: nothing to show
+            study_command(output_dir)
 
 
 def _cpu_estimate(runs) -> str | None:
