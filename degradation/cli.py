@@ -186,8 +186,11 @@ def _status_snapshot(path: Path | None, overrides: list[str]):
             fail(str(error))
     root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
     # Runs under PATH as their folders show them, then the runs asked for that have none yet.
-    asked = configs_views([config for config in configs
-                           if not (run_dir(config) / CONFIG_FILE).exists()])
+    unstarted: dict[Path, object] = {}
+    for config in configs:  # one per folder: plain nets under several shortcuts are one run
+        if not (run_dir(config) / CONFIG_FILE).exists():
+            unstarted.setdefault(run_dir(config), config)
+    asked = configs_views(unstarted.values())
 
     def snapshot():
         views = [view_of(record) for record in find_runs(root)]

@@ -103,10 +103,11 @@ def test_status_watch_stops_when_every_run_has_ended(tmp_path: Path) -> None:
 
 
 def test_status_with_overrides_lists_the_runs_not_started(tmp_path: Path) -> None:
-    config = make_config(tmp_path, RECIPE)
-    write_run(tmp_path, RECIPE, summary=make_summary(config))
-    overrides = ["seed=0,1,2", "train.iterations=4000", "train.milestones=[2000,3000]",
-                 f"output_dir={tmp_path}"]
+    config = make_config(tmp_path, {**RECIPE, "arch": "plain"})
+    write_run(tmp_path, {**RECIPE, "arch": "plain"}, summary=make_summary(config))
+    # Plain nets have no shortcut: `shortcut=A,B` asks for each seed's run twice.
+    overrides = ["seed=0,1,2", "arch=plain", "shortcut=A,B", "train.iterations=4000",
+                 "train.milestones=[2000,3000]", f"output_dir={tmp_path}"]
     result = CliRunner().invoke(app, ["status", *overrides])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
