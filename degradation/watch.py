@@ -9,6 +9,7 @@ what is shown is what is on disk. On a terminal the view is a table redrawn in p
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -177,14 +178,31 @@ class ProgressView:
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(table(views), console=Console(file=self.stream),
+            self._live = Live(table(views), console=Console(file=self.stream,
+                                                            force_terminal=True),
                               auto_refresh=False, transient=False)
             self._live.start()
+            self._reroute_logging()
         self._live.update(table(views), refresh=True)
+
+    def _reroute_logging(self) -> None:
+        # Log lines written straight to the terminal would be drawn over by the next redraw:
+        # while the table is live, console handlers write through rich's proxy (above it).
+        self._rerouted = []
+        proxy = next((stream for stream in (sys.stdout, sys.stderr)
+                      if getattr(stream, "rich_proxied_file", None) is self.stream), None)
+        if proxy is None:
+            return
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                self._rerouted.append(handler)
+                handler.setStream(proxy)
 
     def close(self) -> None:
         """Leave the last table on screen and give the terminal back."""
         if self._live is not None:
+            for handler in self._rerouted:
+                handler.setStream(self.stream)
             self._live.stop()
             self._live = None
 

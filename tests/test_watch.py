@@ -155,3 +155,24 @@ def test_sweep_warns_before_starting_on_the_cpu(tmp_path: Path,
     lines = result.output.splitlines()
     assert lines[1].startswith("warning: no GPU: 2 runs need about 4h26m on this CPU")
     assert "train.iterations=3600 train.milestones=[1800,2700]" in lines[1]
+
+
+def test_log_lines_during_a_live_table_are_printed_above_it(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    import logging
+    import sys
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stream)  # the launcher's console, as Hydra logs to it
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        view = ProgressView(stream=stream, live=True, clock=Clock())
+        view.tick(lambda: [fake("resnet-20-A", 0, "running", 1000, 10.0)])
+        assert handler.stream is not stream  # through rich's proxy while the table is live
+        logging.getLogger().warning("[1/2 finished] resnet-20-A seed 0")
+        view.close()
+        assert handler.stream is stream
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "[1/2 finished] resnet-20-A seed 0" in stream.getvalue()
