@@ -287,6 +287,22 @@ def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeat
                     (min(loads), max(loads)), statistics.median(grad_norm_overheads))
 
 
+def step_seconds(config: Config, steps: int = 3, warmup_steps: int = 1) -> float:
+    """Seconds per training step of `config`'s network on its device, from a few timed steps
+    on synthetic data (eager: a compile would take longer than the estimate is worth)."""
+    device = resolve_device(config.device)
+    speed = replace(resolve_speed(config.train, device), compile=False)
+    recipe = config.train
+    data = _synthetic(recipe.batch_size * (steps + warmup_steps), 1, 1)
+    torch.manual_seed(config.seed)
+    model, optimizer = build_network(config, device, speed)
+    batches = TrainBatches(data.train_images, data.train_labels, data.mean, recipe.batch_size,
+                           config.seed, device)
+    _our_steps(model, optimizer, batches.__next__, recipe, speed.memory_format, warmup_steps)
+    return _time(device, lambda: _our_steps(model, optimizer, batches.__next__, recipe,
+                                            speed.memory_format, steps)) / steps
+
+
 def _summarise(measured: list[tuple[float, float, float, float]]) -> Measured:
     """Medians of (warm-up s, training img/s, evaluation img/s, peak MiB) repeats."""
     return Measured(train_images_per_s=statistics.median(m[1] for m in measured),

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -98,6 +99,9 @@ def sweep(
     typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
                f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)"
                + (f", {counts['running']} being trained elsewhere" if counts["running"] else ""))
+    warning = _cpu_estimate(launching.to_launch(planned))
+    if warning:
+        typer.echo(warning, err=True)
     if dry_run:
         todo = launching.to_launch(planned)
         fused_with = {job[0].folder: [run.config.seed for run in job[1:]]
@@ -113,6 +117,7 @@ def sweep(
     if counts["start"] + counts["resume"] + counts["retrain"] == 0:
         return
     launching.launch(overrides or [], sweep=True)
+    _write_study(planned)
     records = [launching.read_run(run.folder) for run in planned]
     states = [record.state if record else "failed" for record in records]
     done = sum(state in ("done", "diverged") for state in states)
@@ -129,36 +134,73 @@ def sweep(
 
 
 @app.command()
-def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs.")
-           ) -> None:
-    """One line per run under PATH: network, seed, state, iteration, last errors, ETA.
+def status(
+    targets: list[str] = typer.Argument(None, help="PATH (folder to search for runs, default "
+                                        "outputs) and/or the sweep's overrides KEY=VALUE: "
+                                        "then its runs not yet started are listed too.",
+                                        show_default=False),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until every run has ended "
+                               "(Ctrl-C stops watching, not the runs)."),
+    every: float = typer.Option(5.0, "--every", min=0.1, help="Seconds between refreshes."),
+    times: int | None = typer.Option(None, "--times", min=1,
+                                     help="With --watch: stop after this many refreshes."),
+) -> None:
+    """One line per run under PATH: network, seed, state, iteration, last errors, lr, img/s, ETA.
 
     States: done, diverged, running (a live process holds the run's lock), failed (with the
-    last line of its error.txt), interrupted (resumes from its checkpoint), pending.
+    last line of its error.txt), interrupted (resumes from its checkpoint), pending, and, for
+    the runs the overrides ask for whose folder holds no run yet, not started. `degrade status
+    experiment=fig6 --watch` follows a sweep started elsewhere (e.g. on a cluster).
     """
-    from collections import Counter
+    from degradation import watch as progress_view
 
-    from degradation.logs import format_duration
-    from degradation.runs import family, find_runs, progress
+    overrides = [target for target in targets or [] if "=" in target]
+    paths = [Path(target) for target in targets or [] if "=" not in target]
+    if len(paths) > 1:
+        fail(f"status takes one PATH, not {len(paths)}: {' '.join(map(str, paths))}")
+    snapshot = _status_snapshot(paths[0] if paths else None, overrides)
+    if not watch:
+        views = snapshot()
+        for view in views:
+            typer.echo(progress_view.run_line(view))
+        typer.echo(progress_view.status_line(views))
+        return
+    view = progress_view.ProgressView(every_s=every, live_every_s=every,
+                                      stream=typer.get_text_stream("stdout"))
+    with contextlib.suppress(KeyboardInterrupt):  # stops watching; the runs go on
+        progress_view.watch(snapshot, view, times=times)
 
-    records = find_runs(path)
-    if not records:
-        fail(f"no runs under {path} (a run folder holds config.yaml)", code=1)
-    for record in records:
-        state, where = record.state, progress(record)
-        errors = "  ".join(f"{name} " + ("     -" if value is None else f"{value:5.2f}%")
-                           for name, value in (("train", where.train_error),
-                                               ("test", where.test_error)))
-        note = ""
-        if state == "running" and where.eta_s is not None:
-            note = f"  ETA {format_duration(where.eta_s)}"
-        elif where.error:
-            note = f"  error: {where.error}"
-        typer.echo(f"{family(record.config):14} seed {record.config.seed:<3} {state:11} "
-                   f"{where.iteration:>6}/{where.total:<6} {errors}  {record.path}{note}")
-    counts = Counter(record.state for record in records)
-    typer.echo(f"{len(records)} runs: " + ", ".join(f"{counts[state]} {state}" for state in (
-        "done", "diverged", "running", "failed", "interrupted", "pending") if counts[state]))
+
+def _status_snapshot(path: Path | None, overrides: list[str]):
+    """What `degrade status` shows: every run under PATH and every run the overrides ask for."""
+    from degradation import launching
+    from degradation.runs import CONFIG_FILE, find_runs, run_dir
+    from degradation.watch import configs_views, view_of
+
+    configs = []
+    if overrides:
+        try:
+            jobs = launching.expand(overrides)
+            configs = [launching.compose_config(job) for job in jobs]
+        except launching.USER_ERRORS as error:
+            fail(str(error))
+    root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
+    # Runs under PATH as their folders show them, then the runs asked for that have none yet.
+    unstarted: dict[Path, object] = {}
+    for config in configs:  # one per folder: plain nets under several shortcuts are one run
+        if not (run_dir(config) / CONFIG_FILE).exists():
+            unstarted.setdefault(run_dir(config), config)
+    asked = configs_views(unstarted.values())
+
+    def snapshot():
+        views = [view_of(record) for record in find_runs(root)]
+        found = {view.path for view in views}
+        views += [view for view in asked() if view.path not in found]
+        if not views:
+            fail(f"no runs under {root} (a run folder holds config.yaml)", code=1)
+        return views
+
+    return snapshot
 
 
 @app.command()
@@ -174,10 +216,14 @@ def plot(
     depth, a band over seeds; plus a shortcut A/B/C comparison when the runs have several.
     Writes PNG and PDF to PATH/figures/ and prints their paths.
     """
+    from degradation.board import study_command
     from degradation.figures import plot_command
 
     for written in _analysis(plot_command, path, out, linear):
         typer.echo(written)
+    study = _analysis(study_command, path)
+    if study is not None:
+        typer.echo(f"{study} (TensorBoard: tensorboard --logdir {path})")
 
 
 @app.command()
@@ -195,6 +241,25 @@ def table(
     typer.echo(text)
     for file in written:
         typer.echo(file)
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="File to write, e.g. outputs/points.csv."),
+    path: Path = typer.Option(Path("outputs"), "--from", help="Folder to search for runs."),
+    fmt: str | None = typer.Option(None, "--format", help="csv or parquet (needs pyarrow); "
+                                   "default: parquet for a .parquet file, else csv."),
+) -> None:
+    """Every logged point of every run as one table: a row per run and iteration, with the
+    run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*, ...) and
+    one column per metric (error/train, error/test, loss/train, loss/test, lr)."""
+    from degradation.export import export_command, format_refusal
+
+    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
+    refusal = format_refusal(fmt)
+    if refusal:
+        fail(refusal)
+    typer.echo(_analysis(export_command, path, out, fmt))
 
 
 @app.command()
@@ -317,6 +382,37 @@ def _analysis(command, *args, **kwargs):
         return command(*args, **kwargs)
     except (AnalysisError, *USER_ERRORS) as error:
         fail(str(error), code=1)
+
+
+def _write_study(planned) -> None:
+    """The study's TensorBoard view (Figure 6 layout, mean curves) for each output folder."""
+    from degradation.analysis import AnalysisError
+    from degradation.board import study_command
+
+    for output_dir in dict.fromkeys(Path(run.config.output_dir) for run in planned):
+        with contextlib.suppress(AnalysisError):  # no run has logged yet: nothing to show
+            study_command(output_dir)
+
+
+def _cpu_estimate(runs) -> str | None:
+    """Where the runs would train on the CPU: a warning when they take over an hour."""
+    from degradation import launching
+    from degradation.config import ConfigError
+    from degradation.runs import progress
+    from degradation.train import resolve_device
+    from degradation.watch import cpu_estimate
+
+    try:
+        if not runs or resolve_device(runs[0].config.device).type != "cpu":
+            return None
+    except ConfigError:  # device=cuda without one: training itself says so
+        return None
+    left = []
+    for run in runs:
+        record = launching.read_run(run.folder) if run.action == "resume" else None
+        done = progress(record).iteration if record is not None else 0
+        left.append((run.config, run.config.train.iterations - done))
+    return cpu_estimate(left)
 
 
 def _plan(overrides: list[str], sweep: bool, force: bool):

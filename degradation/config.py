@@ -191,7 +191,19 @@ def validate(config: Config) -> None:
              f"train.milestones={milestones} must be strictly increasing")
     _require(all(0 < m < train.iterations for m in milestones),
              f"train.milestones={milestones} must lie between 0 and "
-             f"train.iterations={train.iterations}")
+             f"train.iterations={train.iterations}{_milestone_hint(train.iterations)}")
+
+
+def suggested_milestones(iterations: int) -> list[int]:
+    """The paper's proportions (32k and 48k of 64k: 50% and 75%) for `iterations`."""
+    return [iterations // 2, iterations * 3 // 4]
+
+
+def _milestone_hint(iterations: int) -> str:
+    suggestion = suggested_milestones(iterations)
+    if not 0 < suggestion[0] < suggestion[1] < iterations:
+        return ""  # too few iterations for two distinct drops
+    return f"; did you mean train.milestones=[{suggestion[0]},{suggestion[1]}]?"
 
 
 def _check_fusion(config: Config) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from degradation.analysis import (
     GROUP,
@@ -88,8 +89,9 @@ def figure6(scalars: pd.DataFrame, *, linear: bool = False,
         raise AnalysisError("no training curves to plot yet (no run has logged an error)")
     option = "" if shortcut in (None, "A") else f" (shortcut {shortcut})"
     fig = _figure(len(panels))
+    follow = follows_data(scalars, linear)
     for ax, (title, part) in zip(fig.axes, panels, strict=True):
-        _curves(ax, part, lambda key: depth_colour(key[1]), linear)
+        _curves(ax, part, lambda key: depth_colour(key[1]), linear or follow)
         ax.set_title(title + (option if title != "plain" else ""))
     _finish(fig, scalars, linear, xmax_iterations)
     return fig
@@ -105,9 +107,10 @@ def shortcut_figure(scalars: pd.DataFrame, *, linear: bool = False,
     # Only depths trained with several options compare anything; else show every depth.
     depths = sorted(options.index[options > 1]) or sorted(options.index)
     fig = _figure(len(depths))
+    follow = follows_data(scalars, linear)
     for ax, depth in zip(fig.axes, depths, strict=True):
         part = scalars[scalars["depth"] == depth]
-        _curves(ax, part, lambda key: SHORTCUT_COLOURS.get(key[2], "#666666"), linear,
+        _curves(ax, part, lambda key: SHORTCUT_COLOURS.get(key[2], "#666666"), linear or follow,
                 label=lambda key: network_label(key[0], key[1], key[2]) if key[0] == "plain"
                 else f"ResNet-{key[1]} ({key[2]})")
         ax.set_title(f"depth {depth}: shortcut options")
@@ -174,16 +177,39 @@ def _clip(values: np.ndarray, linear: bool) -> np.ndarray:
     return values if linear else np.minimum(values, Y_MAX)
 
 
+def follows_data(scalars: pd.DataFrame, linear: bool) -> bool:
+    """Whether the error axis follows the data: the paper's 0-20% would hide every curve
+    (short runs, all of whose errors are still above 20%)."""
+    errors = scalars.loc[scalars["metric"].isin(["error/train", "error/test"]), "value"]
+    return not linear and not errors.empty and bool((errors > Y_MAX).all())
+
+
+def iteration_unit(iterations: float) -> float:
+    """The x-axis unit for runs of `iterations`: the paper's 1e4, 1e3 or single iterations,
+    so the tick labels stay short numbers at any run length."""
+    return next((unit for unit in (ITERATION_UNIT, 1e3) if iterations >= unit), 1.0)
+
+
 def _finish(fig: Figure, scalars: pd.DataFrame, linear: bool, xmax_iterations: int | None) -> None:
     errors = scalars[scalars["metric"].isin(["error/train", "error/test"])]
     last = int(errors["iteration"].max()) if not errors.empty else PAPER_ITERATIONS
     xmax = max(xmax_iterations or 0, last) / ITERATION_UNIT
-    top = Y_MAX if not linear else max(10.0, float(np.ceil(errors["value"].max() / 10) * 10))
-    clipped = not linear and (errors["value"] > Y_MAX).any()
+    follow = follows_data(scalars, linear)
+    bottom, top = 0.0, Y_MAX
+    if linear or follow:
+        top = max(10.0, float(np.ceil(errors["value"].max() / 10) * 10))
+    if follow:
+        bottom = float(np.floor(errors["value"].min() / 10) * 10)
+    clipped = not linear and not follow and (errors["value"] > Y_MAX).any()
+    unit = iteration_unit(xmax * ITERATION_UNIT)
+    # Curves are drawn in units of 1e4 iterations; only the labels change for short runs.
+    ticks = FuncFormatter(lambda x, _: f"{x * ITERATION_UNIT / unit:g}")
     for ax in fig.axes:
         ax.set_xlim(0, xmax)
-        ax.set_ylim(0, top)
-        ax.set_xlabel("iter. (1e4)")
+        ax.set_ylim(bottom, top)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.xaxis.set_major_formatter(ticks)
+        ax.set_xlabel("iter." if unit == 1 else f"iter. ({unit:.0e})".replace("+0", ""))
         ax.set_ylabel("error (%)")
         ax.grid(alpha=0.3)
         handles = [h for h in ax.get_lines() if not h.get_label().startswith("_")]
@@ -194,6 +220,9 @@ def _finish(fig: Figure, scalars: pd.DataFrame, linear: bool, xmax_iterations: i
         note += f"; shaded: {BAND}, line: mean"
     if clipped:
         note += f"; values above {Y_MAX:g}% drawn at the top edge"
+    if follow:
+        note += (f"; error axis {bottom:g}-{top:g}%: every error is above the paper's "
+                 f"0-{Y_MAX:g}% range")
     # Wrapped to the figure's width so a one-panel figure does not cut the note off.
     fig.suptitle(textwrap.fill(note, width=int(fig.get_figwidth() * 15)), fontsize="medium")
 

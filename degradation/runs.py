@@ -144,6 +144,8 @@ class RunProgress:
     test_error: float | None  # the last evaluation's test (or validation) error (%)
     eta_s: float | None  # seconds left, for running runs whose speed is known
     error: str | None  # the last line of error.txt, for failed runs
+    lr: float | None = None  # the last logged learning rate
+    iterations_per_s: float | None = None  # running runs: the speed of the last log points
 
 
 def progress(record: RunRecord) -> RunProgress:
@@ -161,22 +163,26 @@ def progress(record: RunRecord) -> RunProgress:
     rows = read_metrics(metrics_path) if metrics_path.exists() else {}
     iteration = max(rows, default=0)
     last = {tag: rows[i][tag] for i in sorted(rows) for tag in rows[i]}  # latest value per tag
-    eta = _eta(record.path, total) if state == "running" else None
+    speed = _speed(record.path) if state == "running" else None
+    eta = None
+    if speed is not None:
+        rate, step, wall = speed
+        eta = max(0.0, (total - step) / rate - (time.time() - wall))
     error = last_line(record.path / ERROR_FILE) if state == "failed" else None
     return RunProgress(iteration, total, last.get("error/train"), last.get("error/test"), eta,
-                       error)
+                       error, last.get("lr"), speed[0] if speed else None)
 
 
-def _eta(path: Path, total: int) -> float | None:
-    """Seconds to the end at the speed of the last logged points of the current process."""
+def _speed(path: Path) -> tuple[float, int, float] | None:
+    """(iterations/s, last step, its wall time) over the last logged points of the current
+    process; None until two points are logged."""
     points = _train_points(path)[-20:]
     if len(points) < 2:
         return None
     (first_step, first_time), (step, wall) = points[0], points[-1]
     if step <= first_step or wall <= first_time:
         return None
-    rate = (step - first_step) / (wall - first_time)
-    return max(0.0, (total - step) / rate - (time.time() - wall))
+    return (step - first_step) / (wall - first_time), step, wall
 
 
 def _train_points(path: Path) -> list[tuple[int, float]]:
@@ -217,3 +223,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def flat_config(config: Config) -> dict[str, Any]:
+    """Every setting of `config` under its dotted key (`train.lr`, `data.root`)."""
+    return _flatten(config.to_dict())

@@ -682,6 +682,9 @@ class _Member:
             summary["fused_with"] = list(self.config.trainer.fuse_with)
         if distributed.is_writer():
             write_json(self.folder / SUMMARY_FILE, summary)
+            from degradation.board import write_hparams  # pandas, only once a run has ended
+
+            write_hparams(self.folder, self.config, summary)
         return Outcome(status, self.folder, summary)
 
     def _reset_accumulators(self) -> None:

@@ -195,3 +195,34 @@ def test_plot_command_writes_png_and_pdf(tmp_path):
     assert written[0].read_bytes()[:4] == b"\x89PNG" and written[1].read_bytes()[:4] == b"%PDF"
     out = figures.plot_command(tmp_path, tmp_path / "elsewhere", linear=True)
     assert all(path.parent == tmp_path / "elsewhere" for path in out)
+
+
+def test_short_runs_above_20_get_a_data_range_and_say_so():
+    steps = np.arange(20, 201, 20)
+    high = np.linspace(85.0, 42.0, len(steps))
+    fig = figures.figure6(frame(run("plain", 20, steps=steps, train=high - 5, test=high),
+                                run("resnet", 20, steps=steps, train=high - 9, test=high - 1)))
+    for ax in fig.axes:
+        assert ax.get_ylim() == (30, 90)  # 33% .. 85%, to the tens around them
+        assert max(lines(ax, "error/test")[0].get_ydata()) >= 84.0  # not held at 20%
+        assert ax.get_xlabel() == "iter."
+        labels = [tick.get_text() for tick in ax.get_xticklabels()]
+        assert "200" in labels and len(labels) <= 8
+    text = fig._suptitle.get_text().replace("\n", " ")
+    assert "error axis 30-90%: every error is above the paper's 0-20% range" in text
+    assert "top edge" not in text
+
+
+def test_long_runs_keep_the_papers_range_and_1e4_ticks():
+    fig = figures.figure6(frame(run("plain", 20), run("resnet", 20)))
+    assert all(ax.get_ylim() == (0, 20) for ax in fig.axes)
+    assert "error axis" not in fig._suptitle.get_text()
+    labels = [tick.get_text() for tick in fig.axes[0].get_xticklabels()]
+    assert fig.axes[0].get_xlabel() == "iter. (1e4)" and "6" in labels and len(labels) <= 8
+
+
+def test_a_2000_iteration_schedule_is_labelled_in_thousands():
+    fig = figures.figure6(frame(run("resnet", 20, steps=np.arange(100, 2001, 100))))
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "iter. (1e3)"
+    assert [tick.get_text() for tick in ax.get_xticklabels()][-1] == "2"

@@ -255,6 +255,9 @@ def test_sweep_skips_finished_resumes_unfinished_and_runs_in_parallel(
     ended = [m.start() for m in re.finditer(r"finished\] ", console)]
     assert len(started) == 2 and len(ended) == 2 and max(started) < min(ended)  # both at once
     assert "[2/2 finished] " in console and "test error" in console
+    # Without a terminal, the runs' progress as plain lines, the last once all have ended.
+    assert re.search(r"^plain-8 +seed 0 +done +12/12 ", console, re.MULTILINE)
+    assert console.splitlines()[-2] == "sweep: 2/2 runs ended"
     assert mtimes(finished.run_dir) == before  # the finished run was not even launched
     resumed = read_json(folder / SUMMARY_FILE)
     assert "resumed from iteration 6" in (folder / "train.log").read_text()

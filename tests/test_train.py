@@ -178,3 +178,13 @@ def test_validation_split_is_evaluated_instead_of_the_test_set(
         cifar_root: Path, tmp_path: Path) -> None:
     run = train(compose_config(tiny_overrides(cifar_root, tmp_path, **{"data.val_split": 50})))
     assert read_json(run.run_dir / SUMMARY_FILE)["eval_set"] == "validation"
+
+
+def test_a_finished_run_writes_its_hparams_session(finished) -> None:
+    from tests.test_board import read_hparams
+
+    board = read_hparams(finished.run_dir)
+    summary = read_json(finished.run_dir / SUMMARY_FILE)
+    assert board["hparams"] == {"arch": "resnet", "depth": 8.0, "shortcut": "A", "seed": 0.0}
+    assert board["scalars"]["final/test_error"] == pytest.approx(summary["final_test_error"])
+    assert board["scalars"]["best/test_error"] == pytest.approx(summary["best_test_error"])

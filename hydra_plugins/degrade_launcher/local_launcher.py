@@ -7,7 +7,9 @@ starts with, so CUDA never sees the others. On a CPU-only box (or with `device=c
 OMP_NUM_THREADS). Each job is Hydra's own `run_job` in a fresh interpreter (`_worker.py`), so
 its config, logging and output folder are those the basic launcher would give it; what it
 prints goes to its run folder's log file, and the console gets one line per run started and
-one per run finished. A failing run does not stop the others.
+one per run finished, and every run's progress (`degradation.watch`: a table redrawn in place
+on a terminal, a plain line per run every minute otherwise). A failing run does not stop the
+others.
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ class _Scheduler:
         self.running: list[Job] = []
         self.returns: dict[int, JobReturn] = {}
         self.stopped_by: str | None = None
+        self.progress = _progress(jobs)
 
     def run(self) -> list[JobReturn]:
         pending = list(self.jobs)
@@ -174,7 +177,11 @@ class _Scheduler:
                         break
                     time.sleep(self.launcher.poll_s)
                     self._collect()
+                    self._show_progress()
+                self._show_progress(force=True)
             finally:
+                if self.progress is not None:
+                    self.progress[0].close()
                 for job in self.running:  # only after an error in this loop: leave no orphans
                     job.process.terminate()
                     job.process.wait()
@@ -196,6 +203,18 @@ class _Scheduler:
         log.info(f"[{job.number}/{len(self.jobs)}] started {_name(job)} on {slot.describe()} "
                  f"(log: {job.log_file})")
         log.debug(f"overrides: {' '.join(filter_overrides(job.overrides))}")
+
+    def _show_progress(self, force: bool = False) -> None:
+        """Every run's progress, read from the run folders when the view is due."""
+        if self.progress is None:
+            return
+        view, snapshot = self.progress
+        try:
+            view.tick(snapshot, force=force)
+        except Exception as error:  # a view that cannot be drawn must not stop the runs
+            log.warning(f"progress view stopped: {error}")
+            view.close()
+            self.progress = None
 
     def _collect(self) -> None:
         for job in list(self.running):
@@ -243,6 +262,22 @@ def _name(job: Job) -> str:
     with contextlib.suppress(ValueError):
         return str(job.folder.relative_to(sweep_dir))
     return str(job.folder)
+
+
+def _progress(jobs: list[Job]) -> tuple[Any, Any] | None:
+    """`degrade`'s progress view over the runs of `jobs` (fused members included) and the
+    function that reads them, if the jobs are `degrade` runs."""
+    try:
+        from degradation.config import members
+        from degradation.launching import config_of
+        from degradation.watch import ProgressView, configs_views
+    except ImportError:
+        return None
+    try:
+        configs = [member for job in jobs for member in members(config_of(job.config))]
+    except Exception:  # not a `degrade` config: no view, the launch goes on
+        return None
+    return ProgressView(sys.stdout), configs_views(configs)  # where Hydra logs the launch
 
 
 def _describe(folder: Path) -> str | None:

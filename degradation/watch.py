@@ -1,0 +1,266 @@
+"""Progress you can watch: every run of a sweep, and the sweep's done/total and ETA.
+
+One renderer, two callers: the local launcher shows the runs it trains while they train,
+and `degrade status --watch` shows runs started elsewhere (a cluster, another shell). Both
+read only the run folders (config.yaml, metrics.csv, TensorBoard events, summary.json), so
+what is shown is what is on disk. On a terminal the view is a table redrawn in place
+(rich.live); otherwise (CI, nohup, SLURM logs) a plain line per run every interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from degradation.config import Config, suggested_milestones
+from degradation.logs import format_duration
+from degradation.runs import RunRecord, family, progress, read_run, run_dir
+
+NOT_STARTED = "not started"
+ENDED = ("done", "diverged")
+LONG_SWEEP_S = 3600.0  # CPU-only sweeps longer than this say so before they start
+# Slower than any CPU trains a CIFAR net of the paper's depths (<= 110) at batch 128: fewer
+# images than this per second of the limit cannot take that long, and are not timed.
+MIN_CPU_IMAGES_PER_S = 50.0
+PLAIN_EVERY_S = 60.0  # without a terminal: a line per run every minute keeps logs short
+LIVE_EVERY_S = 2.0  # on a terminal: redraw this often (each redraw reads every run folder)
+
+
+@dataclass
+class RunView:
+    """One run as the progress view shows it."""
+
+    name: str  # `resnet-56-A`
+    seed: int
+    state: str  # a run folder's state, or NOT_STARTED when its folder holds no run yet
+    iteration: int
+    total: int
+    lr: float | None
+    train_error: float | None
+    test_error: float | None
+    images_per_s: float | None
+    iterations_per_s: float | None
+    eta_s: float | None
+    error: str | None
+    path: Path
+
+
+def view_of(record: RunRecord) -> RunView:
+    """What the run in `record`'s folder shows now."""
+    where = progress(record)
+    rate = where.iterations_per_s
+    return RunView(family(record.config), record.config.seed, record.state, where.iteration,
+                   where.total, where.lr, where.train_error, where.test_error,
+                   None if rate is None else rate * record.config.train.batch_size, rate,
+                   where.eta_s, where.error, record.path)
+
+
+def view_of_config(config: Config) -> RunView:
+    """The run `config` asks for: as its folder shows it, or not started when it has none."""
+    record = read_run(run_dir(config))
+    if record is not None:
+        return view_of(record)
+    return RunView(family(config), config.seed, NOT_STARTED, 0, config.train.iterations, None,
+                   None, None, None, None, None, None, run_dir(config))
+
+
+def sweep_eta(views: Sequence[RunView]) -> float | None:
+    """Seconds until every run has ended: the iterations left over the speed of the running
+    runs together (as many runs at once as now); None while no speed is known."""
+    rates = [view.iterations_per_s for view in views
+             if view.state == "running" and view.iterations_per_s]
+    if not rates:
+        return None
+    left = sum(view.total - view.iteration for view in views if view.state not in ENDED)
+    return left / sum(rates)
+
+
+def sweep_line(views: Sequence[RunView]) -> str:
+    """`sweep: 3/8 runs ended, 2 running, 3 not started; ETA 1h05m`."""
+    ended = sum(view.state in ENDED for view in views)
+    counts = {state: sum(view.state == state for view in views)
+              for state in ("running", NOT_STARTED, "failed", "interrupted", "pending")}
+    parts = [f"{count} {state}" for state, count in counts.items() if count]
+    eta = sweep_eta(views)
+    return (f"sweep: {ended}/{len(views)} runs ended" + "".join(f", {part}" for part in parts)
+            + ("" if eta is None or ended == len(views) else f"; ETA {format_duration(eta)}"))
+
+
+def status_line(views: Sequence[RunView]) -> str:
+    """`6 runs: 1 done, 1 running, 4 not started`: the runs counted by state."""
+    states = ("done", "diverged", "running", "failed", "interrupted", "pending", NOT_STARTED)
+    counts = {state: sum(view.state == state for view in views) for state in states}
+    return f"{len(views)} runs: " + ", ".join(f"{count} {state}"
+                                              for state, count in counts.items() if count)
+
+
+def _percent(value: float | None) -> str:
+    return "     -" if value is None else f"{value:5.2f}%"
+
+
+def run_line(view: RunView) -> str:
+    """One plain line: network, seed, state, iteration/total, errors, lr, img/s, folder, ETA."""
+    errors = f"train {_percent(view.train_error)}  test {_percent(view.test_error)}"
+    speed = "" if view.lr is None else f"  lr {view.lr:.4g}"
+    if view.images_per_s is not None:
+        speed += f"  {view.images_per_s:,.0f} img/s"
+    note = ""
+    if view.state == "running" and view.eta_s is not None:
+        note = f"  ETA {format_duration(view.eta_s)}"
+    elif view.error:
+        note = f"  error: {view.error}"
+    return (f"{view.name:14} seed {view.seed:<3} {view.state:11} "
+            f"{view.iteration:>6}/{view.total:<6} {errors}{speed}  {view.path}{note}")
+
+
+def table(views: Sequence[RunView]):
+    """The same view as a rich table, for a terminal."""
+    from rich.table import Table
+
+    grid = Table(caption=sweep_line(views), caption_justify="left")
+    for column in ("network", "seed", "state", "iter.", "lr", "train", "test", "img/s", "ETA"):
+        grid.add_column(column, justify="left" if column in ("network", "state") else "right",
+                        no_wrap=True)
+    for view in views:
+        grid.add_row(view.name, str(view.seed), view.state, f"{view.iteration}/{view.total}",
+                     "-" if view.lr is None else f"{view.lr:.4g}",
+                     _percent(view.train_error).strip(), _percent(view.test_error).strip(),
+                     "-" if view.images_per_s is None else f"{view.images_per_s:,.0f}",
+                     format_duration(view.eta_s) if view.eta_s is not None else
+                     (view.error or "-") if view.state == "failed" else "-")
+    return grid
+
+
+class ProgressView:
+    """Shows runs as they train: redrawn in place on a terminal, plain lines otherwise.
+
+    `tick(snapshot)` is called as often as the caller likes; the folders are read
+    (`snapshot()`) only when something is due: every `live_every_s` on a terminal, every
+    `every_s` otherwise. `clock` is injectable so tests need not wait.
+    """
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = PLAIN_EVERY_S,
+                 live: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 live_every_s: float = LIVE_EVERY_S) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.every_s = live_every_s if self.live else every_s
+        self.clock = clock
+        self.last: float | None = None
+        self._live = None
+
+    def due(self) -> bool:
+        """Whether the next `tick` shows anything."""
+        return self.last is None or self.clock() - self.last >= self.every_s
+
+    def tick(self, snapshot: Callable[[], Sequence[RunView]], force: bool = False) -> bool:
+        """Show `snapshot()` if due (or `force`); whether it was shown."""
+        if not (force or self.due()):
+            return False
+        self.last = self.clock()
+        self.show(snapshot())
+        return True
+
+    def show(self, views: Sequence[RunView]) -> None:
+        """Show `views` now."""
+        if not self.live:
+            for view in views:
+                self.stream.write(run_line(view) + "\n")
+            self.stream.write(sweep_line(views) + "\n")
+            self.stream.flush()
+            return
+        if self._live is None:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(table(views), console=Console(file=self.stream,
+                                                            force_terminal=True),
+                              auto_refresh=False, transient=False)
+            self._live.start()
+            self._reroute_logging()
+        self._live.update(table(views), refresh=True)
+
+    def _reroute_logging(self) -> None:
+        # Log lines written straight to the terminal would be drawn over by the next redraw:
+        # while the table is live, console handlers write through rich's proxy (above it).
+        self._rerouted = []
+        proxy = next((stream for stream in (sys.stdout, sys.stderr)
+                      if getattr(stream, "rich_proxied_file", None) is self.stream), None)
+        if proxy is None:
+            return
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                self._rerouted.append(handler)
+                handler.setStream(proxy)
+
+    def close(self) -> None:
+        """Leave the last table on screen and give the terminal back."""
+        if self._live is not None:
+            for handler in self._rerouted:
+                handler.setStream(self.stream)
+            self._live.stop()
+            self._live = None
+
+
+def watch(snapshot: Callable[[], Sequence[RunView]], view: ProgressView,
+          times: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Show `snapshot()` every `view.every_s` until every run has ended (or `times` shows)."""
+    shown = 0
+    try:
+        while True:
+            views = snapshot()
+            view.last = view.clock()
+            view.show(views)
+            shown += 1
+            if all(run.state in ENDED for run in views) or (times is not None and shown >= times):
+                return
+            sleep(view.every_s)
+    finally:
+        view.close()
+
+
+def configs_views(configs: Iterable[Config]) -> Callable[[], list[RunView]]:
+    """A snapshot function over the runs `configs` ask for (started or not)."""
+    configs = list(configs)
+    return lambda: [view_of_config(config) for config in configs]
+
+
+def _network(config: Config) -> tuple:
+    return config.arch, config.depth, config.shortcut, config.train.batch_size
+
+
+def cpu_estimate(runs: Sequence[tuple[Config, int]],
+                 step_seconds: Callable[[Config], float] | None = None,
+                 limit_s: float = LONG_SWEEP_S) -> str | None:
+    """On a CPU-only machine, a warning for `runs` ((config, iterations left) each) that take
+    longer than `limit_s`, with the estimate and how to shorten it; None otherwise.
+
+    Each network's steps are timed once (a few steps, `step_seconds`, default
+    `bench.step_seconds`) and multiplied by the iterations left; runs side by side share the
+    same cores, so their times add up.
+    """
+    images = sum(config.train.batch_size * left for config, left in runs)
+    if images < MIN_CPU_IMAGES_PER_S * limit_s:
+        return None  # too short to take an hour on any CPU: not worth timing steps
+    if step_seconds is None:
+        from degradation.bench import step_seconds
+    timed: dict[tuple, float] = {}
+    for config, _ in runs:
+        if _network(config) not in timed:
+            timed[_network(config)] = step_seconds(config)
+    total = sum(timed[_network(config)] * left for config, left in runs)
+    if total <= limit_s:
+        return None
+    per_iteration = sum(timed[_network(config)] for config, _ in runs)
+    fits = max(100, int(limit_s / per_iteration) // 100 * 100)
+    milestones = ",".join(map(str, suggested_milestones(fits)))
+    return (f"warning: no GPU: {len(runs)} run{'s' * (len(runs) != 1)} need about "
+            f"{format_duration(total)} on this CPU (estimated from a few timed steps of each "
+            f"network: up to {max(timed.values()):.2f} s per step). To shorten: "
+            f"train.iterations={fits} train.milestones=[{milestones}] (about an hour), fewer "
+            "or shallower networks (depth=20), experiment=smoke, or a machine with a GPU.")

@@ -1,0 +1,68 @@
+"""`degrade export`: every logged point of every run in one table, config as columns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from degradation.cli import app
+from degradation.logs import TAGS, MetricsLog, read_metrics
+from degradation.runs import METRICS_FILE
+from tests.analysis_fixtures import write_run
+
+
+def logged_run(root: Path, arch: str, seed: int, iterations: int) -> Path:
+    """A run folder whose points are logged as training logs them (TensorBoard and CSV)."""
+    folder = write_run(root, {"arch": arch, "seed": seed, "train.iterations": 400,
+                              "train.milestones": [200, 300]})
+    metrics = MetricsLog(folder)
+    for iteration in range(100, iterations + 1, 100):
+        values = {"lr": 0.1, "error/train": 50.0 - iteration / 20, "loss/train": 1.5}
+        if iteration % 200 == 0:
+            values.update({"error/test": 60.0 - iteration / 20, "loss/test": 1.7})
+        metrics.log(iteration, values)
+    metrics.close()
+    return folder
+
+
+def test_export_writes_one_row_per_logged_point_with_the_config(tmp_path: Path) -> None:
+    folders = [logged_run(tmp_path, "plain", 0, 400), logged_run(tmp_path, "resnet", 1, 300)]
+    out = tmp_path / "export" / "points.csv"
+    result = CliRunner().invoke(app, ["export", str(out), "--from", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(out)
+    table = pd.read_csv(out)
+    for column in ("run", "state", "arch", "depth", "shortcut", "seed", "train.lr",
+                   "train.iterations", "train.milestones", "data.val_split", "iteration",
+                   *TAGS):
+        assert column in table.columns
+    assert len(table) == sum(len(read_metrics(folder / METRICS_FILE)) for folder in folders)
+    resnet = table[table["arch"] == "resnet"].set_index("iteration")
+    assert list(resnet.index) == [100, 200, 300]
+    assert resnet.loc[300, "error/train"] == 35.0 and pd.isna(resnet.loc[300, "error/test"])
+    assert resnet.loc[200, "error/test"] == 50.0
+    assert set(resnet["seed"]) == {1} and set(resnet["shortcut"]) == {"A"}
+    assert set(table.loc[table["arch"] == "plain", "shortcut"]) == {"-"}
+    assert set(table["train.milestones"]) == {"[200, 300]"}
+
+
+def test_parquet_without_pyarrow_is_refused_in_one_line(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    logged_run(tmp_path, "resnet", 0, 200)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
+    out = tmp_path / "points.parquet"
+    result = CliRunner().invoke(app, ["export", str(out), "--from", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and "install pyarrow" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unknown_format_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "x"), "--format", "xlsx"])
+    assert result.exit_code == 2
+    assert "'xlsx' is not one of: csv, parquet" in result.output
