@@ -210,8 +210,15 @@ def spawn(config: Config) -> Outcome:
         store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
         workers = [_start(config, spec, Path(scratch) / f"rank-{index}.error", index,
                           store.port) for index in range(size)]
+        # Relay the workers' lines through this process's logging (console and train.log).
+        relays = [threading.Thread(target=_relay, args=(worker,), daemon=True)
+                  for worker in workers]
+        for relay in relays:
+            relay.start()
         with _passing_signals_to(workers) as received:
             ended = _wait(workers)
+        for relay in relays:  # their last lines (a traceback) before the run's own
+            relay.join(timeout=5)  # bounded: a process they started may hold the pipe
         codes = [worker.returncode for worker in workers]
         errors = [_read_error(Path(scratch) / f"rank-{index}.error") for index in range(size)]
     if all(code == 0 for code in codes):
@@ -271,8 +278,6 @@ def _start(config: Config, spec: Path, error_file: Path, index: int, port: int
          ",".join(map(str, share))],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, errors="replace")
-    # Relay the worker's lines through this process's logging (console and train.log).
-    threading.Thread(target=_relay, args=(worker,), daemon=True).start()
     return worker
 
 
