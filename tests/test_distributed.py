@@ -132,9 +132,20 @@ def test_bad_process_counts_are_refused(cifar_root: Path, tmp_path: Path) -> Non
 MID_INTERVAL = {"trainer.gpus": 2, "train.log_every": 4, "train.threads": 1}
 
 
-def degrade(*args: object, env: dict[str, str] | None = None
+def degrade(*args: object, hook: str | None = None, folder: Path | None = None
             ) -> subprocess.CompletedProcess[str]:
-    """`degrade ARGS` in a subprocess; the timeout only guards against a hang."""
+    """`degrade ARGS` in a subprocess; the timeout only guards against a hang.
+
+    `hook`: test-only code every Python process of the run executes as it starts (written
+    as a `sitecustomize` module into `folder`, which goes on PYTHONPATH).
+    """
+    env = None
+    if hook is not None:
+        assert folder is not None
+        folder.mkdir()
+        (folder / "sitecustomize.py").write_text(hook)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(folder), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
     return subprocess.run([sys.executable, "-m", "degradation", *map(str, args)],
                           capture_output=True, text=True, timeout=600, env=env)
 
@@ -157,14 +168,29 @@ def resumed_copy(finished: Path, tmp_path: Path, cifar_root: Path) -> Path:
     return folder
 
 
+# Test-only: rank 1 fails if it writes config.yaml, removes temporaries or sets a checkpoint
+# aside; two ranks doing so race each other (the second rename fails).
+RANK_1_LEAVES_THE_FOLDER_ALONE = """
+import os
+if os.environ.get("RANK") == "1":
+    import degradation.train as train
+    def refuse(*args, **kwargs):
+        raise RuntimeError("rank 1 changed the run folder")
+    train._write_config = train.remove_temporaries = train.set_aside_damaged = refuse
+"""
+
+
 @pytest.mark.slow
 def test_a_damaged_checkpoint_is_set_aside_once_and_both_ranks_resume_from_the_one_before(
         finished: Path, cifar_root: Path, tmp_path: Path) -> None:
     folder = resumed_copy(finished, tmp_path, cifar_root)
     newest = (folder / CHECKPOINT).read_bytes()
     (folder / CHECKPOINT).write_bytes(newest[:len(newest) // 2])
-    again = degrade("train", *tiny_overrides(cifar_root, tmp_path / "outputs", **MID_INTERVAL))
+    (folder / ".checkpoint.pt.1234.tmp").write_bytes(b"left by a killed writer")
+    again = degrade("train", *tiny_overrides(cifar_root, tmp_path / "outputs", **MID_INTERVAL),
+                    hook=RANK_1_LEAVES_THE_FOLDER_ALONE, folder=tmp_path / "hook")
     assert again.returncode == 0, again.stderr
+    assert not (folder / ".checkpoint.pt.1234.tmp").exists()
     # Rank 0 alone set it aside (rank 1's lines carry "rank 1:"), and training went on from 6.
     output = again.stdout + again.stderr
     assert output.count("kept as checkpoint.pt.damaged") == 1, output
@@ -209,15 +235,10 @@ if os.environ.get("RANK") == "1":
 @pytest.mark.slow
 def test_a_failing_rank_ends_the_run_with_its_own_error_line(
         cifar_root: Path, tmp_path: Path) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(FAIL_ON_RANK_1)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(hook), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
     # Without the launcher stopping rank 0, it would wait in its collective for the gloo
     # timeout (30 minutes) or report its own lost peer instead.
     failed = degrade("train", *tiny_overrides(cifar_root, tmp_path, **{"trainer.gpus": 2}),
-                     env=env)
+                     hook=FAIL_ON_RANK_1, folder=tmp_path / "hook")
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1] == "error: rank 1 cannot go on (injected)"
 
