@@ -220,7 +220,10 @@ def spawn(config: Config) -> Outcome:
         for relay in relays:  # their last lines (a traceback) before the run's own
             relay.join(timeout=5)  # bounded: a process they started may hold the pipe
         codes = [worker.returncode for worker in workers]
-        errors = [_read_error(Path(scratch) / f"rank-{index}.error") for index in range(size)]
+        files = [Path(scratch) / f"rank-{index}.error" for index in range(size)]
+        errors = [_read_error(path) for path in files]
+        written = [path.stat().st_mtime_ns if error is not None else 0
+                   for path, error in zip(files, errors, strict=True)]
     if all(code == 0 for code in codes):
         summary = read_json(folder / SUMMARY_FILE)
         return Outcome(summary["status"], folder, summary)
@@ -229,12 +232,11 @@ def spawn(config: Config) -> Outcome:
         raise interrupted or Interrupted(f"stopped by {received[0]}; run the same command to "
                                          "resume")
     failed = [index for index in ended if codes[index] != 0]
-    # The rank that failed first, unless its error is only that of a peer gone before it.
-    own = [index for index in failed if errors[index] is not None
-           and not isinstance(errors[index], dist.DistError)]
-    first = (own or [index for index in failed if errors[index] is not None] or [None])[0]
-    if first is not None:
-        raise errors[first]
+    reported = [index for index in failed if errors[index] is not None]
+    if reported:
+        # The error written first is the cause: a failed rank writes it before it leaves the
+        # process group (by exiting), so before any other rank can find it gone.
+        raise errors[min(reported, key=written.__getitem__)]
     raise RuntimeError(f"the training process of rank {failed[0]} exited with code "
                        f"{codes[failed[0]]} (see its output above)")
 
