@@ -215,28 +215,27 @@ def test_a_resume_mid_interval_counts_every_image_of_the_interval_once(
     assert got["loss/train"] == pytest.approx(expected["loss/train"], rel=1e-6)
 
 
-# Test-only, imported at the start of every Python process given its folder on PYTHONPATH:
-# rank 1 fails just before its third update; rank 0 then waits for it in the next step's
-# gradient all-reduce.
+# Test-only: rank 1 fails just before its third update, and rank 0 then waits for it without
+# end, as NCCL waits in a collective for a lost peer (gloo would notice and fail too).
 FAIL_ON_RANK_1 = """
-import os
-if os.environ.get("RANK") == "1":
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-    steps = []
-    def fail(optimizer, args, kwargs):
-        steps.append(1)
-        if len(steps) == 3:
-            from degradation.storage import StorageError
-            raise StorageError("rank 1 cannot go on (injected)")
-    register_optimizer_step_pre_hook(fail)
+import os, time
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+steps = []
+def fail(optimizer, args, kwargs):
+    steps.append(1)
+    if len(steps) == 3 and os.environ.get("RANK") == "1":
+        from degradation.storage import StorageError
+        raise StorageError("rank 1 cannot go on (injected)")
+    if len(steps) == 3 and os.environ.get("RANK") == "0":
+        time.sleep(3600)
+register_optimizer_step_pre_hook(fail)
 """
 
 
 @pytest.mark.slow
 def test_a_failing_rank_ends_the_run_with_its_own_error_line(
         cifar_root: Path, tmp_path: Path) -> None:
-    # Without the launcher stopping rank 0, it would wait in its collective for the gloo
-    # timeout (30 minutes) or report its own lost peer instead.
+    # Unless the launcher stops rank 0, the run never ends (the subprocess timeout ends it).
     failed = degrade("train", *tiny_overrides(cifar_root, tmp_path, **{"trainer.gpus": 2}),
                      hook=FAIL_ON_RANK_1, folder=tmp_path / "hook")
     assert failed.returncode == 1
