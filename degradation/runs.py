@@ -32,8 +32,7 @@ REPLACED = ".replaced-"  # `<folder>.replaced-<time>`: a finished run set aside 
 # that differ only here are the same experiment and share a folder.
 NOT_IDENTITY = ("device", "output_dir", "data.root", "data.download", "train.eval_batch_size",
                 "train.channels_last", "train.compile", "train.threads", "train.deterministic",
-                "trainer.fuse",
-                "trainer.fuse_with")
+                "trainer.fuse", "trainer.fuse_with")
 
 
 def family(config: Config) -> str:

@@ -231,12 +231,11 @@ def use_speed(device: torch.device, speed: Speed) -> None:
     # Picks the fastest conv algorithms for the fixed batch shape, which may differ between
     # processes; CPU runs are unaffected.
     torch.backends.cudnn.benchmark = device.type == "cuda" and not speed.deterministic
-    if device.type == "cuda":
-        if speed.deterministic:
-            # cuBLAS is deterministic only with a fixed workspace; read when it first starts.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
+    if device.type != "cuda":
         keep_freed_memory()
+    elif speed.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; read when it first starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 # glibc's mallopt() parameters (malloc.h) and the largest mmap threshold it accepts (64-bit).
@@ -589,20 +588,21 @@ class _Member:
         iteration 0 and True still asks for those logs to be cut (to nothing).
         DDP: rank 0 alone cleans up and picks the checkpoint, then every rank loads that one.
         """
-        path, state = None, None
-        if distributed.is_writer():
+        writer = distributed.is_writer()
+        if writer:
             remove_temporaries(self.folder)  # left by a writer killed mid-write; we hold the lock
-            for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
-                if not (self.folder / name).exists():
-                    continue
-                try:
-                    path, state = self.folder / name, read_checkpoint(self.folder / name,
-                                                                      map_location=self.device)
-                    break
-                except DamagedCheckpoint as error:  # an I/O error is raised, not set aside
-                    kept = set_aside_damaged(self.folder / name)
-                    log.warning("warning: %s; kept as %s, using the checkpoint before it",
-                                error, kept.name)
+        path, state = None, None
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT) if writer else ():
+            if not (self.folder / name).exists():
+                continue
+            try:
+                path, state = self.folder / name, read_checkpoint(self.folder / name,
+                                                                  map_location=self.device)
+                break
+            except DamagedCheckpoint as error:  # an I/O error is raised, not set aside
+                kept = set_aside_damaged(self.folder / name)
+                log.warning("warning: %s; kept as %s, using the checkpoint before it", error,
+                            kept.name)
         chosen = distributed.from_writer(path)  # the other ranks wait for rank 0 here
         if state is None and chosen is not None:
             path, state = chosen, read_checkpoint(chosen, map_location=self.device)
@@ -627,7 +627,7 @@ class _Member:
         self.warming_up = state["warming_up"]
         self.best, self.last_test = state["best"], state["last_test"]
         self.last_train = state["last_train"]
-        if distributed.is_writer():  # every rank's sums (`checkpoint`): counted once
+        if writer:  # every rank's sums (`checkpoint`): counted once
             self.loss_sum, self.wrong, self.seen = (
                 value.to(self.device) for value in state["accumulators"])
         self.elapsed = state["elapsed_s"]
