@@ -187,7 +187,8 @@ def spawn(config: Config) -> Outcome:
     """Train `config` in `trainer.gpus` worker processes; rank 0's outcome.
 
     Raises `Interrupted` when a signal stopped the workers (after rank 0's checkpoint), and
-    the workers' own error (a `ConfigError`, `DataError`, ...) when one failed.
+    the error of the worker that failed first (a `ConfigError`, `DataError`, ...) when one
+    failed, once the others are stopped.
     """
     from degradation.runs import SUMMARY_FILE, run_dir
     from degradation.storage import read_json
