@@ -59,6 +59,7 @@ class TrainConfig:
     channels_last: bool | None
     compile: bool | None
     threads: int | None
+    deterministic: bool
 
 
 @dataclass

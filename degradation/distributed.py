@@ -3,14 +3,17 @@
     degrade train depth=110 trainer.gpus=2                      # 2 GPUs, like the paper
     degrade sweep experiment=fig6 trainer.gpus=2 hydra.launcher.gpus_per_run=2
 
-`train` starts `trainer.gpus` worker processes with torchrun's environment protocol (RANK,
-LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), NCCL on GPUs and gloo on a CPU-only
-device, and waits for them. `train.batch_size` stays the global batch (the paper's 128):
-every rank draws the same augmented global batch from the same seeded stream and trains on
-its own slice, so the data order is the single-process run's and the stream's checkpointed
+`train` starts `trainer.gpus` worker processes with torchrun's environment variables (RANK,
+LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: the rendezvous store, which the launching
+process holds), NCCL on GPUs and gloo on a CPU-only device, and waits for them; when one
+fails, the others are stopped at once (they would wait for it in their next collective) and
+its error is the run's. `train.batch_size` stays the global batch (the paper's 128): every
+rank draws the same augmented global batch from the same seeded stream and trains on its
+own slice, so the data order is the single-process run's and the stream's checkpointed
 state is the same on every rank. DDP averages the gradients; BatchNorm keeps per-process
 statistics, as in the paper's 2-GPU training (`trainer.sync_batchnorm=true`: over the global
-batch). Rank 0 alone writes logs, metrics, checkpoints and the summary. A signal to the
+batch). Rank 0 alone writes logs, metrics, checkpoints and the summary, and alone cleans up
+and picks the checkpoint to resume from, which every rank then loads. A signal to the
 launching process (Ctrl-C, SIGTERM, SLURM's SIGUSR2) is passed on; the ranks agree on the
 iteration where they stop, rank 0 writes the checkpoint, and the run resumes from it.
 """
@@ -21,8 +24,8 @@ import contextlib
 import logging
 import os
 import pickle
+import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -109,7 +112,26 @@ class _NoMetrics:
         """Nothing to close."""
 
 
-def wrap(model: nn.Module, device: torch.device, trainer: TrainerConfig) -> nn.Module:
+def from_writer(value: Any) -> Any:
+    """Rank 0's `value` on every rank (`value` itself without a process group); the other
+    ranks wait here until rank 0 gets here."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_batchnorm(model: nn.Module, trainer: TrainerConfig) -> nn.Module:
+    """`model` with SyncBatchNorm layers when `trainer.sync_batchnorm` asks for them in a
+    process group, else `model`; called before the model is compiled, so that the compiled
+    code is that of the layers trained."""
+    if not (trainer.sync_batchnorm and dist.is_initialized()):
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, in place
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """The module `_step` trains: DDP around `model` in a process group, else `model`.
 
     `model` itself stays what is checkpointed and evaluated (no `module.` key prefix); the
@@ -117,8 +139,6 @@ def wrap(model: nn.Module, device: torch.device, trainer: TrainerConfig) -> nn.M
     """
     if not dist.is_initialized():
         return model
-    if trainer.sync_batchnorm:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, in place
     ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -141,6 +161,16 @@ def all_reduce_sum(*tensors: Tensor) -> None:
             dist.all_reduce(tensor)
 
 
+def summed(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor summed over the ranks, as new tensors (the tensors themselves for one
+    process)."""
+    if not dist.is_initialized():
+        return tensors
+    totals = tuple(tensor.clone() for tensor in tensors)
+    all_reduce_sum(*totals)
+    return totals
+
+
 def agree_on_stop(iteration: int, pending: list[str], stop: list[str]) -> None:
     """Move a signal from `pending` (any rank's handler) into `stop` (read by the loop) on
     every rank at the same iteration, so that all ranks stop after the same step."""
@@ -160,7 +190,8 @@ def spawn(config: Config) -> Outcome:
     """Train `config` in `trainer.gpus` worker processes; rank 0's outcome.
 
     Raises `Interrupted` when a signal stopped the workers (after rank 0's checkpoint), and
-    the workers' own error (a `ConfigError`, `DataError`, ...) when one failed.
+    the error of the worker that failed first (a `ConfigError`, `DataError`, ...) when one
+    failed, once the others are stopped.
     """
     from degradation.runs import SUMMARY_FILE, run_dir
     from degradation.storage import read_json
@@ -178,12 +209,25 @@ def spawn(config: Config) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="degrade-ddp-") as scratch:
         spec = Path(scratch) / "config.pkl"
         spec.write_bytes(pickle.dumps(config.to_dict()))
-        port = _free_port()
-        workers = [_start(config, spec, Path(scratch) / f"rank-{index}.error", index, port)
-                   for index in range(size)]
+        # The rendezvous store is this process's, listening from before any worker starts to
+        # after the last one ends, on a port the kernel picked: no other process can take it.
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        workers = [_start(config, spec, Path(scratch) / f"rank-{index}.error", index,
+                          store.port) for index in range(size)]
+        # Relay the workers' lines through this process's logging (console and train.log).
+        relays = [threading.Thread(target=_relay, args=(worker,), daemon=True)
+                  for worker in workers]
+        for relay in relays:
+            relay.start()
         with _passing_signals_to(workers) as received:
-            codes = [worker.wait() for worker in workers]
-        errors = [_read_error(Path(scratch) / f"rank-{index}.error") for index in range(size)]
+            ended = _wait(workers)
+        for relay in relays:  # their last lines (a traceback) before the run's own
+            relay.join(timeout=5)  # bounded: a process they started may hold the pipe
+        codes = [worker.returncode for worker in workers]
+        files = [Path(scratch) / f"rank-{index}.error" for index in range(size)]
+        errors = [_read_error(path) for path in files]
+        written = [path.stat().st_mtime_ns if error is not None else 0
+                   for path, error in zip(files, errors, strict=True)]
     if all(code == 0 for code in codes):
         summary = read_json(folder / SUMMARY_FILE)
         return Outcome(summary["status"], folder, summary)
@@ -191,11 +235,37 @@ def spawn(config: Config) -> Outcome:
     if interrupted is not None or received:
         raise interrupted or Interrupted(f"stopped by {received[0]}; run the same command to "
                                          "resume")
-    first = next((error for error in errors if error is not None), None)
-    if first is not None:
-        raise first
-    raise RuntimeError(f"a training process exited with code {max(codes)} (see its output "
-                       "above)")
+    failed = [index for index in ended if codes[index] != 0]
+    reported = [index for index in failed if errors[index] is not None]
+    if reported:
+        # The error written first is the cause: a failed rank writes it before it leaves the
+        # process group (by exiting), so before any other rank can find it gone.
+        raise errors[min(reported, key=written.__getitem__)]
+    raise RuntimeError(f"the training process of rank {failed[0]} exited with code "
+                       f"{codes[failed[0]]} (see its output above)")
+
+
+def _wait(workers: list[subprocess.Popen]) -> list[int]:
+    """Wait for every worker; the ranks in the order they ended.
+
+    When one fails, the others are killed at once: they would wait for it in their next
+    collective (on NCCL for 10 minutes). SIGKILL, since a worker takes SIGTERM as a request
+    to stop together with the other ranks. A rank stopped by a signal (INTERRUPTED_EXIT)
+    has agreed on that stop with the others, which stop too.
+    """
+    ended: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index, worker in enumerate(workers):
+        threading.Thread(target=lambda index=index, worker=worker: (worker.wait(),
+                                                                    ended.put(index)),
+                         daemon=True).start()
+    order: list[int] = []
+    while len(order) < len(workers):
+        order.append(ended.get())
+        if workers[order[-1]].returncode not in (0, INTERRUPTED_EXIT):
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+    return order
 
 
 def _start(config: Config, spec: Path, error_file: Path, index: int, port: int
@@ -214,8 +284,6 @@ def _start(config: Config, spec: Path, error_file: Path, index: int, port: int
          ",".join(map(str, share))],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, errors="replace")
-    # Relay the worker's lines through this process's logging (console and train.log).
-    threading.Thread(target=_relay, args=(worker,), daemon=True).start()
     return worker
 
 
@@ -243,12 +311,6 @@ def _read_error(path: Path) -> BaseException | None:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _worker(spec_path: str, error_path: str, cores: str) -> int:
     """One rank: join the process group, train, leave; the error (if any) to `error_path`."""
     pin_to(parse_cores(cores))
@@ -264,11 +326,15 @@ def _worker(spec_path: str, error_path: str, cores: str) -> int:
         device = resolve_device(config.device)
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        try:
-            train(config)
-        finally:
-            dist.destroy_process_group()
+        # A client of the launching process's store (see `spawn`), not a server of its own.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              is_master=False)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store,
+                                rank=index, world_size=int(os.environ["WORLD_SIZE"]))
+        train(config)
+        # Only after success: a failed rank leaves at once, and the launching process kills
+        # the ranks waiting for it in a collective.
+        dist.destroy_process_group()
     except BaseException as error:
         with contextlib.suppress(Exception):
             Path(error_path).write_bytes(pickle.dumps(error))

@@ -32,8 +32,8 @@ REPLACED = ".replaced-"  # `<folder>.replaced-<time>`: a finished run set aside 
 # Settings that say where things are or how they are computed, not what is computed: two runs
 # that differ only here are the same experiment and share a folder.
 NOT_IDENTITY = ("device", "output_dir", "data.root", "data.download", "train.eval_batch_size",
-                "train.channels_last", "train.compile", "train.threads", "trainer.fuse",
-                "trainer.fuse_with")
+                "train.channels_last", "train.compile", "train.threads", "train.deterministic",
+                "trainer.fuse", "trainer.fuse_with")
 
 
 def family(config: Config) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import platform
 import random
 import shutil
@@ -128,7 +129,8 @@ def train_all(config: Config, splits: CifarSplits | None = None) -> list[Outcome
         stop = held.enter_context(noting_stop_signals())
         groups = _training_groups(todo)
         for member in (member for group in groups for member in group):
-            _write_config(run_dir(member), member)
+            if distributed.is_writer():  # DDP: the other ranks wait for it in `resume`
+                _write_config(run_dir(member), member)
         if splits is None:
             splits = load_cifar10(Path(config.data.root), config.data.download,
                                   config.data.val_split)
@@ -166,11 +168,13 @@ CPU_COMPILE_MIN_ITERATIONS = 5000
 @dataclass(frozen=True)
 class Speed:
     """How a run's steps are computed on its device, never what: `train.channels_last`,
-    `train.compile` and `train.threads` with their nulls resolved."""
+    `train.compile` and `train.threads` with their nulls resolved, and
+    `train.deterministic`."""
 
     channels_last: bool
     compile: bool
     threads: int
+    deterministic: bool = False
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -192,7 +196,8 @@ def resolve_speed(recipe: TrainConfig, device: torch.device) -> Speed:
         compile_model = device.type == "cuda" or (
             recipe.iterations >= CPU_COMPILE_MIN_ITERATIONS
             and any(shutil.which(cxx) for cxx in ("g++", "clang++")))
-    return Speed(channels_last, compile_model, recipe.threads or available_cores())
+    return Speed(channels_last, compile_model, recipe.threads or available_cores(),
+                 recipe.deterministic)
 
 
 def available_cores() -> int:
@@ -205,6 +210,7 @@ def build_network(config: Config, device: torch.device, speed: Speed
     """The run's freshly initialised model, laid out and compiled as `speed` says, and its SGD."""
     use_speed(device, speed)
     model = build_model(config.arch, config.depth, config.shortcut)
+    model = distributed.sync_batchnorm(model, config.trainer)  # DDP; before compiling
     model = model.to(device=device, memory_format=speed.memory_format)
     optimizer = make_sgd(model.parameters(), config.train, device)
     if speed.compile:
@@ -214,14 +220,22 @@ def build_network(config: Config, device: torch.device, speed: Speed
 
 
 def use_speed(device: torch.device, speed: Speed) -> None:
-    """Set what `speed` says for the whole process: threads, cuDNN's choice on CUDA, and on
-    the CPU an allocator that keeps the memory of one step for the next."""
+    """Set what `speed` says for the whole process: threads, deterministic algorithms or
+    cuDNN's choice on CUDA, and on the CPU an allocator that keeps the memory of one step for
+    the next."""
     torch.set_num_threads(speed.threads)
-    if device.type == "cuda":
-        # Picks the fastest conv algorithms for the fixed batch shape; CPU runs are unaffected.
-        torch.backends.cudnn.benchmark = True
-    else:
+    # CPU steps are deterministic anyway; on CUDA some kernels (atomics, cuDNN's algorithm
+    # choice) are not, unless asked for, at a cost in speed (README).
+    torch.use_deterministic_algorithms(speed.deterministic)
+    torch.backends.cudnn.deterministic = speed.deterministic
+    # Picks the fastest conv algorithms for the fixed batch shape, which may differ between
+    # processes; CPU runs are unaffected.
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not speed.deterministic
+    if device.type != "cuda":
         keep_freed_memory()
+    elif speed.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; read when it first starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 # glibc's mallopt() parameters (malloc.h) and the largest mmap threshold it accepts (64-bit).
@@ -359,7 +373,7 @@ class _Run:
         else:
             seed_everything(configs[0].seed)
             self.model, self.optimizer = build_network(configs[0], self.device, self.speed)
-            self.trained = distributed.wrap(self.model, self.device, configs[0].trainer)  # DDP
+            self.trained = distributed.wrap(self.model, self.device)  # DDP
             self.memory_format = self.speed.memory_format
             rngs = [None]  # a lone run checkpoints the process's own generators
         # The data set is copied to the device once, not for each member or each evaluation.
@@ -456,9 +470,7 @@ class _Run:
             member.record_test(member_loss, member_wrong, len(self.eval_labels))
 
     def _checkpoint(self) -> None:
-        if not distributed.is_writer():
-            return
-        for index, member in enumerate(self.members):
+        for index, member in enumerate(self.members):  # DDP: every rank, rank 0 writes
             member.checkpoint(self._saved(index))
 
     def _saved(self, index: int) -> dict[str, Any]:
@@ -561,7 +573,15 @@ class _Member:
                              self.last_train.get("error/train", float("nan")), error)
 
     def checkpoint(self, saved: dict[str, Any]) -> None:
-        """Write the checkpoint: `saved` (model, optimizer, rng) and this run's own state."""
+        """Write the checkpoint: `saved` (model, optimizer, rng) and this run's own state.
+
+        DDP: called on every rank at the same iteration; rank 0 writes.
+        """
+        # Every rank's training-error sums since the last log point, so that a run resumed
+        # mid-interval counts each image once (rank 0 alone restores them).
+        accumulators = distributed.summed(self.loss_sum, self.wrong, self.seen)
+        if not distributed.is_writer():
+            return
         self.metrics.flush()
         save_checkpoint(self.folder, {
             "format": CHECKPOINT_FORMAT,
@@ -575,7 +595,7 @@ class _Member:
             "best": self.best,
             "last_test": self.last_test,
             "last_train": self.last_train,
-            "accumulators": (self.loss_sum, self.wrong, self.seen),
+            "accumulators": accumulators,
             "elapsed_s": self.elapsed + time.perf_counter() - self.started,
         })
 
@@ -586,10 +606,13 @@ class _Member:
         A damaged checkpoint is renamed `<name>.damaged` and the one before it used, saying so.
         With no usable checkpoint but logs of an earlier attempt, the run starts again from
         iteration 0 and True still asks for those logs to be cut (to nothing).
+        DDP: rank 0 alone cleans up and picks the checkpoint, then every rank loads that one.
         """
-        remove_temporaries(self.folder)  # left by a writer killed mid-write; we hold the lock
+        writer = distributed.is_writer()
+        if writer:
+            remove_temporaries(self.folder)  # left by a writer killed mid-write; we hold the lock
         path, state = None, None
-        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT) if writer else ():
             if not (self.folder / name).exists():
                 continue
             try:
@@ -600,6 +623,9 @@ class _Member:
                 kept = set_aside_damaged(self.folder / name)
                 log.warning("warning: %s; kept as %s, using the checkpoint before it", error,
                             kept.name)
+        chosen = distributed.from_writer(path)  # the other ranks wait for rank 0 here
+        if state is None and chosen is not None:
+            path, state = chosen, read_checkpoint(chosen, map_location=self.device)
         earlier_logs = (self.folder / METRICS_FILE).exists() or any(
             (self.folder / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
         if earlier_logs:
@@ -621,8 +647,9 @@ class _Member:
         self.warming_up = state["warming_up"]
         self.best, self.last_test = state["best"], state["last_test"]
         self.last_train = state["last_train"]
-        self.loss_sum, self.wrong, self.seen = (
-            value.to(self.device) for value in state["accumulators"])
+        if writer:  # every rank's sums (`checkpoint`): counted once
+            self.loss_sum, self.wrong, self.seen = (
+                value.to(self.device) for value in state["accumulators"])
         self.elapsed = state["elapsed_s"]
         log.info("%s resumed from iteration %d (%s)", family(self.config), self.iteration,
                  self.folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,10 @@ from degradation.runs import (
     METRICS_FILE,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
+    run_dir,
 )
 from degradation.storage import load_checkpoint, read_json
-from degradation.train import learning_rate, train
+from degradation.train import learning_rate, resolve_speed, train, use_speed
 from tests.conftest import scalars, tiny_overrides
 
 PAPER = compose_config([]).train
@@ -152,6 +154,42 @@ def test_same_seed_reproduces_and_another_seed_differs(cifar_root: Path, tmp_pat
     read = [(run.run_dir / METRICS_FILE).read_text() for run in (first, second, other)]
     assert read[0] == read[1]
     assert read[0] != read[2]
+
+
+@pytest.fixture
+def process_flags(monkeypatch: pytest.MonkeyPatch):
+    """Restore the process-wide settings a run sets (`use_speed`) after the test."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark, torch.get_num_threads())
+    yield
+    torch.use_deterministic_algorithms(saved[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:3]
+    torch.set_num_threads(saved[3])
+
+
+def test_deterministic_runs_use_deterministic_algorithms_in_the_same_folder(
+        cifar_root: Path, tmp_path: Path, process_flags: None) -> None:
+    fast = compose_config(tiny_overrides(cifar_root, tmp_path))
+    exact = compose_config(tiny_overrides(cifar_root, tmp_path, **{
+        "train.deterministic": "true"}))
+    assert not fast.train.deterministic and exact.train.deterministic
+    assert run_dir(exact) == run_dir(fast)  # how it is computed, not what
+
+    outcome = train(exact)  # every CPU op the loop uses has a deterministic kernel
+    assert outcome.status == "done" and outcome.run_dir == run_dir(fast)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+    # On CUDA (flags only: nothing here touches a GPU): cuDNN's fastest choice unless asked.
+    cuda = torch.device("cuda")
+    use_speed(cuda, resolve_speed(fast.train, cuda))
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    use_speed(cuda, resolve_speed(exact.train, cuda))
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS's deterministic mode
 
 
 def test_warmup_switches_to_the_base_rate_once_training_error_drops(
