@@ -27,6 +27,22 @@ OVERRIDES = typer.Argument(
     "train.milestones, train.eval_every, ..., experiment=NAME.", show_default=False)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from degradation.package import code_version, version
+
+        typer.echo(f"degrade {version()} (commit {code_version() or 'unknown'})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print the version and the code's git commit and exit."),
+) -> None:
+    """Reproduce the CIFAR-10 degradation study of He et al. 2016."""
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit non-zero (no traceback for bad input)."""
     typer.echo(f"error: {message}", err=True)
