@@ -23,6 +23,13 @@ def data_dir(name: str) -> Path:
     return packaged if packaged.is_dir() else PACKAGE_DIR.parent / name
 
 
+def presets(config_dir: Path | None = None) -> dict[str, Path]:
+    """The `experiment=NAME` presets: `experiments/*.yaml`, then the user's `config_dir/*.yaml`
+    (a user's preset of the same name wins)."""
+    folders = [data_dir("experiments"), *([Path(config_dir)] if config_dir else [])]
+    return {path.stem: path for folder in folders for path in sorted(folder.glob("*.yaml"))}
+
+
 def source_checkout() -> Path | None:
     """The repository the package is imported from (editable install, source tree), if any."""
     top = PACKAGE_DIR.parent
