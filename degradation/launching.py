@@ -35,6 +35,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from degradation.config import (
     CONF_DIR,
@@ -168,7 +169,10 @@ def show_config(overrides: list[str], part: str, resolve: bool = False,
     for key in ("help", "hydra_help"):  # as Hydra's --cfg: its --help texts are noise
         composed.hydra.pop(key, None)
     if resolve:
-        OmegaConf.resolve(composed)
+        try:
+            OmegaConf.resolve(composed)
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"--resolve: {one_line(error)}") from None
     if part == "job":
         composed.pop("hydra")
     elif part == "hydra":
