@@ -15,6 +15,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DISTRIBUTION = "degrade"
+COMMIT_FILE = "_commit.txt"  # written into a wheel by setup.py's build hook
 
 
 def data_dir(name: str) -> Path:
@@ -41,12 +42,14 @@ def source_checkout() -> Path | None:
 def code_version() -> str | None:
     """The git commit of the code that runs, `+dirty` when it had uncommitted changes.
 
-    From the checkout the package is imported from, else from pip's record of a
-    `pip install git+URL` (PEP 610 direct_url.json); None when unknown.
+    From the checkout the package is imported from, else the one the wheel was built from
+    (setup.py writes it), else pip's record of a `pip install git+URL` (PEP 610
+    direct_url.json); None when unknown.
     """
     top = source_checkout()
     if top is None:
-        return _installed_commit()
+        built = PACKAGE_DIR / COMMIT_FILE
+        return built.read_text().strip() if built.is_file() else _installed_commit()
     try:
         found = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=top,
                                capture_output=True, text=True, timeout=5, check=True)

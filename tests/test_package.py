@@ -15,8 +15,8 @@ from degradation import package
 from tests.conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "degradation", "hydra_plugins", "conf",
-           "experiments")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "degradation", "hydra_plugins",
+           "conf", "experiments")
 
 
 def test_configuration_is_found_in_the_checkout() -> None:
@@ -59,6 +59,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(REPO / name, source / name)
+    git = ["git", "-c", "user.name=degrade", "-c", "user.email=degrade@localhost"]
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "source"]):
+        subprocess.run([*git, *command], cwd=source, check=True, capture_output=True)
     # The interpreter's setuptools builds the wheel when it can (>= 70.1 or `wheel`
     # installed); otherwise pip fetches a build backend from the configured index.
     can_build = (importlib.util.find_spec("wheel") is not None
@@ -96,7 +99,10 @@ def test_wheel_works_from_any_folder(installed: Path, small_cifar_root: Path, tm
     assert where.stdout.strip() == str(installed / "degradation" / "conf"), where.stderr
 
     version = installed_degrade(installed, "--version", cwd=elsewhere)
-    assert version.returncode == 0 and version.stdout.startswith("degrade 0."), version.stderr
+    assert version.returncode == 0, version.stderr
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=installed.parent / "source",
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert version.stdout.strip() == f"degrade {package.version()} (commit {commit})"
 
     shown = installed_degrade(installed, "train", "--show-config", "experiment=fig6",
                               cwd=elsewhere)
