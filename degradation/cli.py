@@ -13,7 +13,6 @@ from pathlib import Path
 import typer
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="Reproduce the CIFAR-10 degradation study of He et al. 2016 (plain vs residual "
     "nets, Sec. 4.2). Configuration keys are given as Hydra overrides, e.g. "
@@ -22,10 +21,77 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of KEY=VALUE: config keys, and the names of presets and launchers."""
+    from degradation.package import data_dir, presets
+
+    key, equals, _ = incomplete.partition("=")
+    choices = {"experiment": list(presets(ctx.params.get("config_dir"))),
+               "hydra/launcher": [path.stem for path in
+                                  sorted((data_dir("conf") / "hydra" / "launcher").glob("*.yaml"))]}
+    before = ctx.params.get("overrides") or []
+    if not equals and len(before) >= 2 and before[-1] == "=":
+        # bash splits `experiment=f` at `=` (COMP_WORDBREAKS): complete the value alone
+        return [value for value in choices.get(before[-2], []) if value.startswith(incomplete)]
+    if equals:
+        return [f"{key}={value}" for value in choices.get(key, [])
+                if f"{key}={value}".startswith(incomplete)]
+    keys = [*_config_keys(), *choices]
+    return [f"{name}=" for name in keys if name.startswith(incomplete)]
+
+
+def _config_keys() -> list[str]:
+    """Every key of conf/config.yaml, dotted (`train.lr`), read without importing torch."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from degradation.package import data_dir
+
+    def walk(node: DictConfig, prefix: str) -> list[str]:
+        return [name for key, value in node.items_ex(resolve=False)
+                for name in (walk(value, f"{prefix}{key}.") if isinstance(value, DictConfig)
+                             else [f"{prefix}{key}"])]
+
+    values = OmegaConf.load(data_dir("conf") / "config.yaml")
+    return walk(values, "") if isinstance(values, DictConfig) else []
+
+
 OVERRIDES = typer.Argument(
     None, help="Hydra overrides KEY=VALUE: arch, depth, shortcut, seed, device, output_dir, "
     "data.root, data.download, data.val_split, train.iterations, train.batch_size, train.lr, "
-    "train.milestones, train.eval_every, ..., experiment=NAME.", show_default=False)
+    "train.milestones, train.eval_every, ..., experiment=NAME, hydra/launcher=NAME.",
+    show_default=False, autocompletion=complete_override)
+CFG = typer.Option(None, "--cfg", "-c", help="Print the config instead of running: job, hydra "
+                   "or all (Hydra's --cfg).", rich_help_panel="Hydra")
+RESOLVE = typer.Option(False, "--resolve", help="With --cfg: resolve interpolations.",
+                       rich_help_panel="Hydra")
+PACKAGE = typer.Option(None, "--package", "-p", help="With --cfg: only this part of the config "
+                       "(e.g. train).", rich_help_panel="Hydra")
+INFO = typer.Option(False, "--info", "-i", help="Print Hydra's information and exit; a "
+                    f"topic may follow: {', '.join(INFO_CHOICES)} (default all).",
+                    rich_help_panel="Hydra")
+CONFIG_DIR = typer.Option(None, "--config-dir", exists=True, file_okay=False,
+                          help="Your own presets: DIR/NAME.yaml is experiment=NAME (as "
+                          "experiments/); DIR is on Hydra's search path too (DIR/hydra/"
+                          "launcher/NAME.yaml).", rich_help_panel="Hydra")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from degradation.package import code_version, version
+
+        typer.echo(f"degrade {version()} (commit {code_version() or 'unknown'})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print the version and the code's git commit and exit."),
+) -> None:
+    """Reproduce the CIFAR-10 degradation study of He et al. 2016."""
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -41,6 +107,11 @@ def train(
                                "is kept beside it as <folder>.replaced-<time>)."),
     show_config: bool = typer.Option(False, "--show-config",
                                      help="Print the resolved configuration and exit."),
+    cfg: str | None = CFG,
+    resolve: bool = RESOLVE,
+    package: str | None = PACKAGE,
+    info: bool = INFO,
+    config_dir: Path | None = CONFIG_DIR,
 ) -> None:
     """Train one run. Resumes it if interrupted; leaves it alone if finished.
 
@@ -52,7 +123,10 @@ def train(
     from degradation.storage import RunLock
     from degradation.train import resolve_device
 
-    planned = _plan(overrides or [], sweep=False, force=force)[0]
+    overrides = overrides or []
+    if _inspect(overrides, False, cfg, resolve, package, info, config_dir):
+        return
+    planned = _plan(overrides, sweep=False, force=force, config_dir=config_dir)[0]
     if show_config:
         import yaml
 
@@ -75,7 +149,7 @@ def train(
         for folder in launching.member_folders(planned.config):
             if (folder / launching.SUMMARY_FILE).exists():
                 typer.echo(f"previous run kept in {launching.set_aside(folder)}")
-    launching.launch(overrides or [], sweep=False)
+    launching.launch(overrides, sweep=False, config_dir=config_dir)
 
 
 @app.command()
@@ -85,6 +159,11 @@ def sweep(
                                "are kept as <folder>.replaced-<time>)."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="List the runs and what would happen to each; start none."),
+    cfg: str | None = CFG,
+    resolve: bool = RESOLVE,
+    package: str | None = PACKAGE,
+    info: bool = INFO,
+    config_dir: Path | None = CONFIG_DIR,
 ) -> None:
     """Run a grid of runs (Hydra multirun): `depth=20,56 arch=plain,resnet` is 4 runs.
 
@@ -93,7 +172,10 @@ def sweep(
     """
     from degradation import launching
 
-    planned = _plan(overrides or [], sweep=True, force=force)
+    overrides = overrides or []
+    if _inspect(overrides, True, cfg, resolve, package, info, config_dir):
+        return
+    planned = _plan(overrides, sweep=True, force=force, config_dir=config_dir)
     counts = {action: sum(p.action == action for p in planned)
               for action in ("start", "resume", "skip", "retrain", "running")}
     typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
@@ -116,7 +198,7 @@ def sweep(
             launching.set_aside(run.folder)
     if counts["start"] + counts["resume"] + counts["retrain"] == 0:
         return
-    launching.launch(overrides or [], sweep=True)
+    launching.launch(overrides, sweep=True, config_dir=config_dir)
     _write_study(planned)
     records = [launching.read_run(run.folder) for run in planned]
     states = [record.state if record else "failed" for record in records]
@@ -415,13 +497,40 @@ def _cpu_estimate(runs) -> str | None:
     return cpu_estimate(left)
 
 
-def _plan(overrides: list[str], sweep: bool, force: bool):
+def _plan(overrides: list[str], sweep: bool, force: bool, config_dir: Path | None = None):
     from degradation import launching
 
     try:
-        return launching.plan(overrides, sweep=sweep, force=force)
+        return launching.plan(overrides, sweep=sweep, force=force, config_dir=config_dir)
     except launching.USER_ERRORS as error:
         fail(str(error))
+
+
+def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
+             package: str | None, info: bool, config_dir: Path | None) -> bool:
+    """Hydra's inspection flags: print what `--cfg` or `--info [TOPIC]` asks for; False when
+    neither was given. A sweep's `--cfg` is one YAML document per run."""
+    from degradation import launching
+
+    if cfg is not None and cfg not in ("job", "hydra", "all"):
+        fail(f"--cfg {cfg!r} is not one of: job, hydra, all")
+    if cfg is None and not info:
+        return False
+    # An override always has `=`, so a bare word among them is --info's topic.
+    topic = next((word for word in overrides if word in INFO_CHOICES), "all")
+    overrides = [word for word in overrides if word != topic]
+    try:
+        if cfg is not None:
+            jobs = launching.expand(overrides, config_dir) if sweep else [overrides]
+            typer.echo("---\n".join(launching.show_config(job, cfg, resolve, package, config_dir)
+                                     for job in jobs), nl=False)
+            return True
+        fixed = launching.fixed_overrides(overrides)  # Hydra's --info shows one config
+        launching.show_config(fixed, "job", config_dir=config_dir)  # a bad value: one line
+    except launching.USER_ERRORS as error:
+        fail(str(error))
+    launching.launch(fixed, sweep=False, config_dir=config_dir, hydra_flags=["--info", topic])
+    return True
 
 
 def main() -> None:

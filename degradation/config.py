@@ -10,17 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from degradation.models import ARCHS, SHORTCUTS, ModelConfigError, blocks_per_stage
+from degradation.package import data_dir
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-CONF_DIR = PROJECT_DIR / "conf"
-EXPERIMENTS_DIR = PROJECT_DIR / "experiments"
+CONF_DIR = data_dir("conf")
+EXPERIMENTS_DIR = data_dir("experiments")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 

@@ -34,11 +34,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from degradation.config import (
     CONF_DIR,
-    EXPERIMENTS_DIR,
     Config,
     ConfigError,
     fusion_refusal,
@@ -47,6 +47,7 @@ from degradation.config import (
 )
 from degradation.data import DataError, ensure_cifar10
 from degradation.models import ModelConfigError
+from degradation.package import presets
 from degradation.runs import (
     ERROR_FILE,
     SUMMARY_FILE,
@@ -84,12 +85,17 @@ class PlannedRun:
     action: str  # start, resume, skip (finished), retrain (finished, --force), running
 
 
-def experiments() -> list[str]:
-    """Names of the presets in `experiments/`."""
-    return sorted(path.stem for path in EXPERIMENTS_DIR.glob("*.yaml"))
+# Hydra decides these from output_dir and the run's identity; set elsewhere, a run's files
+# would be split between two folders.
+RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
 
 
-def register() -> None:
+def experiments(config_dir: Path | None = None) -> list[str]:
+    """Names of the presets in `experiments/` (and in the user's `config_dir`)."""
+    return sorted(presets(config_dir))
+
+
+def register(config_dir: Path | None = None) -> None:
     """Make `experiment=NAME`, the run-folder resolver and our plugins known to Hydra.
 
     Idempotent. Hydra finds plugins by scanning the `hydra_plugins` namespace package, which
@@ -97,8 +103,9 @@ def register() -> None:
     by hand as well (Hydra's documented `Plugins.register`).
     """
     store = ConfigStore.instance()
-    for name in experiments():
-        node = OmegaConf.load(EXPERIMENTS_DIR / f"{name}.yaml")
+    store.repo.pop("experiment", None)  # a preset of an earlier call's config_dir is gone
+    for name, path in presets(config_dir).items():
+        node = OmegaConf.load(path)
         store.store(group="experiment", name=name, node=node, package="_global_")
     _register_resolver()
     from hydra_plugins.degrade_launcher import plugins
@@ -116,21 +123,68 @@ def _run_path_resolver(*, _root_: DictConfig) -> str:
     return run_path(config_of(_root_))
 
 
-def compose_config(overrides: list[str]) -> Config:
+def compose_config(overrides: list[str], config_dir: Path | None = None) -> Config:
     """The validated `Config` for one run's overrides (no sweep syntax)."""
-    return load_config(_compose(overrides, with_hydra=False))
+    return load_config(_compose(overrides, with_hydra=False, config_dir=config_dir))
 
 
-def expand(overrides: list[str]) -> list[list[str]]:
+def expand(overrides: list[str], config_dir: Path | None = None) -> list[list[str]]:
     """Every run's overrides for a sweep, in Hydra's basic-sweeper order."""
-    parser = OverridesParser.create()
     try:
-        parsed = parser.parse_overrides(overrides)
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        preset = _compose(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
-        return sweep_jobs(preset, overrides)
+        composed = _compose(fixed_overrides(overrides), with_hydra=True, config_dir=config_dir)
+        return sweep_jobs(composed.hydra.sweeper.get("params") or {}, overrides)
     except (HydraException, OverrideParseException) as error:
         raise ConfigError(describe_hydra_error(error)) from None
+
+
+def fixed_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that are not sweeps (`depth=56`, not `depth=20,56`)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as error:
+        raise ConfigError(describe_hydra_error(error)) from None
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+def refuse_run_folder_overrides(overrides: list[str]) -> None:
+    """Refuse `hydra.run.dir` and the like: the run folder comes from `output_dir`."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in RUN_FOLDER_KEYS:
+            raise ConfigError(
+                f"{key} cannot be set: a run's folder is output_dir/runs/<network>/"
+                "seed-<seed>-<hash>/, so set output_dir=DIR instead")
+
+
+def show_config(overrides: list[str], part: str, resolve: bool = False,
+                package: str | None = None, config_dir: Path | None = None) -> str:
+    """Hydra's `--cfg job|hydra|all` [`--resolve`] [`--package KEY`] as YAML.
+
+    Unlike Hydra's own, `--cfg hydra --resolve` works: the run folder (`hydra.run.dir`)
+    refers to job keys, so the whole config is resolved before its `hydra` node is picked.
+    """
+    composed = _compose(overrides, with_hydra=True, config_dir=config_dir)
+    HydraConfig.instance().set_config(composed)  # `${hydra:...}` resolves against it
+    composed = OmegaConf.create(OmegaConf.to_container(composed, resolve=False))  # writable
+    for key in ("help", "hydra_help"):  # as Hydra's --cfg: its --help texts are noise
+        composed.hydra.pop(key, None)
+    if resolve:
+        try:
+            OmegaConf.resolve(composed)
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"--resolve: {one_line(error)}") from None
+    if part == "job":
+        composed.pop("hydra")
+    elif part == "hydra":
+        composed = OmegaConf.create({"hydra": composed.hydra})
+    if package in (None, "", "_global_"):
+        return OmegaConf.to_yaml(composed)
+    selected = OmegaConf.select(composed, package)
+    if selected is None:
+        raise ConfigError(f"--package {package!r} is not in the config (--cfg {part})")
+    if not isinstance(selected, DictConfig | ListConfig):
+        return f"{selected}\n"
+    return f"# @package {package}\n" + OmegaConf.to_yaml(selected)
 
 
 def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
@@ -141,10 +195,12 @@ def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def plan(overrides: list[str], sweep: bool, force: bool = False) -> list[PlannedRun]:
+def plan(overrides: list[str], sweep: bool, force: bool = False,
+         config_dir: Path | None = None) -> list[PlannedRun]:
     """Expand, compose and validate every run asked for, one entry per distinct folder."""
-    jobs = expand(overrides) if sweep else [overrides]
-    return plan_jobs(jobs, compose_config, force)
+    refuse_run_folder_overrides(overrides)
+    jobs = expand(overrides, config_dir) if sweep else [overrides]
+    return plan_jobs(jobs, lambda job: compose_config(job, config_dir), force)
 
 
 def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
@@ -249,10 +305,17 @@ def set_aside(folder: Path) -> Path:
     return target
 
 
-def launch(overrides: list[str], sweep: bool) -> None:
-    """Hand the overrides to Hydra: a single run, or a multirun through its launcher."""
-    register()
-    argv = ["degrade", *(["--multirun"] if sweep else []), *overrides]
+def launch(overrides: list[str], sweep: bool, config_dir: Path | None = None,
+           hydra_flags: list[str] | None = None) -> None:
+    """Hand the overrides to Hydra: a single run, or a multirun through its launcher.
+
+    `hydra_flags` are Hydra's own command-line flags (`--info`); `config_dir` goes onto
+    Hydra's search path (`--config-dir`).
+    """
+    register(config_dir)
+    argv = ["degrade", *(["--multirun"] if sweep else []), *(hydra_flags or []),
+            *(["--config-dir", str(Path(config_dir).resolve())] if config_dir else []),
+            *overrides]
     main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
         run_task)
     with _argv(argv):
@@ -345,12 +408,13 @@ def finished_line(record: RunRecord | None, status: str) -> str:
 
 
 def describe_hydra_error(error: Exception) -> str:
-    """One line for an error Hydra raised while parsing or composing overrides."""
+    """One line for an error Hydra raised while parsing or composing overrides; an unknown
+    value of a config group (experiment, hydra/launcher, ...) lists the available ones."""
     text = str(error).strip()
-    if isinstance(error, MissingConfigException) and "experiment/" in text:
-        name = re.search(r"experiment/([^'\s]+)", text)
-        bad = name.group(1) if name else "?"
-        return f"experiment={bad!r} is not one of: {', '.join(experiments())}"
+    missing = isinstance(error, MissingConfigException) and error.missing_cfg_file
+    if missing and error.options is not None:
+        group, _, bad = missing.rpartition("/")
+        return f"{group}={bad!r} is not one of: {', '.join(error.options)}"
     unknown = re.search(r"Could not override '([^']+)'", text) or re.search(
         r"Key '([^']+)' is not in struct", text)
     if unknown:
@@ -359,8 +423,11 @@ def describe_hydra_error(error: Exception) -> str:
     return text.splitlines()[0]
 
 
-def _compose(overrides: list[str], with_hydra: bool) -> DictConfig:
-    register()
+def _compose(overrides: list[str], with_hydra: bool, config_dir: Path | None = None
+             ) -> DictConfig:
+    register(config_dir)
+    if config_dir:  # as Hydra's --config-dir does for `launch`
+        overrides = [*overrides, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("config", overrides=overrides, return_hydra_config=with_hydra)

@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ from degradation.config import Config, ConfigError, TrainConfig, from_dict, memb
 from degradation.data import CifarSplits, TrainBatches, eval_batches, load_cifar10
 from degradation.logs import Progress
 from degradation.models import build_model, count_parameters, layer_names
+from degradation.package import code_version
 from degradation.runs import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -718,19 +718,6 @@ class _Member:
         self.loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self.wrong = torch.zeros((), device=self.device, dtype=torch.int64)
         self.seen = torch.zeros((), device=self.device, dtype=torch.int64)
-
-
-def code_version() -> str | None:
-    """The git commit of the code that ran, `+dirty` when it had uncommitted changes."""
-    source = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=source,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
 
 
 def _write_config(folder: Path, config: Config) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -56,6 +57,7 @@ class DegradeSweeper(Sweeper):
 
         assert self.config is not None and self.hydra_context is not None
         assert self.launcher is not None
+        _record_sweep(self.config)
         loader = self.hydra_context.config_loader
         params = OmegaConf.to_container(OmegaConf.create(self.params), resolve=True)
         jobs = launching.sweep_jobs(params, arguments, OverridesParser.create(loader))
@@ -82,6 +84,16 @@ class DegradeSweeper(Sweeper):
                     for run in job:
                         launching.record_failure(run.folder, message)
         return [list(results)]
+
+
+def _record_sweep(config: DictConfig) -> None:
+    """Hydra's record of a sweep, as its basic sweeper writes it: the sweep's whole config in
+    `hydra.sweep.dir`/multirun.yaml (output_dir; the latest sweep's)."""
+    from degradation.storage import atomic_write_text
+
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(config))
 
 
 def _failure(error: object) -> str | None:
