@@ -257,6 +257,7 @@ def test_shared_step_equals_the_eager_reference_bit_for_bit(reference: tuple) ->
         assert torch.equal(state[key], value), key
 
 
+@pytest.mark.numerics
 def test_channels_last_changes_only_rounding_and_is_itself_deterministic(
         reference: tuple) -> None:
     nhwc = shared_steps(4, channels_last=True, compile_model=False)
@@ -335,6 +336,7 @@ def assert_close_logs(got: dict, expected: dict, rtol: float, error_slack: float
                 assert float(got[iteration][tag]) == pytest.approx(float(value), rel=rtol), tag
 
 
+@pytest.mark.numerics
 def test_channels_last_does_not_change_what_a_run_logs(cifar_root: Path, tmp_path: Path) -> None:
     nchw = logged(cifar_root, tmp_path / "nchw", **{"train.channels_last": "false"})
     nhwc = logged(cifar_root, tmp_path / "nhwc", **{"train.channels_last": "true"})
