@@ -753,7 +753,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())
     cuda = state["cuda"]
-    if cuda is not None and torch.cuda.is_available():
+    # Only in a run on CUDA (which started it by now): a CPU run leaves CUDA unstarted.
+    if cuda is not None and torch.cuda.is_initialized():
         if isinstance(cuda, (list, tuple)):  # written by earlier versions: one per GPU seen
             device = torch.cuda.current_device()
             cuda = cuda[device] if device < len(cuda) else None
