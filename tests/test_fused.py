@@ -215,6 +215,8 @@ def test_a_fused_member_writes_what_its_lone_run_writes(reference: dict[str, dic
         assert torch.equal(mine["batches"]["generator"], yours["batches"]["generator"])
         assert_close_runs(mine, yours)
         assert not (ours / LOCK).exists()
+    with pytest.raises(AssertionError):  # the tolerance tells one seed's run from another's
+        assert_close_runs(checkpoint(reference["fused"][0]), checkpoint(reference["lone"][1]))
 
 
 @pytest.fixture
