@@ -172,6 +172,18 @@ def test_a_resumed_runs_momentum_is_laid_out_as_its_weights(
         assert buffer == param
 
 
+def test_optimizer_state_takes_its_parameters_dtype_and_layout() -> None:
+    weight = torch.nn.Parameter(torch.zeros(4, 3, 3, 3).contiguous(
+        memory_format=torch.channels_last))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    saved = torch.arange(108, dtype=torch.float64).reshape(4, 3, 3, 3)  # NCHW, as fused runs
+    optimizer.state[weight]["momentum_buffer"] = saved
+    fit_optimizer_state(optimizer)
+    buffer = optimizer.state[weight]["momentum_buffer"]
+    assert (buffer.dtype, buffer.stride()) == (weight.dtype, weight.stride())
+    assert torch.equal(buffer, saved.float())
+
+
 def test_an_optimizer_state_of_another_shape_is_refused() -> None:
     weight = torch.nn.Parameter(torch.zeros(4, 3, 3, 3))
     optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
