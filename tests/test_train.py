@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from degradation.launching import compose_config
 from degradation.logs import TAGS
@@ -21,8 +26,17 @@ from degradation.runs import (
     TENSORBOARD_DIR,
     run_dir,
 )
-from degradation.storage import load_checkpoint, read_json
-from degradation.train import learning_rate, resolve_speed, train, use_speed
+from degradation.storage import CHECKPOINT, PREVIOUS_CHECKPOINT, load_checkpoint, read_json
+from degradation.train import (
+    fit_optimizer_state,
+    learning_rate,
+    resolve_speed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    train,
+    use_speed,
+)
 from tests.conftest import scalars, tiny_overrides
 
 PAPER = compose_config([]).train
@@ -226,3 +240,104 @@ def test_a_finished_run_writes_its_hparams_session(finished) -> None:
     assert board["hparams"] == {"arch": "resnet", "depth": 8.0, "shortcut": "A", "seed": 0.0}
     assert board["scalars"]["final/test_error"] == pytest.approx(summary["final_test_error"])
     assert board["scalars"]["best/test_error"] == pytest.approx(summary["best_test_error"])
+
+
+@pytest.mark.parametrize("saved, resumed", [("false", "true"), ("true", "false")],
+                         ids=["nchw-to-channels-last", "channels-last-to-nchw"])
+def test_a_resumed_runs_momentum_is_laid_out_as_its_weights(
+        cifar_root: Path, tmp_path: Path, saved: str, resumed: str) -> None:
+    """CUDA's fused SGD refuses a momentum buffer whose strides differ from its weight's:
+    those of a checkpoint written with another `train.channels_last`, or by a fused run."""
+    first = train(compose_config(tiny_overrides(cifar_root, tmp_path, **{
+        "train.channels_last": saved})))
+    folder = first.run_dir
+    (folder / SUMMARY_FILE).unlink()
+    shutil.copy(folder / PREVIOUS_CHECKPOINT, folder / CHECKPOINT)  # back to iteration 6
+    seen: list[list[tuple[Any, Any]]] = []
+
+    def before_step(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        seen.append([((param.dtype, param.stride()), (buffer.dtype, buffer.stride()))
+                     for param, state in optimizer.state.items()
+                     for buffer in (state["momentum_buffer"],)])
+
+    handle = register_optimizer_step_pre_hook(before_step)
+    try:
+        again = train(compose_config(tiny_overrides(cifar_root, tmp_path, **{
+            "train.channels_last": resumed})))
+    finally:
+        handle.remove()
+    assert again.status == "done" and again.run_dir == folder
+    layouts = seen[0]  # the first step after the load
+    assert any(len(stride) == 4 for (_, stride), _ in layouts)  # convolution weights
+    for param, buffer in layouts:
+        assert buffer == param
+
+
+def test_optimizer_state_takes_its_parameters_dtype_and_layout() -> None:
+    weight = torch.nn.Parameter(torch.zeros(4, 3, 3, 3).contiguous(
+        memory_format=torch.channels_last))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    saved = torch.arange(108, dtype=torch.float64).reshape(4, 3, 3, 3)  # NCHW, as fused runs
+    optimizer.state[weight]["momentum_buffer"] = saved
+    fit_optimizer_state(optimizer)
+    buffer = optimizer.state[weight]["momentum_buffer"]
+    assert (buffer.dtype, buffer.stride()) == (weight.dtype, weight.stride())
+    assert torch.equal(buffer, saved.float())
+
+
+def test_an_optimizer_state_of_another_shape_is_refused() -> None:
+    weight = torch.nn.Parameter(torch.zeros(4, 3, 3, 3))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    optimizer.state[weight]["momentum_buffer"] = torch.zeros(4, 3, 3)
+    with pytest.raises(ValueError, match=r"momentum_buffer has shape \(4, 3, 3\), its "
+                                         r"parameter \(4, 3, 3, 3\)"):
+        fit_optimizer_state(optimizer)
+
+
+class FakeCuda:
+    """CUDA's generator functions on `count` GPUs, this process using `current`: each GPU's
+    state is a tensor of its number; a GPU that is not there raises IndexError, as in torch."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int, current: int = 0) -> None:
+        self.count, self.current = count, current
+        self.states = {device: torch.full((16,), device, dtype=torch.uint8)
+                       for device in range(count)}
+        for module in (torch.cuda, torch.cuda.random):
+            for name, value in {"is_available": lambda: True, "is_initialized": lambda: True,
+                                "device_count": lambda: self.count,
+                                "current_device": lambda: self.current,
+                                "get_rng_state": self.get_rng_state,
+                                "set_rng_state": self.set_rng_state}.items():
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, value)
+
+    def _index(self, device: Any) -> int:
+        index = self.current if device == "cuda" else int(device)
+        if index >= self.count:
+            raise IndexError("tuple index out of range")
+        return index
+
+    def get_rng_state(self, device: Any = "cuda") -> torch.Tensor:
+        return self.states[self._index(device)].clone()
+
+    def set_rng_state(self, state: torch.Tensor, device: Any = "cuda") -> None:
+        self.states[self._index(device)] = state.clone()
+
+
+def test_a_checkpoint_keeps_only_its_own_gpus_generator(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    FakeCuda(monkeypatch, count=4, current=2)
+    assert torch.equal(rng_state()["cuda"], torch.full((16,), 2, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("saved", [
+    torch.full((16,), 7, dtype=torch.uint8),  # this version: the run's own GPU's
+    [torch.full((16,), 7, dtype=torch.uint8), *(torch.full((16,), 9, dtype=torch.uint8),) * 3],
+], ids=["own-gpu", "every-gpu-of-a-wider-slot"])
+def test_a_run_resumes_in_a_narrower_slot(monkeypatch: pytest.MonkeyPatch,
+                                          saved: Any) -> None:
+    seed_everything(0)
+    state = {**rng_state(), "cuda": saved}  # written where 4 GPUs were visible, say
+    cuda = FakeCuda(monkeypatch, count=1)
+    set_rng_state(state)
+    assert torch.equal(cuda.states[0], torch.full((16,), 7, dtype=torch.uint8))
