@@ -51,7 +51,7 @@ def train(
     from degradation.storage import RunLock
     from degradation.train import resolve_device
 
-    planned = _plan(overrides or [], sweep=False, force=force)[0]
+    planned = _plan(overrides or [], sweep=False, force=force, fetch=not show_config)[0]
     if show_config:
         import yaml
 
@@ -92,7 +92,7 @@ def sweep(
     """
     from degradation import launching
 
-    planned = _plan(overrides or [], sweep=True, force=force)
+    planned = _plan(overrides or [], sweep=True, force=force, fetch=not dry_run)
     counts = {action: sum(p.action == action for p in planned)
               for action in ("start", "resume", "skip", "retrain", "running")}
     typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
@@ -131,7 +131,7 @@ def sweep(
 @app.command()
 def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs.")
            ) -> None:
-    """One line per run under PATH: network, seed, state, iteration, last errors, ETA.
+    """One line per run under PATH: network, seed, state, iteration, last errors, data, ETA.
 
     States: done, diverged, running (a live process holds the run's lock), failed (with the
     last line of its error.txt), interrupted (resumes from its checkpoint), pending.
@@ -139,7 +139,7 @@ def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search f
     from collections import Counter
 
     from degradation.logs import format_duration
-    from degradation.runs import family, find_runs, progress
+    from degradation.runs import data_name, family, find_runs, progress
 
     records = find_runs(path)
     if not records:
@@ -155,7 +155,8 @@ def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search f
         elif where.error:
             note = f"  error: {where.error}"
         typer.echo(f"{family(record.config):14} seed {record.config.seed:<3} {state:11} "
-                   f"{where.iteration:>6}/{where.total:<6} {errors}  {record.path}{note}")
+                   f"{where.iteration:>6}/{where.total:<6} {errors}  [{data_name(record)}]  "
+                   f"{record.path}{note}")
     counts = Counter(record.state for record in records)
     typer.echo(f"{len(records)} runs: " + ", ".join(f"{counts[state]} {state}" for state in (
         "done", "diverged", "running", "failed", "interrupted", "pending") if counts[state]))
@@ -287,11 +288,11 @@ def _analysis(command, *args, **kwargs):
         fail(str(error), code=1)
 
 
-def _plan(overrides: list[str], sweep: bool, force: bool):
+def _plan(overrides: list[str], sweep: bool, force: bool, fetch: bool):
     from degradation import launching
 
     try:
-        return launching.plan(overrides, sweep=sweep, force=force)
+        return launching.plan(overrides, sweep=sweep, force=force, fetch=fetch)
     except launching.USER_ERRORS as error:
         fail(str(error))
 

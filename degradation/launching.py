@@ -41,16 +41,18 @@ from degradation.config import (
     EXPERIMENTS_DIR,
     Config,
     ConfigError,
+    device_refusal,
     fusion_refusal,
     load_config,
     members,
 )
-from degradation.data import DataError, ensure_cifar10
+from degradation.data import DataError, check_batch_size, check_split, ensure_cifar10
 from degradation.models import ModelConfigError
 from degradation.runs import (
     ERROR_FILE,
     SUMMARY_FILE,
     RunRecord,
+    data_of,
     family,
     identity_hash,
     last_line,
@@ -123,12 +125,25 @@ def compose_config(overrides: list[str]) -> Config:
 
 def expand(overrides: list[str]) -> list[list[str]]:
     """Every run's overrides for a sweep, in Hydra's basic-sweeper order."""
+    return _expand(overrides)[0]
+
+
+# Launchers whose jobs run on this machine: what this machine lacks, their runs lack too.
+LAUNCHERS_HERE = ("hydra_plugins.degrade_launcher.local_launcher.LocalLauncher",
+                  "hydra_plugins.degrade_launcher.submitit_launchers.LocalLauncher",
+                  "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+
+
+def _expand(overrides: list[str]) -> tuple[list[list[str]], bool]:
+    """`expand`, and whether the sweep's launcher runs its jobs on this machine."""
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        preset = _compose(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
-        return sweep_jobs(preset, overrides)
+        hydra_node = _compose(fixed, with_hydra=True).hydra
+        preset = hydra_node.sweeper.get("params") or {}
+        here = hydra_node.launcher.get("_target_") in LAUNCHERS_HERE
+        return sweep_jobs(preset, overrides), here
     except (HydraException, OverrideParseException) as error:
         raise ConfigError(describe_hydra_error(error)) from None
 
@@ -141,23 +156,39 @@ def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def plan(overrides: list[str], sweep: bool, force: bool = False) -> list[PlannedRun]:
-    """Expand, compose and validate every run asked for, one entry per distinct folder."""
-    jobs = expand(overrides) if sweep else [overrides]
-    return plan_jobs(jobs, compose_config, force)
+def plan(overrides: list[str], sweep: bool, force: bool = False, fetch: bool = True
+         ) -> list[PlannedRun]:
+    """Expand, compose and validate every run asked for, one entry per distinct folder.
+
+    With `fetch`, missing data is downloaded here, once, before anything is launched.
+    """
+    jobs, here = _expand(overrides) if sweep else ([overrides], True)
+    import torch  # the runs train here: what this machine has decides
+
+    cuda = torch.cuda.is_available() if here else None
+    return plan_jobs(jobs, compose_config, force, fetch=fetch, cuda=cuda)
 
 
 def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
-              force: bool = False) -> list[PlannedRun]:
+              force: bool = False, fetch: bool = True, cuda: bool | None = None
+              ) -> list[PlannedRun]:
     """Compose each job with `compose`, keep the first job of each run folder, and say what
     happens to it: start, resume (a checkpoint is there), skip (finished) or retrain (--force).
+
+    Everything a run would otherwise find out once started is refused here, before any
+    folder exists: missing data (downloaded first with `fetch`), a split or batch the data
+    cannot hold, and settings the machine cannot train (`cuda`: whether the runs' machine has
+    CUDA; None: not known here).
     """
     planned: dict[Path, PlannedRun] = {}
+    ensured: set[tuple[str, bool]] = set()
     for job in jobs:
         config = compose(job)
-        if not config.data.download:
-            ensure_cifar10(Path(config.data.root), download=False)  # fail before any run starts
-        folder = run_dir(config)
+        source = (config.data.root, config.data.download)
+        if fetch and source not in ensured:  # one download, in this process, for every run
+            ensure_cifar10(Path(config.data.root), config.data.download)
+            ensured.add(source)
+        folder = run_dir(config)  # refuses missing data that will not be downloaded
         if folder in planned:  # e.g. plain nets under several shortcut options
             continue
         check_writable(folder)  # Hydra creates the folder before any run code could check
@@ -167,8 +198,21 @@ def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
             action = "retrain" if force else "skip"
         else:
             action = "resume" if (folder / CHECKPOINT).exists() else "start"
+        if action not in ("skip", "running"):
+            check_trainable(config, cuda)
         planned[folder] = PlannedRun(job, config, folder, action)
     return list(planned.values())
+
+
+def check_trainable(config: Config, cuda: bool | None) -> None:
+    """Refuse a run that could only fail once started: its split and batch against its data,
+    its precision and BN options against the machine (`device_refusal`)."""
+    train_images = data_of(config).train_images
+    check_split(config.data.val_split, train_images)
+    check_batch_size(config.train.batch_size, train_images - config.data.val_split)
+    refusal = device_refusal(config, cuda)
+    if refusal is not None:
+        raise ConfigError(refusal)
 
 
 def to_launch(planned: list[PlannedRun]) -> list[PlannedRun]:
