@@ -224,18 +224,17 @@ def official_fingerprint(val_split: int) -> DataFingerprint:
                            "official CIFAR-10", OFFICIAL_TRAIN_IMAGES)
 
 
-def fingerprint(root: Path, val_split: int, download: bool) -> DataFingerprint:
+def fingerprint(root: Path, val_split: int) -> DataFingerprint:
     """The fingerprint of the data under root/cifar-10-batches-py/ that a run would use.
 
     MD5 sums are computed once per file and cached beside the batches (keyed by each file's
     name, size and modification time, so a changed file is hashed again); a folder that cannot
     be written keeps its cache in the user's cache folder, or in this process only. Missing
-    data that will be downloaded is the official set.
+    data is what a download would bring: the official set (`ensure_cifar10` refuses it where
+    nothing may be downloaded).
     """
     folder = Path(root) / BATCH_DIR
     if not folder.is_dir():
-        if not download:
-            ensure_cifar10(root, download=False)  # refuses, naming data.download
         return official_fingerprint(val_split)
     names = used_files(val_split)
     keys = {name: _stat_key(folder / name) for name in (*names, "batches.meta")}

@@ -182,13 +182,15 @@ def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
     """
     planned: dict[Path, PlannedRun] = {}
     ensured: set[tuple[str, bool]] = set()
-    for job in jobs:
-        config = compose(job)
+    composed = [(job, compose(job)) for job in jobs]  # every bad value before any download
+    for job, config in composed:
         source = (config.data.root, config.data.download)
-        if fetch and source not in ensured:  # one download, in this process, for every run
+        # One download, in this process, for every run; without `fetch` only missing data
+        # that may not be downloaded is refused.
+        if source not in ensured and (fetch or not config.data.download):
             ensure_cifar10(Path(config.data.root), config.data.download)
             ensured.add(source)
-        folder = run_dir(config)  # refuses missing data that will not be downloaded
+        folder = run_dir(config)
         if folder in planned:  # e.g. plain nets under several shortcut options
             continue
         check_writable(folder)  # Hydra creates the folder before any run code could check

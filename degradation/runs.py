@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from degradation.config import Config, from_dict
-from degradation.data import DataError, DataFingerprint, fingerprint
+from degradation.data import BATCH_DIR, DataError, DataFingerprint, fingerprint
 from degradation.storage import CHECKPOINT, RunLock, read_json
 
 CONFIG_FILE = "config.yaml"
@@ -69,7 +69,7 @@ def recipe(config: Config) -> dict[str, Any]:
 
 def data_of(config: Config) -> DataFingerprint:
     """The fingerprint of the data the run trains and evaluates on (cached per data folder)."""
-    return fingerprint(Path(config.data.root), config.data.val_split, config.data.download)
+    return fingerprint(Path(config.data.root), config.data.val_split)
 
 
 def identity_hash(config: Config) -> str:
@@ -121,10 +121,12 @@ def data_name(record: RunRecord) -> str:
     """The run's data as its summary names it; for an unfinished run, what data.root holds."""
     if record.summary is not None:
         return record.summary.get("data") or "data unknown (run made before data fingerprints)"
+    if not (Path(record.config.data.root) / BATCH_DIR).is_dir():
+        return f"no data at data.root={record.config.data.root}"
     try:
         return data_of(record.config).description
-    except DataError:
-        return f"no data at {record.config.data.root}"
+    except DataError as error:  # a damaged batch file
+        return str(error)
 
 
 def find_runs(root: Path) -> list[RunRecord]:

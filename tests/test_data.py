@@ -290,7 +290,11 @@ def test_download_only_when_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
     assert ensure_cifar10(tmp_path, download=True) == tmp_path / BATCH_DIR
-    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    # Both halves into one temporary folder inside data.root, renamed into place after.
+    scratch = Path(calls[0][0])
+    assert scratch.parent == tmp_path and scratch.name.startswith(".cifar-10-download-")
+    assert calls == [(str(scratch), True, True), (str(scratch), False, True)]
+    assert not scratch.exists()
     assert load_cifar10(tmp_path, download=True).train_images.shape == (15, 3, 32, 32)
     assert len(calls) == 2  # present now: no second download
 
