@@ -117,16 +117,25 @@ class RunRecord:
         return "interrupted" if (self.path / CHECKPOINT).exists() else "pending"
 
 
-def data_name(record: RunRecord) -> str:
-    """The run's data as its summary names it; for an unfinished run, what data.root holds."""
+def data_description(record: RunRecord) -> str | None:
+    """The run's data as its summary names it; for an unfinished run, what data.root holds.
+
+    None when that is not known: a run finished before summaries named their data, or data
+    that is missing or unreadable now.
+    """
     if record.summary is not None:
-        return record.summary.get("data") or "data unknown (run made before data fingerprints)"
+        return record.summary.get("data")
     if not (Path(record.config.data.root) / BATCH_DIR).is_dir():
-        return f"no data at data.root={record.config.data.root}"
+        return None
     try:
         return data_of(record.config).description
-    except DataError as error:  # a damaged batch file
-        return str(error)
+    except DataError:  # a damaged batch file
+        return None
+
+
+def data_name(record: RunRecord) -> str:
+    """`data_description`, or `data unknown` (`status`, the report)."""
+    return data_description(record) or "data unknown"
 
 
 def find_runs(root: Path) -> list[RunRecord]:

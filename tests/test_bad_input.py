@@ -22,6 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from degradation import data as data_module
 from degradation.cli import app
 from degradation.data import BATCH_DIR
 from degradation.launching import compose_config
@@ -142,6 +143,25 @@ def test_a_missing_data_folder_with_download_off_is_refused(outputs: Path, tmp_p
     assert_refused(result, f"data.root={missing}", "data.download=false", code=2)
     assert_intact(before, snapshot(outputs), exactly=True)
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_failed_download_is_one_line_once_and_makes_no_run_folder(
+        outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    tried = []
+
+    def offline(into: Path) -> None:
+        tried.append(into)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(data_module, "_torchvision_download", offline)
+    before = snapshot(outputs)
+    seeds = "seed=3" if command == "train" else "seed=3,4,5"
+    result = degrade(command, *tiny_overrides(tmp_path / "nodata", outputs,
+                                              **{"data.download": "true"}), seeds)
+    assert_refused(result, "downloading CIFAR-10", "Name or service not known", code=2)
+    assert len(tried) == 1  # the sweep asks once for all its runs, before launching any
+    assert_intact(before, snapshot(outputs), exactly=True)
 
 
 def test_an_output_folder_that_cannot_be_made_is_refused(cifar_root: Path, tmp_path: Path
