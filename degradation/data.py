@@ -167,19 +167,22 @@ def ensure_cifar10(root: Path, download: bool,
         raise DataError(f"data.root={root} holds no {BATCH_DIR}/ and data.download=false: point "
                         f"data.root at the folder that holds {BATCH_DIR}/, or set "
                         "data.download=true")
+    cannot = f"cannot download CIFAR-10 into data.root={root}"
     advice = (f"set data.download=false and point data.root at a local copy that holds "
               f"{BATCH_DIR}/")
     try:
         Path(root).mkdir(parents=True, exist_ok=True)
         lock = (Path(root) / DOWNLOAD_LOCK).open("a")
     except OSError as e:
-        raise DataError(f"cannot download CIFAR-10 into data.root={root} ({_one_line(e)}); "
-                        f"{advice}") from e
+        raise DataError(f"{cannot} ({_one_line(e)}); {advice}") from e
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         if folder.is_dir():  # another process downloaded it while this one waited
             return folder
-        scratch = Path(tempfile.mkdtemp(prefix=".cifar-10-download-", dir=root))
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=".cifar-10-download-", dir=root))
+        except OSError as e:
+            raise DataError(f"{cannot} ({_one_line(e)}); {advice}") from e
         try:
             (fetch or _torchvision_download)(scratch)
             if not (scratch / BATCH_DIR).is_dir():
@@ -287,7 +290,10 @@ def _fingerprint(folder: Path, names: tuple[str, ...], keys: dict[str, list[int]
 
 def _describe_file(path: Path, key: list[int]) -> dict[str, Any]:
     """MD5 and, for a batch, the image count (read through `read_batch`, which checks it)."""
-    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    try:
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({_one_line(e)})") from e
     entry: dict[str, Any] = {"key": key, "md5": digest}
     if path.name == "batches.meta":
         with contextlib.suppress(Exception):  # the meta file is optional and never trusted

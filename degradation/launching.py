@@ -156,7 +156,7 @@ def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def plan(overrides: list[str], sweep: bool, force: bool = False, fetch: bool = True
+def plan(overrides: list[str], sweep: bool, force: bool = False, fetch: bool = False
          ) -> list[PlannedRun]:
     """Expand, compose and validate every run asked for, one entry per distinct folder.
 
@@ -170,7 +170,7 @@ def plan(overrides: list[str], sweep: bool, force: bool = False, fetch: bool = T
 
 
 def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
-              force: bool = False, fetch: bool = True, cuda: bool | None = None
+              force: bool = False, fetch: bool = False, cuda: bool | None = None
               ) -> list[PlannedRun]:
     """Compose each job with `compose`, keep the first job of each run folder, and say what
     happens to it: start, resume (a checkpoint is there), skip (finished) or retrain (--force).
