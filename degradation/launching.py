@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -163,9 +164,7 @@ def plan(overrides: list[str], sweep: bool, force: bool = False, fetch: bool = F
     With `fetch`, missing data is downloaded here, once, before anything is launched.
     """
     jobs, here = _expand(overrides) if sweep else ([overrides], True)
-    import torch  # the runs train here: what this machine has decides
-
-    cuda = torch.cuda.is_available() if here else None
+    cuda = torch.cuda.is_available() if here else None  # what the runs' machine has
     return plan_jobs(jobs, compose_config, force, fetch=fetch, cuda=cuda)
 
 
