@@ -25,7 +25,15 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 
 from degradation.logs import read_metrics
-from degradation.runs import METRICS_FILE, TENSORBOARD_DIR, RunRecord, find_runs, recipe
+from degradation.runs import (
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    RunRecord,
+    data_description,
+    data_name,
+    find_runs,
+    recipe,
+)
 from degradation.storage import atomic_write_text, read_json
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
@@ -61,6 +69,13 @@ def load_runs(path: Path) -> list[RunRecord]:
     return records
 
 
+def data_line(records: Iterable[RunRecord]) -> str:
+    """`Data: official CIFAR-10 (4 runs)`: what the runs trained and were evaluated on."""
+    counts = Counter(data_name(record) for record in records)
+    return "Data: " + "; ".join(f"{name} ({count} run{'s' if count > 1 else ''})"
+                                for name, count in counts.items())
+
+
 def shortcut_of(record: RunRecord) -> str:
     """The run's shortcut option, or `PLAIN_SHORTCUT` for a plain net."""
     return PLAIN_SHORTCUT if record.config.arch == "plain" else record.config.shortcut
@@ -83,7 +98,9 @@ def eval_set_of(record: RunRecord) -> str:
 
 def variants(records: Sequence[RunRecord]) -> dict[Path, str]:
     """For each run, the settings in which it differs from the most common recipe ('' if none)."""
-    recipes = {record.path: recipe(record.config) for record in records}
+    # Runs on other data are another variant: never averaged with the rest, and named.
+    recipes = {record.path: {**recipe(record.config), "data": data_description(record)}
+               for record in records}
     keys = {path: json.dumps(rest, sort_keys=True) for path, rest in recipes.items()}
     reference = json.loads(Counter(keys.values()).most_common(1)[0][0]) if keys else {}
     result = {}
@@ -340,8 +357,9 @@ def figures_dir(path: Path, out: Path | None) -> Path:
 
 def table_command(path: Path, out: Path | None) -> tuple[str, list[Path]]:
     """`degrade table`: write table6.md and table6.csv; return the Markdown and the paths."""
-    table = results_table(load_runs(Path(path)))
-    markdown = render_markdown(table)
+    records = load_runs(Path(path))
+    table = results_table(records)
+    markdown = f"{render_markdown(table).rstrip()}\n\n{data_line(records)}\n"
     folder = figures_dir(path, out)
     written = [folder / "table6.md", folder / "table6.csv"]
     atomic_write_text(written[0], markdown)

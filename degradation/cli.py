@@ -126,7 +126,8 @@ def train(
     overrides = overrides or []
     if _inspect(overrides, False, cfg, resolve, package, info, config_dir):
         return
-    planned = _plan(overrides, sweep=False, force=force, config_dir=config_dir)[0]
+    planned = _plan(overrides, sweep=False, force=force,
+                    fetch=not show_config, config_dir=config_dir)[0]
     if show_config:
         import yaml
 
@@ -175,7 +176,8 @@ def sweep(
     overrides = overrides or []
     if _inspect(overrides, True, cfg, resolve, package, info, config_dir):
         return
-    planned = _plan(overrides, sweep=True, force=force, config_dir=config_dir)
+    planned = _plan(overrides, sweep=True, force=force, fetch=not dry_run,
+                    config_dir=config_dir)
     counts = {action: sum(p.action == action for p in planned)
               for action in ("start", "resume", "skip", "retrain", "running")}
     typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
@@ -497,11 +499,13 @@ def _cpu_estimate(runs) -> str | None:
     return cpu_estimate(left)
 
 
-def _plan(overrides: list[str], sweep: bool, force: bool, config_dir: Path | None = None):
+def _plan(overrides: list[str], sweep: bool, force: bool, fetch: bool,
+          config_dir: Path | None = None):
     from degradation import launching
 
     try:
-        return launching.plan(overrides, sweep=sweep, force=force, config_dir=config_dir)
+        return launching.plan(overrides, sweep=sweep, force=force, fetch=fetch,
+                              config_dir=config_dir)
     except launching.USER_ERRORS as error:
         fail(str(error))
 

@@ -230,6 +230,25 @@ def fusion_refusal(config: Config) -> str | None:
     return None
 
 
+def device_refusal(config: Config, cuda: bool | None) -> str | None:
+    """Why the run cannot train on the machine it will run on (None: it can, or unknown).
+
+    `cuda` says whether that machine has a CUDA device; None when it is not known here (a
+    cluster node), so that only what fails everywhere (`device=cpu`) is refused.
+    """
+    if config.device == "cuda" and cuda is False:
+        return "device='cuda' but no CUDA device is available (allowed here: auto, cpu)"
+    on_cuda = {"cpu": False, "cuda": True}.get(config.device, cuda)
+    if on_cuda is not False:
+        return None
+    if config.train.precision == "bf16":
+        return "train.precision=bf16 needs a CUDA device; on the CPU use fp32"
+    if config.trainer.sync_batchnorm and config.trainer.gpus > 1:
+        return ("trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm has no CPU kernel); on "
+                "the CPU each process keeps its own BN statistics")
+    return None
+
+
 def members(config: Config) -> list[Config]:
     """The run and the runs trained fused with it (`trainer.fuse_with`), in that order."""
     return [replace(config, seed=seed) for seed in (config.seed, *config.trainer.fuse_with)]

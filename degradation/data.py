@@ -11,8 +11,15 @@ saved and resumed bit-identically, on the device it ran on or another.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
 import pickle
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from degradation.storage import StorageError, atomic_write_text
 
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -31,6 +40,19 @@ NUM_CLASSES = 10
 PAD = 4  # "4 pixels are padded on each side"
 SIZE = 32
 STREAM_FORMAT = 2  # of `TrainBatches.state_dict()`: 2 draws on the CPU
+# The official files' MD5 sums, as torchvision lists them (torchvision.datasets.CIFAR10).
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+OFFICIAL_TRAIN_IMAGES = 50_000
+GENERATOR_MARK = "degradation.data.write_cifar10"  # in batches.meta of generated sets
+FINGERPRINT_CACHE = ".degrade-fingerprint.json"  # beside the batches, in BATCH_DIR
+DOWNLOAD_LOCK = ".cifar-10-download.lock"  # in data.root
 
 
 class DataError(ValueError):
@@ -125,14 +147,21 @@ def write_cifar10(root: Path, train_per_batch: int, test_size: int, seed: int = 
         with (folder / name).open("wb") as f:
             pickle.dump(batch, f, protocol=2)  # the official files are protocol-2 pickles
     meta = {"label_names": list(LABEL_NAMES), "num_cases_per_batch": train_per_batch,
-            "num_vis": 3 * SIZE * SIZE}
+            "num_vis": 3 * SIZE * SIZE, "generator": GENERATOR_MARK}
     with (folder / "batches.meta").open("wb") as f:
         pickle.dump(meta, f, protocol=2)
     return Path(root)
 
 
-def ensure_cifar10(root: Path, download: bool) -> Path:
-    """Return root/cifar-10-batches-py, downloading it first only if missing and allowed."""
+def ensure_cifar10(root: Path, download: bool,
+                   fetch: Callable[[Path], None] | None = None) -> Path:
+    """Return root/cifar-10-batches-py, downloading it first only if missing and allowed.
+
+    Processes that ask at once (a sweep's runs, DDP ranks) download it once: the download
+    holds a lock in data.root and is extracted into a temporary folder that is renamed into
+    place, so no one ever reads a half-extracted folder. `fetch(into)` must leave
+    into/cifar-10-batches-py/ (default: torchvision's download, which checks the MD5 sums).
+    """
     folder = Path(root) / BATCH_DIR
     if folder.is_dir():
         return folder
@@ -140,20 +169,177 @@ def ensure_cifar10(root: Path, download: bool) -> Path:
         raise DataError(f"data.root={root} holds no {BATCH_DIR}/ and data.download=false: point "
                         f"data.root at the folder that holds {BATCH_DIR}/, or set "
                         "data.download=true")
+    cannot = f"cannot download CIFAR-10 into data.root={root}"
+    advice = (f"set data.download=false and point data.root at a local copy that holds "
+              f"{BATCH_DIR}/")
     try:
-        import torchvision.datasets  # imported here: only a download needs torchvision
-
-        # torchvision verifies the official MD5 sums of what it downloads.
-        for train in (True, False):
-            torchvision.datasets.CIFAR10(str(root), train=train, download=True)
-    except Exception as e:
-        raise DataError(f"downloading CIFAR-10 into data.root={root} failed ({_one_line(e)}); "
-                        f"set data.download=false and point data.root at a local copy that "
-                        f"holds {BATCH_DIR}/") from e
-    if not folder.is_dir():
-        raise DataError(f"downloading CIFAR-10 into data.root={root} left no {BATCH_DIR}/; "
-                        "set data.download=false and point data.root at a local copy")
+        Path(root).mkdir(parents=True, exist_ok=True)
+        lock = (Path(root) / DOWNLOAD_LOCK).open("a")
+    except OSError as e:
+        raise DataError(f"{cannot} ({_one_line(e)}); {advice}") from e
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if folder.is_dir():  # another process downloaded it while this one waited
+            return folder
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=".cifar-10-download-", dir=root))
+        except OSError as e:
+            raise DataError(f"{cannot} ({_one_line(e)}); {advice}") from e
+        try:
+            (fetch or _torchvision_download)(scratch)
+            if not (scratch / BATCH_DIR).is_dir():
+                raise DataError(f"downloading CIFAR-10 into data.root={root} left no "
+                                f"{BATCH_DIR}/; {advice}")
+            os.rename(scratch / BATCH_DIR, folder)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"downloading CIFAR-10 into data.root={root} failed "
+                            f"({_one_line(e)}); {advice}") from e
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return folder
+
+
+def _torchvision_download(into: Path) -> None:
+    """Download and extract the official archive into `into` (torchvision checks its MD5)."""
+    import torchvision.datasets  # imported here: only a download needs torchvision
+
+    for train in (True, False):
+        torchvision.datasets.CIFAR10(str(into), train=train, download=True)
+
+
+@dataclass(frozen=True)
+class DataFingerprint:
+    """Which data a run trains and evaluates on: a content hash and a name for people."""
+
+    digest: str  # 16 hex digits over the MD5 sums of the batch files used
+    description: str  # official CIFAR-10 | generated, N training images | subset of N ...
+    train_images: int  # in the training batches, before any validation split
+
+
+def used_files(val_split: int) -> tuple[str, ...]:
+    """The batch files a run reads: the test batch only when it is the evaluation set."""
+    return TRAIN_FILES + ((TEST_FILE,) if val_split == 0 else ())
+
+
+def official_fingerprint(val_split: int) -> DataFingerprint:
+    """The fingerprint of the official set, known without the files (before a download)."""
+    return DataFingerprint(_digest({name: OFFICIAL_MD5[name] for name in used_files(val_split)}),
+                           "official CIFAR-10", OFFICIAL_TRAIN_IMAGES)
+
+
+def fingerprint(root: Path, val_split: int) -> DataFingerprint:
+    """The fingerprint of the data under root/cifar-10-batches-py/ that a run would use.
+
+    MD5 sums are computed once per file and cached beside the batches (keyed by each file's
+    name, size and modification time, so a changed file is hashed again); a folder that cannot
+    be written keeps its cache in the user's cache folder, or in this process only. Missing
+    data is what a download would bring: the official set (`ensure_cifar10` refuses it where
+    nothing may be downloaded).
+    """
+    folder = Path(root) / BATCH_DIR
+    if not folder.is_dir():
+        return official_fingerprint(val_split)
+    names = used_files(val_split)
+    keys = {name: _stat_key(folder / name) for name in (*names, "batches.meta")}
+    memo_key = (str(folder.resolve()), json.dumps(keys, sort_keys=True))
+    if memo_key not in _FINGERPRINTS:
+        _FINGERPRINTS[memo_key] = _fingerprint(folder, names, keys)
+    return _FINGERPRINTS[memo_key]
+
+
+_FINGERPRINTS: dict[tuple[str, str], DataFingerprint] = {}
+
+
+def _fingerprint(folder: Path, names: tuple[str, ...], keys: dict[str, list[int] | None]
+                 ) -> DataFingerprint:
+    # A folder without write bits is left alone even by root (a shared, read-only copy).
+    beside = [folder / FINGERPRINT_CACHE] if folder.stat().st_mode & 0o222 else []
+    caches = [*beside, _user_cache(folder)]
+    cached: dict[str, Any] = {}
+    for path in reversed(caches):  # the one beside the data wins
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            cached.update(json.loads(path.read_text(encoding="utf-8")))
+    files, changed = {}, False
+    for name in (*names, "batches.meta"):
+        entry = cached.get(name)
+        if keys[name] is None:  # only batches.meta may be absent; read_batch names the others
+            if name != "batches.meta":
+                read_batch(folder / name)
+            continue
+        if not isinstance(entry, dict) or entry.get("key") != keys[name]:
+            entry, changed = _describe_file(folder / name, keys[name]), True
+        files[name] = entry
+    if changed:
+        text = json.dumps({**cached, **files}, indent=2, sort_keys=True) + "\n"
+        for path in caches:  # a cache only: a read-only data folder still works
+            try:
+                atomic_write_text(path, text)
+                break
+            except StorageError:
+                continue
+    md5 = {name: files[name]["md5"] for name in names}
+    images = sum(files[name].get("images", 0) for name in TRAIN_FILES)
+    if all(md5[name] == OFFICIAL_MD5[name] for name in names):
+        description = "official CIFAR-10"
+    elif files.get("batches.meta", {}).get("generated"):
+        description = f"generated, {images} training images"
+    else:
+        description = f"subset of {images} training images"
+    return DataFingerprint(_digest(md5), description, images)
+
+
+def _describe_file(path: Path, key: list[int]) -> dict[str, Any]:
+    """MD5 and, for a batch, the image count (read through `read_batch`, which checks it)."""
+    try:
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({_one_line(e)})") from e
+    entry: dict[str, Any] = {"key": key, "md5": digest}
+    if path.name == "batches.meta":
+        with contextlib.suppress(Exception):  # the meta file is optional and never trusted
+            with path.open("rb") as f:
+                meta = pickle.load(f, encoding="latin1")
+            entry["generated"] = isinstance(meta, dict) and meta.get("generator") == GENERATOR_MARK
+    elif digest == OFFICIAL_MD5.get(path.name):
+        entry["images"] = 10_000  # the official batches hold 10,000 images each
+    else:
+        entry["images"] = len(read_batch(path)[1])
+    return entry
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _user_cache(folder: Path) -> Path:
+    """Where the fingerprint cache of a read-only data folder lives."""
+    name = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "degrade" / "data" / f"{name}.json"
+
+
+def _digest(md5: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(md5, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_split(val_split: int, train_images: int) -> None:
+    """Refuse a validation split that leaves no training image (`DataError`)."""
+    if not 0 <= val_split < train_images:
+        raise DataError(f"data.val_split={val_split} is out of range: use 0 to evaluate on the "
+                        f"test set, or 1 to {train_images - 1} to hold out that many of the "
+                        f"{train_images} training images")
+
+
+def check_batch_size(batch_size: int, train_images: int) -> None:
+    """Refuse a batch larger than the training set (`DataError`)."""
+    if not 1 <= batch_size <= train_images:
+        raise DataError(f"train.batch_size={batch_size} must be between 1 and the "
+                        f"{train_images} training images")
 
 
 @dataclass
@@ -175,10 +361,7 @@ def load_cifar10(root: Path, download: bool = True, val_split: int = 0) -> Cifar
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts])
     n = len(images)
-    if not 0 <= val_split < n:
-        raise DataError(f"data.val_split={val_split} is out of range: use 0 to evaluate on the "
-                        f"test set, or 1 to {n - 1} to hold out that many of the {n} "
-                        "training images")
+    check_split(val_split, n)
     if val_split == 0:
         # The test batch is read only when it is the evaluation set.
         eval_images, eval_labels = read_batch(folder / TEST_FILE)

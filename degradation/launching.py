@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -41,17 +42,19 @@ from degradation.config import (
     CONF_DIR,
     Config,
     ConfigError,
+    device_refusal,
     fusion_refusal,
     load_config,
     members,
 )
-from degradation.data import DataError, ensure_cifar10
+from degradation.data import DataError, check_batch_size, check_split, ensure_cifar10
 from degradation.models import ModelConfigError
 from degradation.package import presets
 from degradation.runs import (
     ERROR_FILE,
     SUMMARY_FILE,
     RunRecord,
+    data_of,
     family,
     identity_hash,
     last_line,
@@ -130,9 +133,24 @@ def compose_config(overrides: list[str], config_dir: Path | None = None) -> Conf
 
 def expand(overrides: list[str], config_dir: Path | None = None) -> list[list[str]]:
     """Every run's overrides for a sweep, in Hydra's basic-sweeper order."""
+    return _expand(overrides, config_dir)[0]
+
+
+# Launchers whose jobs run on this machine: what this machine lacks, their runs lack too.
+LAUNCHERS_HERE = ("hydra_plugins.degrade_launcher.local_launcher.LocalLauncher",
+                  "hydra_plugins.degrade_launcher.submitit_launchers.LocalLauncher",
+                  "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+
+
+def _expand(overrides: list[str], config_dir: Path | None = None
+            ) -> tuple[list[list[str]], bool]:
+    """`expand`, and whether the sweep's launcher runs its jobs on this machine."""
     try:
-        composed = _compose(fixed_overrides(overrides), with_hydra=True, config_dir=config_dir)
-        return sweep_jobs(composed.hydra.sweeper.get("params") or {}, overrides)
+        hydra_node = _compose(fixed_overrides(overrides), with_hydra=True,
+                              config_dir=config_dir).hydra
+        preset = hydra_node.sweeper.get("params") or {}
+        here = hydra_node.launcher.get("_target_") in LAUNCHERS_HERE
+        return sweep_jobs(preset, overrides), here
     except (HydraException, OverrideParseException) as error:
         raise ConfigError(describe_hydra_error(error)) from None
 
@@ -195,24 +213,40 @@ def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def plan(overrides: list[str], sweep: bool, force: bool = False,
+def plan(overrides: list[str], sweep: bool, force: bool = False, fetch: bool = False,
          config_dir: Path | None = None) -> list[PlannedRun]:
-    """Expand, compose and validate every run asked for, one entry per distinct folder."""
+    """Expand, compose and validate every run asked for, one entry per distinct folder.
+
+    With `fetch`, missing data is downloaded here, once, before anything is launched.
+    """
     refuse_run_folder_overrides(overrides)
-    jobs = expand(overrides, config_dir) if sweep else [overrides]
-    return plan_jobs(jobs, lambda job: compose_config(job, config_dir), force)
+    jobs, here = _expand(overrides, config_dir) if sweep else ([overrides], True)
+    cuda = torch.cuda.is_available() if here else None  # what the runs' machine has
+    return plan_jobs(jobs, lambda job: compose_config(job, config_dir), force, fetch=fetch,
+                     cuda=cuda)
 
 
 def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
-              force: bool = False) -> list[PlannedRun]:
+              force: bool = False, fetch: bool = False, cuda: bool | None = None
+              ) -> list[PlannedRun]:
     """Compose each job with `compose`, keep the first job of each run folder, and say what
     happens to it: start, resume (a checkpoint is there), skip (finished) or retrain (--force).
+
+    Everything a run would otherwise find out once started is refused here, before any
+    folder exists: missing data (downloaded first with `fetch`), a split or batch the data
+    cannot hold, and settings the machine cannot train (`cuda`: whether the runs' machine has
+    CUDA; None: not known here).
     """
     planned: dict[Path, PlannedRun] = {}
-    for job in jobs:
-        config = compose(job)
-        if not config.data.download:
-            ensure_cifar10(Path(config.data.root), download=False)  # fail before any run starts
+    ensured: set[tuple[str, bool]] = set()
+    composed = [(job, compose(job)) for job in jobs]  # every bad value before any download
+    for job, config in composed:
+        source = (config.data.root, config.data.download)
+        # One download, in this process, for every run; without `fetch` only missing data
+        # that may not be downloaded is refused.
+        if source not in ensured and (fetch or not config.data.download):
+            ensure_cifar10(Path(config.data.root), config.data.download)
+            ensured.add(source)
         folder = run_dir(config)
         if folder in planned:  # e.g. plain nets under several shortcut options
             continue
@@ -223,8 +257,21 @@ def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
             action = "retrain" if force else "skip"
         else:
             action = "resume" if (folder / CHECKPOINT).exists() else "start"
+        if action not in ("skip", "running"):
+            check_trainable(config, cuda)
         planned[folder] = PlannedRun(job, config, folder, action)
     return list(planned.values())
+
+
+def check_trainable(config: Config, cuda: bool | None) -> None:
+    """Refuse a run that could only fail once started: its split and batch against its data,
+    its precision and BN options against the machine (`device_refusal`)."""
+    train_images = data_of(config).train_images
+    check_split(config.data.val_split, train_images)
+    check_batch_size(config.train.batch_size, train_images - config.data.val_split)
+    refusal = device_refusal(config, cuda)
+    if refusal is not None:
+        raise ConfigError(refusal)
 
 
 def to_launch(planned: list[PlannedRun]) -> list[PlannedRun]:

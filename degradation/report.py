@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from degradation import figures
 from degradation.analysis import (
     AnalysisError,
+    data_line,
     eval_set_of,
     figures_dir,
     load_runs,
@@ -30,7 +31,7 @@ from degradation.analysis import (
     table_cells,
     variants,
 )
-from degradation.runs import RunRecord
+from degradation.runs import RunRecord, data_name
 from degradation.storage import atomic_write_text
 
 REPORT_FILE = "report.html"
@@ -90,7 +91,8 @@ def write_report(path: Path, out_dir: Path | None = None) -> Path:
 
     headers, rows, notes = table_cells(results_table(records))
     body.append("<h2>Table 6: ours beside the paper</h2>" + _html_table(headers, rows)
-                + "".join(f"<p class='note'>{html.escape(note)}</p>" for note in notes))
+                + "".join(f"<p class='note'>{html.escape(note)}</p>"
+                          for note in [*notes, data_line(records)]))
     body.append("<h3>Independent reproductions (test error %, for context)</h3>"
                 + _html_table(REPRODUCTIONS[0], REPRODUCTIONS[1:]))
     body.append("<h2>Runs</h2>" + _runs_table(records, scalars, path))
@@ -136,7 +138,7 @@ def _runs_table(records: Sequence[RunRecord], scalars: pd.DataFrame, root: Path)
               .last() if not scalars.empty else None)
     show_variant = any(labels.values())  # one recipe for all runs: no variant column
     headers = ["network", *(["variant"] if show_variant else []), "seed", "state", "iterations",
-               "test error", "train error", "best test error (iteration)", "wall time",
+               "test error", "train error", "best test error (iteration)", "data", "wall time",
                "device", "code version", "folder", "config"]
     rows = []
     for record in sorted(records, key=lambda r: (r.config.arch, r.config.depth,
@@ -160,7 +162,8 @@ def _runs_table(records: Sequence[RunRecord], scalars: pd.DataFrame, root: Path)
             f"{done if done is not None else 0} / {record.config.train.iterations}",
             test + ("" if eval_set_of(record) == "test" else " (validation)"), train,
             f"{best:.2f} ({summary.get('best_test_iteration')})" if best is not None else "",
-            _duration(summary.get("wall_time_s")), str(summary.get("device") or ""),
+            data_name(record), _duration(summary.get("wall_time_s")),
+            str(summary.get("device") or ""),
             _code_version(summary.get("code_version")),
             _Html(html.escape(run).replace("/", "/<wbr>")),  # long paths break at slashes
             _Html(f"<details><summary>config</summary><pre>{config_yaml}</pre></details>"),

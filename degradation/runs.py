@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from degradation.config import Config, from_dict
+from degradation.data import BATCH_DIR, DataError, DataFingerprint, fingerprint
 from degradation.storage import CHECKPOINT, RunLock, read_json
 
 CONFIG_FILE = "config.yaml"
@@ -67,9 +68,19 @@ def recipe(config: Config) -> dict[str, Any]:
     return {key: value for key, value in identity(config).items() if key not in NAMED_IN_PATH}
 
 
+def data_of(config: Config) -> DataFingerprint:
+    """The fingerprint of the data the run trains and evaluates on (cached per data folder)."""
+    return fingerprint(Path(config.data.root), config.data.val_split)
+
+
 def identity_hash(config: Config) -> str:
-    """Eight hex digits over `recipe(config)`."""
-    return hashlib.sha256(json.dumps(recipe(config), sort_keys=True).encode()).hexdigest()[:8]
+    """Eight hex digits over `recipe(config)` and the fingerprint of the run's data.
+
+    data.root is not part of the identity, the data's content is: two folders that hold the
+    same files share runs, two data sets never do.
+    """
+    values = {**recipe(config), "data": data_of(config).digest}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def run_path(config: Config) -> str:
@@ -105,6 +116,27 @@ class RunRecord:
         if (self.path / ERROR_FILE).exists():
             return "failed"
         return "interrupted" if (self.path / CHECKPOINT).exists() else "pending"
+
+
+def data_description(record: RunRecord) -> str | None:
+    """The run's data as its summary names it; for an unfinished run, what data.root holds.
+
+    None when that is not known: a run finished before summaries named their data, or data
+    that is missing or unreadable now.
+    """
+    if record.summary is not None:
+        return record.summary.get("data")
+    if not (Path(record.config.data.root) / BATCH_DIR).is_dir():
+        return None
+    try:
+        return data_of(record.config).description
+    except DataError:  # a damaged batch file
+        return None
+
+
+def data_name(record: RunRecord) -> str:
+    """`data_description`, or `data unknown` (`status`, the report)."""
+    return data_description(record) or "data unknown"
 
 
 def find_runs(root: Path) -> list[RunRecord]:

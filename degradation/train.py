@@ -43,6 +43,7 @@ from degradation.runs import (
     METRICS_FILE,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
+    data_of,
     family,
     identity,
     run_dir,
@@ -704,6 +705,7 @@ class _Member:
 
     def finish(self, status: str, parameters: int) -> Outcome:
         """Write the summary of a run that ended (`parameters`: its network's count)."""
+        data = data_of(self.config)
         summary = {
             "status": status,
             "arch": self.config.arch,
@@ -719,6 +721,8 @@ class _Member:
             "best_test_error": None if self.best is None else self.best["error"],
             "best_test_iteration": None if self.best is None else self.best["iteration"],
             "eval_set": self.eval_set,
+            "data": data.description,
+            "data_fingerprint": data.digest,
             "parameters": parameters,
             "wall_time_s": self.elapsed + time.perf_counter() - self.started,
             "device": _device_name(self.device),

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from degradation.config import Config, suggested_milestones
 from degradation.logs import format_duration
-from degradation.runs import RunRecord, family, progress, read_run, run_dir
+from degradation.runs import RunRecord, data_name, family, progress, read_run, run_dir
 
 NOT_STARTED = "not started"
 ENDED = ("done", "diverged")
@@ -48,6 +48,7 @@ class RunView:
     eta_s: float | None
     error: str | None
     path: Path
+    data: str | None = None  # `official CIFAR-10`, `subset of N training images`, ...
 
 
 def view_of(record: RunRecord) -> RunView:
@@ -57,7 +58,7 @@ def view_of(record: RunRecord) -> RunView:
     return RunView(family(record.config), record.config.seed, record.state, where.iteration,
                    where.total, where.lr, where.train_error, where.test_error,
                    None if rate is None else rate * record.config.train.batch_size, rate,
-                   where.eta_s, where.error, record.path)
+                   where.eta_s, where.error, record.path, data_name(record))
 
 
 def view_of_config(config: Config) -> RunView:
@@ -114,8 +115,9 @@ def run_line(view: RunView) -> str:
         note = f"  ETA {format_duration(view.eta_s)}"
     elif view.error:
         note = f"  error: {view.error}"
+    data = "" if view.data is None else f"  [{view.data}]"
     return (f"{view.name:14} seed {view.seed:<3} {view.state:11} "
-            f"{view.iteration:>6}/{view.total:<6} {errors}{speed}  {view.path}{note}")
+            f"{view.iteration:>6}/{view.total:<6} {errors}{speed}{data}  {view.path}{note}")
 
 
 def table(views: Sequence[RunView]):

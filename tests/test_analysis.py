@@ -198,3 +198,20 @@ def test_a_damaged_run_never_stops_the_analysis(tmp_path):
     assert set(df["seed"]) == {0}
     table = analysis.results_table(analysis.load_runs(tmp_path))
     assert table.loc[0, "n"] == 1 and table.loc[0, "runs"] == "2 done"
+
+
+def test_runs_on_other_data_are_rows_of_their_own_and_the_table_names_the_data(tmp_path):
+    for seed, data in ((0, "official CIFAR-10"), (1, "official CIFAR-10"),
+                       (2, "subset of 3805 training images")):
+        overrides = {"depth": 20, "seed": seed}
+        summary = {**make_summary(make_config(tmp_path, overrides),
+                                  final_test_error=8.0 + seed), "data": data}
+        write_run(tmp_path, overrides, summary=summary)
+    markdown, _ = analysis.table_command(tmp_path, None)
+    rows = [line for line in markdown.splitlines() if line.startswith("| ResNet-20")]
+    assert len(rows) == 2  # the subset's error is not averaged with the official runs'
+    assert any("8.50 ± 0.71 (2)" in row for row in rows)
+    assert any("data=subset of 3805 training images" in row and "10.00 (1)" in row
+               for row in rows)
+    assert markdown.splitlines()[-1] == (
+        "Data: official CIFAR-10 (2 runs); subset of 3805 training images (1 run)")

@@ -2,8 +2,9 @@
 
 Every case must end the same way: one `error:` line on stderr that names the bad value, a
 non-zero exit, no traceback, and every file that was on disk before (an earlier finished run,
-the data set) unchanged. A mistake found while composing the configuration creates nothing at
-all; one found once the run has started leaves only that run's new bookkeeping files.
+the data set) unchanged. A mistake found before the run starts (its configuration, its data,
+what the machine can do) creates nothing at all; one found once the run has started leaves
+only that run's new bookkeeping files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from degradation import data as data_module
 from degradation.cli import app
 from degradation.data import BATCH_DIR
 from degradation.launching import compose_config
@@ -93,7 +95,7 @@ def assert_intact(before: dict[Path, str], after: dict[Path, str], exactly: bool
     assert not [path for path in after if path.name.endswith(".tmp")]
 
 
-# Refused while composing the configuration: exit 2, nothing written anywhere -------------------
+# Refused before the run starts: exit 2, nothing written anywhere ------------------------------
 
 @pytest.mark.parametrize("bad, named", [
     ("depth=9", ["depth=9", "6n+2", "20, 32, 44, 56, 110"]),
@@ -143,6 +145,25 @@ def test_a_missing_data_folder_with_download_off_is_refused(outputs: Path, tmp_p
     assert not missing.exists()
 
 
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_failed_download_is_one_line_once_and_makes_no_run_folder(
+        outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    tried = []
+
+    def offline(into: Path) -> None:
+        tried.append(into)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(data_module, "_torchvision_download", offline)
+    before = snapshot(outputs)
+    seeds = "seed=3" if command == "train" else "seed=3,4,5"
+    result = degrade(command, *tiny_overrides(tmp_path / "nodata", outputs,
+                                              **{"data.download": "true"}), seeds)
+    assert_refused(result, "downloading CIFAR-10", "Name or service not known", code=2)
+    assert len(tried) == 1  # the sweep asks once for all its runs, before launching any
+    assert_intact(before, snapshot(outputs), exactly=True)
+
+
 def test_an_output_folder_that_cannot_be_made_is_refused(cifar_root: Path, tmp_path: Path
                                                          ) -> None:
     (tmp_path / "afile").write_text("a regular file, not a folder")
@@ -152,22 +173,21 @@ def test_an_output_folder_that_cannot_be_made_is_refused(cifar_root: Path, tmp_p
     assert_intact(before, snapshot(tmp_path), exactly=True)
 
 
-# Refused once the run has started: exit 1, earlier files untouched -----------------------------
-
-def test_a_validation_split_larger_than_the_training_set_is_refused(
-        cifar_root: Path, outputs: Path) -> None:
+@pytest.mark.parametrize("bad, named", [
+    ("data.val_split=100000", ["data.val_split=100000", "1 to 79"]),
+    ("train.batch_size=1000", ["train.batch_size=1000", "80 training images"]),
+    ("train.precision=bf16", ["train.precision=bf16", "CUDA"]),
+    ("trainer.gpus=2 trainer.sync_batchnorm=true", ["trainer.sync_batchnorm=true", "GPUs"]),
+], ids=["split", "batch", "bf16", "sync_batchnorm"])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_what_a_run_would_find_once_started_is_refused_before_any_folder(
+        cifar_root: Path, outputs: Path, command: str, bad: str, named: list[str]) -> None:
+    # The data decides the split and the batch; the machine (device=cpu) bf16 and SyncBatchNorm.
+    seeds = "seed=3" if command == "train" else "seed=3,4,5"
     before = snapshot(outputs, cifar_root)
-    result = degrade("train", *overrides(cifar_root, outputs, "data.val_split=100000"))
-    assert_refused(result, "data.val_split=100000", "1 to 79", code=1)
-    assert_intact(before, snapshot(outputs, cifar_root), exactly=False)
-
-
-def test_a_batch_larger_than_the_training_set_is_refused(cifar_root: Path, outputs: Path
-                                                         ) -> None:
-    before = snapshot(outputs, cifar_root)
-    result = degrade("train", *overrides(cifar_root, outputs, "train.batch_size=1000"))
-    assert_refused(result, "train.batch_size=1000", "80 training images", code=1)
-    assert_intact(before, snapshot(outputs, cifar_root), exactly=False)
+    result = degrade(command, *overrides(cifar_root, outputs, seeds, *bad.split()))
+    assert_refused(result, *named, code=2)  # a sweep says it once, not once per run
+    assert_intact(before, snapshot(outputs, cifar_root), exactly=True)
 
 
 def _truncate(path: Path) -> None:
@@ -198,8 +218,8 @@ def test_a_damaged_batch_file_is_refused_naming_it(
     damage(data / BATCH_DIR / "data_batch_3")
     before = snapshot(outputs, data)
     result = degrade("train", *overrides(data, outputs, "seed=3"))  # a run not yet trained
-    assert_refused(result, named, code=1)
-    assert_intact(before, snapshot(outputs, data), exactly=False)
+    assert_refused(result, named, code=2)  # found while naming the run's data
+    assert_intact(before, snapshot(outputs, data), exactly=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
@@ -209,6 +229,8 @@ def test_cuda_on_a_machine_without_it_is_refused(cifar_root: Path, outputs: Path
     assert_refused(result, "device='cuda'", "no CUDA device", code=2)
     assert_intact(before, snapshot(outputs), exactly=True)  # refused before any folder is made
 
+
+# Refused once the run has started: exit 1, earlier files untouched -----------------------------
 
 def test_a_full_disk_is_one_line_and_leaves_no_half_files(
         cifar_root: Path, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:

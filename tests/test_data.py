@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import multiprocessing
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,8 @@ import torch
 
 from degradation.data import (
     BATCH_DIR,
+    FINGERPRINT_CACHE,
+    OFFICIAL_MD5,
     TEST_FILE,
     TRAIN_FILES,
     DataError,
@@ -22,8 +28,10 @@ from degradation.data import (
     draw_crops_flips,
     ensure_cifar10,
     eval_batches,
+    fingerprint,
     load_cifar10,
     normalize,
+    official_fingerprint,
     read_batch,
     write_cifar10,
 )
@@ -290,9 +298,119 @@ def test_download_only_when_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
     assert ensure_cifar10(tmp_path, download=True) == tmp_path / BATCH_DIR
-    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    # Both halves into one temporary folder inside data.root, renamed into place after.
+    scratch = Path(calls[0][0])
+    assert scratch.parent == tmp_path and scratch.name.startswith(".cifar-10-download-")
+    assert calls == [(str(scratch), True, True), (str(scratch), False, True)]
+    assert not scratch.exists()
     assert load_cifar10(tmp_path, download=True).train_images.shape == (15, 3, 32, 32)
     assert len(calls) == 2  # present now: no second download
+
+
+def _fetch_counted(into: Path) -> None:
+    """A stand-in for the download: counts itself, then writes a generated set in two steps."""
+    with (into.parent / "downloads").open("a") as f:
+        f.write("one\n")
+    write_cifar10(into, 4, 2)
+
+
+def _ask_for_data(root: Path, barrier: multiprocessing.synchronize.Barrier,
+                  report: Path) -> None:
+    """One of the processes that want the data at once (a sweep's runs, DDP ranks)."""
+    barrier.wait()
+    folder = ensure_cifar10(root, download=True, fetch=_fetch_counted)
+    # What it finds must be complete: every batch readable, the full training set.
+    images = sum(len(read_batch(folder / name)[1]) for name in TRAIN_FILES)
+    report.write_text(f"{images} {len(read_batch(folder / TEST_FILE)[1])}")
+
+
+def test_processes_asking_at_once_download_once_and_see_a_whole_folder(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    reports = [tmp_path / f"report-{index}" for index in range(2)]
+    processes = [context.Process(target=_ask_for_data, args=(tmp_path, barrier, report))
+                 for report in reports]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert (tmp_path / "downloads").read_text() == "one\n"
+    assert [report.read_text() for report in reports] == ["20 2", "20 2"]
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".cifar-10-download-")]
+
+
+def test_a_failed_download_leaves_no_partial_folder(tmp_path: Path) -> None:
+    def half_then_fail(into: Path) -> None:
+        (into / BATCH_DIR).mkdir()
+        (into / BATCH_DIR / "data_batch_1").write_bytes(b"half")
+        raise OSError("connection reset")
+
+    with pytest.raises(DataError) as error:
+        ensure_cifar10(tmp_path, download=True, fetch=half_then_fail)
+    assert_data_error(error, "connection reset", "data.download=false")
+    assert not (tmp_path / BATCH_DIR).exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".cifar-10-download.lock"]
+
+
+# --- the data's fingerprint -------------------------------------------------------------------
+
+
+def test_the_fingerprint_follows_the_content_not_the_folder(tmp_path: Path) -> None:
+    one = fingerprint(write_cifar10(tmp_path / "a", 8, 4, seed=0), 0)
+    same = fingerprint(write_cifar10(tmp_path / "b", 8, 4, seed=0), 0)
+    other = fingerprint(write_cifar10(tmp_path / "c", 8, 4, seed=1), 0)
+    assert one == same and one.digest != other.digest
+    assert one.description == "generated, 40 training images" and one.train_images == 40
+    # With a validation split the test batch is not used, so it is not part of the data.
+    assert fingerprint(tmp_path / "a", 5).digest != one.digest
+    (tmp_path / "b" / BATCH_DIR / TEST_FILE).unlink()
+    assert fingerprint(tmp_path / "b", 5) == fingerprint(tmp_path / "a", 5)
+
+
+def test_the_fingerprint_cache_is_used_until_a_file_changes(tmp_path: Path) -> None:
+    root = write_cifar10(tmp_path, 8, 4)
+    folder = root / BATCH_DIR
+    real = fingerprint(root, 0)
+    cache = json.loads((folder / FINGERPRINT_CACHE).read_text())
+    assert cache["data_batch_1"]["md5"] != OFFICIAL_MD5["data_batch_1"]
+    # A cache that says "official" for unchanged files is believed (nothing is hashed again)...
+    for name, md5 in OFFICIAL_MD5.items():
+        cache[name] = {**cache[name], "md5": md5, "images": 10_000}
+    (folder / FINGERPRINT_CACHE).write_text(json.dumps(cache))
+    os.utime(folder / "batches.meta", ns=(1, 1))  # a new key: the per-process memo is missed
+    assert fingerprint(root, 0) == official_fingerprint(0)
+    assert official_fingerprint(0).description == "official CIFAR-10"
+    # ...until a file changes: rewritten with other images, it is hashed again.
+    path = folder / "data_batch_3"
+    batch = raw(path)
+    rewrite(path, {**batch, "data": batch["data"][::-1].copy()})
+    changed = fingerprint(root, 0)
+    assert changed.digest not in (real.digest, official_fingerprint(0).digest)
+    assert json.loads((folder / FINGERPRINT_CACHE).read_text())["data_batch_3"]["md5"] != (
+        OFFICIAL_MD5["data_batch_3"])
+
+
+def test_a_read_only_data_folder_is_fingerprinted_without_writing_to_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = write_cifar10(tmp_path / "data", 8, 4)
+    folder = root / BATCH_DIR
+    expected = fingerprint(write_cifar10(tmp_path / "copy", 8, 4), 0)
+    mode = folder.stat().st_mode
+    folder.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        before = sorted(path.name for path in folder.iterdir())
+        assert fingerprint(root, 0) == expected
+        assert sorted(path.name for path in folder.iterdir()) == before
+    finally:
+        folder.chmod(mode)
+    assert list((tmp_path / "home" / ".cache" / "degrade").rglob("*.json"))
+
+
+@pytest.mark.skipif(not (SUBSET / BATCH_DIR).is_dir(), reason="no real CIFAR-10 subset")
+def test_the_real_subset_is_named_a_subset() -> None:
+    assert fingerprint(SUBSET, 0).description == "subset of 3805 training images"
 
 
 # --- normalization and augmentation ----------------------------------------------------------

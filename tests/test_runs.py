@@ -7,9 +7,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from degradation.cli import app
+from degradation.data import write_cifar10
 from degradation.launching import compose_config
-from degradation.runs import CONFIG_FILE, NOT_IDENTITY, find_runs, identity, run_dir, run_path
+from degradation.runs import (
+    CONFIG_FILE,
+    NOT_IDENTITY,
+    SUMMARY_FILE,
+    find_runs,
+    identity,
+    run_dir,
+    run_path,
+)
+from degradation.storage import read_json
+from tests.conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +58,33 @@ def test_every_identity_setting_gives_a_new_folder(base: list[str], change: str)
 ])
 def test_where_and_how_settings_keep_the_folder(base: list[str], change: str) -> None:
     assert path_of(*base, change) == path_of(*base)
+
+
+def test_the_data_is_part_of_the_identity(base: list[str], tmp_path: Path) -> None:
+    roots = {name: write_cifar10(tmp_path / name, 8, 4, seed=seed)
+             for name, seed in (("a", 0), ("copy-of-a", 0), ("b", 1))}
+    paths = {name: path_of(*base, f"data.root={root}") for name, root in roots.items()}
+    assert paths["a"] == paths["copy-of-a"]  # where the data lies is not what it is
+    assert paths["a"] != paths["b"]
+    # Data not there yet is what a download brings: the official set, wherever it will lie.
+    assert path_of(*base, f"data.root={tmp_path / 'none'}") == path_of(*base)
+    assert path_of(*base) not in paths.values()
+
+
+@pytest.mark.slow
+def test_other_data_in_the_same_settings_trains_rather_than_answering_finished(
+        cifar_root: Path, tmp_path: Path) -> None:
+    other = write_cifar10(tmp_path / "other", 40, 60, seed=1)
+    outputs = tmp_path / "outputs"
+    for root in (cifar_root, other):
+        result = CliRunner().invoke(app, ["train", *map(str, tiny_overrides(
+            root, outputs, **{"train.threads": 1}))])
+        assert result.exit_code == 0, result.output
+        assert "already finished" not in result.output
+    summaries = [read_json(path) for path in sorted(outputs.rglob(SUMMARY_FILE))]
+    assert len(summaries) == 2
+    assert len({summary["data_fingerprint"] for summary in summaries}) == 2
+    assert {summary["data"] for summary in summaries} == {"generated, 200 training images"}
 
 
 def test_output_dir_moves_the_tree_not_the_run(base: list[str], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from typer.testing import CliRunner
 
 from degradation.cli import app
+from degradation.data import write_cifar10
 from degradation.logs import TAGS
 from degradation.runs import ERROR_FILE, METRICS_FILE, TENSORBOARD_DIR
 from degradation.storage import CHECKPOINT, LOCK, RunLock
@@ -86,3 +87,19 @@ def test_status_without_runs_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["status", str(tmp_path)])
     assert result.exit_code == 1
     assert "no runs under" in result.output
+
+
+def test_status_names_each_run_data(tmp_path: Path) -> None:
+    overrides = {"seed": 0, "train.iterations": TOTAL, "train.milestones": [500, 750]}
+    summary = {**make_summary(make_config(tmp_path, overrides)),
+               "data": "subset of 3805 training images"}
+    write_run(tmp_path, overrides, summary=summary)
+    generated = write_cifar10(tmp_path / "generated", 4, 2)
+    write_run(tmp_path, {**overrides, "seed": 1, "data.root": str(generated)})  # pending
+    write_run(tmp_path, {**overrides, "seed": 2, "data.root": str(tmp_path / "gone")})
+    result = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[2]: line for line in result.output.splitlines()[:-1]}
+    assert "[subset of 3805 training images]" in lines["0"]
+    assert "[generated, 20 training images]" in lines["1"]  # what data.root holds now
+    assert "[data unknown]" in lines["2"]

@@ -61,8 +61,11 @@ class DegradeSweeper(Sweeper):
         loader = self.hydra_context.config_loader
         params = OmegaConf.to_container(OmegaConf.create(self.params), resolve=True)
         jobs = launching.sweep_jobs(params, arguments, OverridesParser.create(loader))
+        # The data is fetched here, once, before any job starts (the CLI has done it already
+        # when the sweep came through `degrade sweep`).
         planned = launching.plan_jobs(
-            jobs, lambda job: launching.config_of(loader.load_sweep_config(self.config, job)))
+            jobs, lambda job: launching.config_of(loader.load_sweep_config(self.config, job)),
+            fetch=True)
         todo = launching.to_launch(planned)
         busy = sum(run.action == "running" for run in planned)
         elsewhere = f"{busy} being trained elsewhere, " if busy else ""
