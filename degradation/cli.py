@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -20,6 +24,10 @@ app = typer.Typer(
     "(smoke, fig6, table6, shortcuts, resnet1202).",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+RECURSIVE = typer.Option(False, "--recursive", help="Also read the output trees nested inside "
+                         "PATH (folders holding their own runs/, e.g. a backup copy); a run "
+                         "found in several folders is still counted once.")
 
 OVERRIDES = typer.Argument(
     None, help="Hydra overrides KEY=VALUE: arch, depth, shortcut, seed, device, output_dir, "
@@ -87,8 +95,9 @@ def sweep(
 ) -> None:
     """Run a grid of runs (Hydra multirun): `depth=20,56 arch=plain,resnet` is 4 runs.
 
-    Any Hydra sweep syntax works (`seed=range(5)`, `experiment=fig6`). Finished runs are
-    skipped, interrupted ones resumed; a failing run does not stop the others.
+    Any Hydra sweep syntax works, quoted as a shell needs it: `seed='range(5)'`,
+    `experiment=fig6`. Finished runs are skipped, interrupted ones resumed; a failing run
+    does not stop the others.
     """
     from degradation import launching
 
@@ -129,8 +138,8 @@ def sweep(
 
 
 @app.command()
-def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs.")
-           ) -> None:
+def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+           recursive: bool = RECURSIVE) -> None:
     """One line per run under PATH: network, seed, state, iteration, last errors, ETA.
 
     States: done, diverged, running (a live process holds the run's lock), failed (with the
@@ -138,14 +147,14 @@ def status(path: Path = typer.Argument(Path("outputs"), help="Folder to search f
     """
     from collections import Counter
 
+    from degradation.analysis import load_runs
     from degradation.logs import format_duration
-    from degradation.runs import family, find_runs, progress
+    from degradation.runs import family, progress
 
-    records = find_runs(path)
-    if not records:
-        fail(f"no runs under {path} (a run folder holds config.yaml)", code=1)
-    for record in records:
-        state, where = record.state, progress(record)
+    with _warnings_to_stderr():
+        records = _analysis(load_runs, path, recursive)
+        lines = [(record, record.state, progress(record)) for record in records]
+    for record, state, where in lines:
         errors = "  ".join(f"{name} " + ("     -" if value is None else f"{value:5.2f}%")
                            for name, value in (("train", where.train_error),
                                                ("test", where.test_error)))
@@ -167,6 +176,7 @@ def plot(
     out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
     linear: bool = typer.Option(False, "--linear", help="Full linear error axis instead of the "
                                 "paper's 0-20% range."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """Figure 6 from every run under PATH: error (%) vs iterations, training dashed, test bold.
 
@@ -176,7 +186,7 @@ def plot(
     """
     from degradation.figures import plot_command
 
-    for written in _analysis(plot_command, path, out, linear):
+    for written in _analysis(plot_command, path, out, linear, recursive):
         typer.echo(written)
 
 
@@ -184,6 +194,7 @@ def plot(
 def table(
     path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
     out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """Table 6: final and best test error per network (mean +- std over seeds), beside the paper.
 
@@ -191,7 +202,7 @@ def table(
     """
     from degradation.analysis import table_command
 
-    text, written = _analysis(table_command, path, out)
+    text, written = _analysis(table_command, path, out, recursive)
     typer.echo(text)
     for file in written:
         typer.echo(file)
@@ -204,6 +215,7 @@ def responses(
     data_root: Path | None = typer.Option(None, "--data-root", help="CIFAR-10 folder, if not the "
                                           "one each run was trained on."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """Figure 7: standard deviation of every 3x3 conv's response (after BN, before ReLU/add).
 
@@ -212,7 +224,7 @@ def responses(
     """
     from degradation.responses import responses_command
 
-    for written in _analysis(responses_command, path, out, data_root, device):
+    for written in _analysis(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
 
 
@@ -220,11 +232,12 @@ def responses(
 def report(
     path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
     out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """One HTML page with the figures, the tables and every run's config, code version, time."""
     from degradation.report import report_command
 
-    typer.echo(_analysis(report_command, path, out))
+    typer.echo(_analysis(report_command, path, out, recursive))
 
 
 @app.command()
@@ -277,14 +290,55 @@ def generate_data(
 
 
 def _analysis(command, *args, **kwargs):
-    """Run an analysis command, turning its expected failures into one-line errors."""
+    """Run an analysis command, turning its expected failures into one-line errors and
+    printing its `warning:` lines (a damaged file, a run in several folders) on stderr."""
     from degradation.analysis import AnalysisError
     from degradation.launching import USER_ERRORS
 
+    with _warnings_to_stderr():
+        try:
+            return command(*args, **kwargs)
+        except (AnalysisError, *USER_ERRORS) as error:
+            fail(str(error), code=1)
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Print the `degrade` logger's warnings on stderr, each distinct line once."""
+    logger = logging.getLogger("degrade")
+    if any(isinstance(handler, _StderrWarnings) for handler in logger.handlers):
+        yield  # already printing them (a command that runs several steps)
+        return
+    handler = _StderrWarnings(sys.stderr)  # the stream of this call (tests swap it)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_Once())
+    saved = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # a handler a training run left on the root would print twice
     try:
-        return command(*args, **kwargs)
-    except (AnalysisError, *USER_ERRORS) as error:
-        fail(str(error), code=1)
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = saved
+
+
+class _StderrWarnings(logging.StreamHandler):
+    """The handler `_warnings_to_stderr` installs."""
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 def _plan(overrides: list[str], sweep: bool, force: bool):

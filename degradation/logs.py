@@ -18,7 +18,7 @@ from typing import TextIO
 from torch.utils.tensorboard import SummaryWriter
 
 from degradation.runs import METRICS_FILE, TENSORBOARD_DIR
-from degradation.storage import atomic_write_text
+from degradation.storage import DamagedFile, atomic_write_text, first_line
 
 TAGS = ("lr", "error/train", "loss/train", "error/test", "loss/test")
 log = logging.getLogger("degrade")
@@ -35,8 +35,14 @@ class MetricsLog:
         self.csv_path = run_dir / METRICS_FILE
         self.rows: dict[int, dict[str, float]] = {}
         if resume_from is not None and self.csv_path.exists():
-            self.rows = {it: row for it, row in read_metrics(self.csv_path).items()
-                         if it <= resume_from}
+            try:
+                rows = read_metrics(self.csv_path)
+            except DamagedFile as error:
+                raise DamagedFile(f"{error}; move it away and run the same command again "
+                                  "(the new metrics.csv starts at the checkpoint's iteration, "
+                                  "the TensorBoard events keep every point), or add --force "
+                                  "to retrain the run") from None
+            self.rows = {it: row for it, row in rows.items() if it <= resume_from}
         purge_step = None if resume_from is None else resume_from + 1
         self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
                                     purge_step=purge_step, flush_secs=30)
@@ -67,12 +73,18 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> dict[int, dict[str, float]]:
-    """Rows of a `metrics.csv`, keyed by iteration, blank cells left out."""
+    """Rows of a `metrics.csv`, keyed by iteration, blank cells left out; `DamagedFile` when
+    it is not such a file (an `OSError` when it cannot be read at all)."""
     rows = {}
     with path.open(newline="", encoding="utf-8") as file:
-        for record in csv.DictReader(file):
-            values = {tag: float(record[tag]) for tag in TAGS if record.get(tag)}
-            rows[int(record["iteration"])] = values
+        reader = csv.DictReader(file)
+        try:
+            for record in reader:
+                values = {tag: float(record[tag]) for tag in TAGS if record.get(tag)}
+                rows[int(record["iteration"])] = values
+        except (ValueError, KeyError, TypeError, csv.Error) as error:  # UTF-8 errors too
+            raise DamagedFile(f"{path} is damaged (line {reader.line_num}: "
+                              f"{type(error).__name__}: {first_line(error)})") from None
     return rows
 
 

@@ -17,12 +17,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from degradation.analysis import RESPONSES_FILE, AnalysisError, figures_dir, load_runs
+from degradation.analysis import (
+    RESPONSES_FILE,
+    AnalysisError,
+    figures_dir,
+    load_runs,
+    read_responses_file,
+    variants,
+)
 from degradation.data import CifarSplits, eval_batches, load_cifar10
 from degradation.figures import figure7, save_figure
 from degradation.models import build_model, response_modules
 from degradation.runs import RunRecord, family
-from degradation.storage import load_checkpoint, read_json, write_json
+from degradation.storage import DamagedFile, load_checkpoint, write_json
 from degradation.train import resolve_device
 
 POOLING = ("std of each channel over all images and positions (population, ddof=0), "
@@ -98,12 +105,12 @@ def compute_run_responses(record: RunRecord, data_root: Path | None, device: str
     cached = record.path / RESPONSES_FILE
     if cached.exists():
         try:
-            previous = read_json(cached)
+            previous = read_responses_file(cached)
             if (previous.get("checkpoint_iteration") == state["iteration"]
                     and previous.get("pooling") == POOLING):
                 return previous
-        except (OSError, ValueError):
-            pass  # damaged: measure again
+        except DamagedFile:
+            pass  # measured again and rewritten below
     config = record.config
     model = build_model(config.arch, config.depth, config.shortcut)
     model.load_state_dict(state["model"])
@@ -127,11 +134,13 @@ def compute_run_responses(record: RunRecord, data_root: Path | None, device: str
 
 
 def responses_command(path: Path, out: Path | None, data_root: Path | None,
-                      device: str) -> list[Path]:
+                      device: str, recursive: bool = False) -> list[Path]:
     """`degrade responses`: measure every finished run, draw Figure 7; the paths written."""
-    finished = [record for record in load_runs(Path(path)) if record.state == "done"]
+    finished = [record for record in load_runs(Path(path), recursive) if record.state == "done"]
     if not finished:
         raise AnalysisError(f"no finished runs under {path}: Figure 7 measures final networks")
-    results = [compute_run_responses(record, data_root, device) for record in finished]
+    labels = variants(finished)
+    results = [{**compute_run_responses(record, data_root, device),
+                "variant": labels[record.path]} for record in finished]
     written = [record.path / RESPONSES_FILE for record in finished]
     return written + save_figure(figure7(results), figures_dir(path, out), "figure7")
