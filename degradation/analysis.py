@@ -219,6 +219,12 @@ def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
         log.warning("warning: %s is damaged (%s); its points are left out", path,
                     first_line(error))
         return []
+    # Every event file opens with its format version: a file with bytes but without it is
+    # not an event file (a file cut off later just ends early, which is read as it is).
+    if accumulator.file_version is None and path.stat().st_size > 0:
+        log.warning("warning: %s is damaged (no TensorBoard events in it); its points are "
+                    "left out", path)
+        return []
     return [(event.wall_time, event.step, tag, event.value)
             for tag in accumulator.Tags()["scalars"] for event in accumulator.Scalars(tag)]
 

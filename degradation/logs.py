@@ -39,9 +39,8 @@ class MetricsLog:
                 rows = read_metrics(self.csv_path)
             except DamagedFile as error:
                 raise DamagedFile(f"{error}; move it away and run the same command again "
-                                  "(the new metrics.csv starts at the checkpoint's iteration, "
-                                  "the TensorBoard events keep every point), or add --force "
-                                  "to retrain the run") from None
+                                  "(the new metrics.csv starts at the checkpoint's iteration; "
+                                  "the TensorBoard events keep every point)") from None
             self.rows = {it: row for it, row in rows.items() if it <= resume_from}
         purge_step = None if resume_from is None else resume_from + 1
         self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
@@ -83,8 +82,9 @@ def read_metrics(path: Path) -> dict[int, dict[str, float]]:
                 values = {tag: float(record[tag]) for tag in TAGS if record.get(tag)}
                 rows[int(record["iteration"])] = values
         except (ValueError, KeyError, TypeError, csv.Error) as error:  # UTF-8 errors too
-            raise DamagedFile(f"{path} is damaged (line {reader.line_num}: "
-                              f"{type(error).__name__}: {first_line(error)})") from None
+            where = f"line {reader.line_num}: " if reader.line_num else ""
+            raise DamagedFile(f"{path} is damaged ({where}{type(error).__name__}: "
+                              f"{first_line(error)})") from None
     return rows
 
 
