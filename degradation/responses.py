@@ -9,6 +9,7 @@ The paper does not say how the standard deviation is pooled; here it is `POOLING
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +33,7 @@ from degradation.runs import RunRecord, family
 from degradation.storage import DamagedFile, load_checkpoint, write_json
 from degradation.train import resolve_device
 
+log = logging.getLogger("degrade")
 POOLING = ("std of each channel over all images and positions (population, ddof=0), "
            "then the mean over the layer's channels")
 
@@ -140,7 +142,16 @@ def responses_command(path: Path, out: Path | None, data_root: Path | None,
     if not finished:
         raise AnalysisError(f"no finished runs under {path}: Figure 7 measures final networks")
     labels = variants(finished)
-    results = [{**compute_run_responses(record, data_root, device),
-                "variant": labels[record.path]} for record in finished]
-    written = [record.path / RESPONSES_FILE for record in finished]
+    results, written = [], []
+    for record in finished:
+        try:
+            results.append({**compute_run_responses(record, data_root, device),
+                            "variant": labels[record.path]})
+        except AnalysisError as error:  # e.g. no readable checkpoint: the others still count
+            log.warning("warning: %s; left out of Figure 7", error)
+            continue
+        written.append(record.path / RESPONSES_FILE)
+    if not results:
+        raise AnalysisError(f"no finished run under {path} could be measured (see the "
+                            "warnings above)")
     return written + save_figure(figure7(results), figures_dir(path, out), "figure7")

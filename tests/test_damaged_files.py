@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from degradation.analysis import RESPONSES_FILE
 from degradation.cli import app
-from degradation.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
+from degradation.runs import CONFIG_FILE, ERROR_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from degradation.storage import write_json
 from tests.analysis_fixtures import write_study
 
@@ -52,6 +52,13 @@ def _events(folder: Path) -> Path:
     return event
 
 
+def _error_txt(folder: Path) -> Path:
+    # A failed run's reason, garbled: shown as far as it reads, never a reason to stop.
+    (folder / SUMMARY_FILE).unlink()
+    (folder / ERROR_FILE).write_bytes(b"\xff\xfe\x00 out of \x80memory\n")
+    return folder / ERROR_FILE
+
+
 def _responses(folder: Path) -> Path:
     write_json(folder / RESPONSES_FILE, {"arch": "resnet", "depth": 20, "std": "lots"})
     return folder / RESPONSES_FILE
@@ -65,8 +72,9 @@ def _responses(folder: Path) -> Path:
     (_metrics_only, ("status", "plot", "report")),
     (_events, ("plot", "report")),
     (_responses, ("plot", "report")),
+    (_error_txt, ()),
 ], ids=["summary garbled", "summary not an object", "summary wrong type", "config garbled",
-        "metrics.csv", "event file", "responses.json"])
+        "metrics.csv", "event file", "responses.json", "error.txt"])
 def test_a_damaged_file_is_named_once_and_the_other_runs_are_analysed(
         study: list[Path], tmp_path: Path, damage: Callable, warned: tuple[str, ...]) -> None:
     root = study[0].parents[2]
