@@ -95,9 +95,9 @@ def distinct_runs(records: Sequence[RunRecord], root: Path) -> list[RunRecord]:
         chosen = max(group, key=_recency)
         if len(group) > 1:
             others = [run_label(record, root) for record in group if record is not chosen]
-            log.warning("warning: %s seed %d is in %d folders (%s and %s); counted once, "
-                        "from %s", family(chosen.config), chosen.config.seed, len(group),
-                        run_label(chosen, root), ", ".join(others), run_label(chosen, root))
+            log.warning("warning: %s seed %d is in %d folders; counted once, from %s "
+                        "(not from %s)", family(chosen.config), chosen.config.seed,
+                        len(group), run_label(chosen, root), ", ".join(others))
         kept.append(chosen)
     order = {id(record): index for index, record in enumerate(records)}
     return sorted(kept, key=lambda record: order[id(record)])
