@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUBSET := ../shared/cifar10-subset
-SMOKE_OUT := outputs/smoke
+# Smoke runs stay outside outputs/, so `degrade plot outputs` (make demo) never mixes them in.
+SMOKE_OUT := outputs-smoke
 
 .PHONY: help setup test lint smoke demo clean
 

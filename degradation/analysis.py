@@ -12,7 +12,9 @@ with a full 64k-iteration one.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,18 +29,25 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from degradation.logs import read_metrics
 from degradation.runs import (
     METRICS_FILE,
+    SUMMARY_FILE,
     TENSORBOARD_DIR,
     RunRecord,
     data_description,
     data_name,
+    family,
     find_runs,
+    identity,
     recipe,
 )
-from degradation.storage import atomic_write_text, read_json
+from degradation.storage import DamagedFile, atomic_write_text, first_line, read_json
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
-PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
-PAPER_TABLE6_NOTES = {110: "best of 5 runs; mean 6.61 ± 0.16"}
+# For most depths the paper prints one number, which our mean is compared with; for ResNet-110
+# it prints the best of 5 runs and their mean ± std: mean is compared with mean, best with best.
+PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.61, 1202: 7.93}
+PAPER_TABLE6_STD = {110: 0.16}
+PAPER_TABLE6_BEST = {110: 6.43}
+PAPER_TABLE6_NOTES = {110: "mean ± std of 5 runs"}
 # Plain nets have no Table 6 entry; these are read off Figure 6 at 64k iterations (test, train).
 PAPER_FIGURE6_PLAIN = {20: ("≈9.6", "≈1"), 32: ("≈10", "≈1"), 44: ("≈11-12", "≈3"),
                        56: ("≈13", "≈6")}
@@ -53,19 +62,25 @@ GROUP = ["arch", "depth", "shortcut", "variant"]
 _DTYPES = {"depth": "int64", "seed": "int64", "iteration": "int64", "value": "float64"}
 
 
+log = logging.getLogger("degrade")
+
+
 class AnalysisError(ValueError):
     """Nothing to analyse, or nothing of the kind asked for; the message is one line."""
 
 
-def load_runs(path: Path) -> list[RunRecord]:
-    """Every run under `path`, or `AnalysisError` saying why there is none."""
+def load_runs(path: Path, recursive: bool = False) -> list[RunRecord]:
+    """Every run of the output tree `path`, each once (`find_runs`, `distinct_runs`), or
+    `AnalysisError` saying why there is none."""
     path = Path(path)
     if not path.exists():
         raise AnalysisError(f"{path} does not exist")
-    records = find_runs(path)
+    records = distinct_runs(find_runs(path, recursive), path)
     if not records:
         raise AnalysisError(f"no runs under {path} (no run folder with a config.yaml written "
-                            "by `degrade train`)")
+                            "by `degrade train`"
+                            + (")" if recursive else "; --recursive searches the output "
+                               "trees nested inside it too)"))
     return records
 
 
@@ -74,6 +89,47 @@ def data_line(records: Iterable[RunRecord]) -> str:
     counts = Counter(data_name(record) for record in records)
     return "Data: " + "; ".join(f"{name} ({count} run{'s' if count > 1 else ''})"
                                 for name, count in counts.items())
+
+
+def distinct_runs(records: Sequence[RunRecord], root: Path) -> list[RunRecord]:
+    """One record per run: the same identity and seed in several folders (a backup, a copy
+    synced from a cluster) is one run, named in a `warning:` line; the newest finished copy
+    is kept (else the one training now, else the newest)."""
+    copies: dict[str, list[RunRecord]] = {}
+    for record in records:
+        key = json.dumps(identity(record.config), sort_keys=True, default=str)
+        copies.setdefault(key, []).append(record)
+    kept = []
+    for group in copies.values():
+        chosen = max(group, key=_recency)
+        if len(group) > 1:
+            others = [run_label(record, root) for record in group if record is not chosen]
+            log.warning("warning: %s seed %d is in %d folders; counted once, from %s "
+                        "(not from %s)", family(chosen.config), chosen.config.seed,
+                        len(group), run_label(chosen, root), ", ".join(others))
+        kept.append(chosen)
+    order = {id(record): index for index, record in enumerate(records)}
+    return sorted(kept, key=lambda record: order[id(record)])
+
+
+def _recency(record: RunRecord) -> tuple[int, float]:
+    """Which copy of a run to keep: finished before running before the rest, then newest."""
+    rank = {"done": 2, "diverged": 2, "running": 1}.get(record.state, 0)
+    return rank, _finished_at(record) if rank == 2 else _newest_file_time(record.path)
+
+
+def _finished_at(record: RunRecord) -> float:
+    # The time written into the summary survives a copy that resets file times.
+    stamp = (record.summary or {}).get("finished_at")
+    try:
+        return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (TypeError, ValueError):
+        return _newest_file_time(record.path, (SUMMARY_FILE,))
+
+
+def _newest_file_time(folder: Path, names: Iterable[str] | None = None) -> float:
+    paths = [folder / name for name in names] if names else list(folder.iterdir())
+    return max((path.stat().st_mtime for path in paths if path.exists()), default=0.0)
 
 
 def shortcut_of(record: RunRecord) -> str:
@@ -111,10 +167,10 @@ def variants(records: Sequence[RunRecord]) -> dict[Path, str]:
     return result
 
 
-def read_scalars(path: Path) -> pd.DataFrame:
+def read_scalars(path: Path, recursive: bool = False) -> pd.DataFrame:
     """Every logged scalar of every run under `path` as a tidy frame (columns `COLUMNS`)."""
     path = Path(path)
-    return scalars_of(load_runs(path), path)
+    return scalars_of(load_runs(path, recursive), path)
 
 
 def scalars_of(records: Sequence[RunRecord], root: Path) -> pd.DataFrame:
@@ -170,7 +226,15 @@ def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
     try:
         accumulator = EventAccumulator(str(path), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE,
                                        purge_orphaned_data=False).Reload()
-    except Exception:  # a damaged event file must not stop the analysis
+    except Exception as error:  # a damaged event file must not stop the analysis
+        log.warning("warning: %s is damaged (%s); its points are left out", path,
+                    first_line(error))
+        return []
+    # Every event file opens with its format version: a file with bytes but without it is
+    # not an event file (a file cut off later just ends early, which is read as it is).
+    if accumulator.file_version is None and path.stat().st_size > 0:
+        log.warning("warning: %s is damaged (no TensorBoard events in it); its points are "
+                    "left out", path)
         return []
     return [(event.wall_time, event.step, tag, event.value)
             for tag in accumulator.Tags()["scalars"] for event in accumulator.Scalars(tag)]
@@ -179,7 +243,10 @@ def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
 def _read_metrics_csv(path: Path) -> pd.DataFrame:
     try:
         rows = read_metrics(path)
-    except (OSError, ValueError, KeyError):  # missing, damaged, or not ours
+    except OSError:  # no metrics.csv: the run has logged nothing yet
+        rows = {}
+    except DamagedFile as error:
+        log.warning("warning: %s; its points are left out", error)
         rows = {}
     points = [(iteration, metric, value) for iteration, values in rows.items()
               for metric, value in values.items()]
@@ -198,37 +265,61 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return stats.reset_index()
 
 
-def read_responses(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
-    """The Figure 7 measurements (`responses.json`) already stored in the given runs."""
+def read_responses(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """The Figure 7 measurements (`responses.json`) already stored in the given runs, each
+    with its run's `variant`; a damaged one is named in a `warning:` line and left out."""
+    labels = variants(records)
     found = []
     for record in records:
         path = record.path / RESPONSES_FILE
         if path.exists():
             try:
-                found.append(read_json(path))
-            except (OSError, ValueError):
-                continue  # a damaged file is recomputed by `degrade responses`
+                found.append({**read_responses_file(path), "variant": labels[record.path]})
+            except DamagedFile as error:
+                log.warning("warning: %s; left out (`degrade responses` measures it again)",
+                            error)
     return found
+
+
+def read_responses_file(path: Path) -> dict[str, Any]:
+    """One run's `responses.json`, or `DamagedFile` naming what is wrong with it."""
+    try:
+        measured = read_json(path)
+    except (OSError, ValueError) as error:
+        raise DamagedFile(f"{path} is damaged ({first_line(error)})") from None
+    valid = (isinstance(measured, dict) and measured.get("arch") in ("plain", "resnet")
+             and isinstance(measured.get("depth"), int) and isinstance(measured.get("std"), list)
+             and all(isinstance(value, int | float) for value in measured["std"]))
+    if not valid:
+        raise DamagedFile(f"{path} is damaged (not the arch, depth and per-layer std "
+                          "`degrade responses` writes)")
+    return measured
 
 
 def results_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     """Table 6: one row per network (and variant), our errors over seeds beside the paper's."""
     labels = variants(records)
-    groups: dict[tuple, list[RunRecord]] = {}
+    # Pooled only when everything that decides a result but the seed is the same: the data
+    # and the recipe as much as the network (`runs.identity` says what that is).
+    groups: dict[str, list[RunRecord]] = {}
     for record in records:
-        key = (record.config.arch, record.config.depth, shortcut_of(record), labels[record.path])
-        groups.setdefault(key, []).append(record)
+        settings = {key: value for key, value in identity(record.config).items()
+                    if key != "seed"}
+        groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(record)
     arch_order = {"plain": 0, "resnet": 1}
-    rows = [_table_row(key, groups[key]) for key in
-            sorted(groups, key=lambda k: (arch_order.get(k[0], 2), k[1], k[2], k[3]))]
+    keys = {name: (first.config.arch, first.config.depth, shortcut_of(first),
+                   labels[first.path]) for name, (first, *_) in groups.items()}
+    rows = [_table_row(keys[name], groups[name]) for name in
+            sorted(groups, key=lambda n: (arch_order.get(keys[n][0], 2), *keys[n][1:]))]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 TABLE_COLUMNS = [
     "network", "arch", "depth", "shortcut", "variant", "eval_set", "parameters", "runs", "n",
     "test_error_mean", "test_error_std", "test_error_min", "best_test_error",
-    "train_error_mean", "paper_test_error", "paper_note", "paper_fig6_test", "paper_fig6_train",
-    "difference",
+    "train_error_mean", "paper_test_error", "paper_test_error_std", "paper_note",
+    "paper_best_test_error", "paper_fig6_test", "paper_fig6_train", "difference",
+    "best_difference",
 ]
 
 
@@ -242,22 +333,30 @@ def _table_row(key: tuple, records: list[RunRecord]) -> dict[str, Any]:
     train = pd.Series([s.get("final_train_error") for s in done], dtype="float64")
     best = pd.Series([s.get("best_test_error") for s in done], dtype="float64")
     eval_set = eval_set_of(records[0])
-    paper = PAPER_TABLE6.get(depth) if arch == "resnet" and shortcut == "A" else None
+    table6 = arch == "resnet" and shortcut == "A"
+    paper = PAPER_TABLE6.get(depth) if table6 else None
+    paper_best = PAPER_TABLE6_BEST.get(depth, math.nan) if table6 else math.nan
     fig6 = PAPER_FIGURE6_PLAIN.get(depth, (None, None)) if arch == "plain" else (None, None)
     mean = final.mean() if len(final) else math.nan
+    lowest = final.min() if len(final) else math.nan
+    # The paper's numbers are test-set numbers: a validation error is not compared.
+    compared = eval_set == "test"
     return {
         "network": network_label(arch, depth, shortcut), "arch": arch, "depth": depth,
         "shortcut": shortcut, "variant": variant, "eval_set": eval_set,
         "parameters": _parameters(records), "runs": describe_states(records), "n": len(final),
         "test_error_mean": mean, "test_error_std": final.std() if len(final) > 1 else math.nan,
-        "test_error_min": final.min() if len(final) else math.nan,
+        "test_error_min": lowest,
         "best_test_error": best.min() if best.notna().any() else math.nan,
         "train_error_mean": train.mean() if train.notna().any() else math.nan,
         "paper_test_error": paper if paper is not None else math.nan,
+        "paper_test_error_std": PAPER_TABLE6_STD.get(depth, math.nan) if table6 else math.nan,
         "paper_note": PAPER_TABLE6_NOTES.get(depth, "") if paper is not None else "",
+        "paper_best_test_error": paper_best,
         "paper_fig6_test": fig6[0] or "", "paper_fig6_train": fig6[1] or "",
-        # The paper's numbers are test-set numbers: a validation error is not compared.
-        "difference": mean - paper if paper is not None and eval_set == "test" else math.nan,
+        "difference": mean - paper if paper is not None and compared else math.nan,
+        # Best against best: our lowest final error over seeds against the paper's best run.
+        "best_difference": lowest - paper_best if compared else math.nan,
     }
 
 
@@ -290,21 +389,29 @@ def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[s
     show_variant = table["variant"].astype(bool).any()
     eval_sets = sorted(set(table["eval_set"]))
     error_name = "test error" if eval_sets == ["test"] else "/".join(eval_sets) + " error"
+    show_best = table["paper_best_test_error"].notna().any()
     headers = ["network", *(["variant"] if show_variant else []), "params", "runs",
                f"{error_name} (%), final: mean ± std (n)", "best seed, final",
                "best, chosen on the test set", "train error (%), final: mean",
-               "paper (Table 6)", "ours - paper", "paper Fig. 6 (≈, test / train)"]
+               "paper (Table 6): mean", "ours - paper: mean vs mean",
+               *(["paper (Table 6): best run", "ours - paper: best seed vs best run"]
+                 if show_best else []), "paper Fig. 6 (≈, test / train)"]
     rows = []
     for row in table.itertuples(index=False):
         fig6 = f"{row.paper_fig6_test} / {row.paper_fig6_train}" if row.paper_fig6_test else ""
         paper = _number(row.paper_test_error)
+        if paper and not math.isnan(row.paper_test_error_std):
+            paper += f" ± {row.paper_test_error_std:.2f}"
         if paper and row.paper_note:
             paper += f" ({row.paper_note})"
+        best = [_number(row.paper_best_test_error) + (" (best of 5)" if not math.isnan(
+            row.paper_best_test_error) else ""), _number(row.best_difference, signed=True)]
         rows.append([
             row.network, *([row.variant] if show_variant else []), f"{row.parameters:,}",
             row.runs, _mean_std(row.test_error_mean, row.test_error_std, row.n),
             _number(row.test_error_min), _number(row.best_test_error),
-            _number(row.train_error_mean), paper, _number(row.difference, signed=True), fig6,
+            _number(row.train_error_mean), paper, _number(row.difference, signed=True),
+            *(best if show_best else []), fig6,
         ])
     notes = [
         "Errors in %, at the end of training, over the runs that finished (`done`); unfinished "
@@ -313,6 +420,9 @@ def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[s
         "seed: it flatters, and is shown only because some reproductions report it.",
         "Paper: He et al. 2016, Table 6 (ResNets, shortcut option A); plain nets have no Table 6 "
         "entry, their values are read off Figure 6 at 64k iterations.",
+        "Where the paper prints one number for a depth it is compared with our mean. For "
+        "ResNet-110 it prints the best of 5 runs (6.43) and their mean (6.61 ± 0.16): our mean "
+        "is compared with its mean, and our best seed's final error with its best run.",
     ]
     if "validation" in eval_sets:
         notes.append("Runs with data.val_split > 0 are evaluated on the held-out validation "
@@ -355,9 +465,10 @@ def figures_dir(path: Path, out: Path | None) -> Path:
     return Path(out) if out is not None else Path(path) / FIGURES_DIR
 
 
-def table_command(path: Path, out: Path | None) -> tuple[str, list[Path]]:
+def table_command(path: Path, out: Path | None, recursive: bool = False
+                  ) -> tuple[str, list[Path]]:
     """`degrade table`: write table6.md and table6.csv; return the Markdown and the paths."""
-    records = load_runs(Path(path))
+    records = load_runs(Path(path), recursive)
     table = results_table(records)
     markdown = f"{render_markdown(table).rstrip()}\n\n{data_line(records)}\n"
     folder = figures_dir(path, out)

@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -57,6 +60,9 @@ def _config_keys() -> list[str]:
     values = OmegaConf.load(data_dir("conf") / "config.yaml")
     return walk(values, "") if isinstance(values, DictConfig) else []
 
+RECURSIVE = typer.Option(False, "--recursive", help="Also read the output trees nested inside "
+                         "PATH (folders holding their own runs/, e.g. a backup copy); a run "
+                         "found in several folders is still counted once.")
 
 OVERRIDES = typer.Argument(
     None, help="Hydra overrides KEY=VALUE: arch, depth, shortcut, seed, device, output_dir, "
@@ -168,8 +174,9 @@ def sweep(
 ) -> None:
     """Run a grid of runs (Hydra multirun): `depth=20,56 arch=plain,resnet` is 4 runs.
 
-    Any Hydra sweep syntax works (`seed=range(5)`, `experiment=fig6`). Finished runs are
-    skipped, interrupted ones resumed; a failing run does not stop the others.
+    Any Hydra sweep syntax works, quoted as a shell needs it: `seed='range(5)'`,
+    `experiment=fig6`. Finished runs are skipped, interrupted ones resumed; a failing run
+    does not stop the others.
     """
     from degradation import launching
 
@@ -228,6 +235,7 @@ def status(
     every: float = typer.Option(5.0, "--every", min=0.1, help="Seconds between refreshes."),
     times: int | None = typer.Option(None, "--times", min=1,
                                      help="With --watch: stop after this many refreshes."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """One line per run under PATH: network, seed, state, iteration, last errors, lr, img/s, ETA.
 
@@ -242,23 +250,28 @@ def status(
     paths = [Path(target) for target in targets or [] if "=" not in target]
     if len(paths) > 1:
         fail(f"status takes one PATH, not {len(paths)}: {' '.join(map(str, paths))}")
-    snapshot = _status_snapshot(paths[0] if paths else None, overrides)
-    if not watch:
-        views = snapshot()
-        for view in views:
-            typer.echo(progress_view.run_line(view))
-        typer.echo(progress_view.status_line(views))
-        return
-    view = progress_view.ProgressView(every_s=every, live_every_s=every,
-                                      stream=typer.get_text_stream("stdout"))
-    with contextlib.suppress(KeyboardInterrupt):  # stops watching; the runs go on
-        progress_view.watch(snapshot, view, times=times)
+    # One context for the whole command: a warning (a damaged file, a copied run) is printed
+    # once, not at every refresh.
+    with _warnings_to_stderr():
+        snapshot = _status_snapshot(paths[0] if paths else None, overrides, recursive)
+        if not watch:
+            views = snapshot()
+            for view in views:
+                typer.echo(progress_view.run_line(view))
+            typer.echo(progress_view.status_line(views))
+            return
+        view = progress_view.ProgressView(every_s=every, live_every_s=every,
+                                          stream=typer.get_text_stream("stdout"))
+        with contextlib.suppress(KeyboardInterrupt):  # stops watching; the runs go on
+            progress_view.watch(snapshot, view, times=times)
 
 
-def _status_snapshot(path: Path | None, overrides: list[str]):
-    """What `degrade status` shows: every run under PATH and every run the overrides ask for."""
+def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
+    """What `degrade status` shows: every run under PATH (each once) and every run the
+    overrides ask for."""
     from degradation import launching
-    from degradation.runs import CONFIG_FILE, find_runs, run_dir
+    from degradation.analysis import AnalysisError, load_runs
+    from degradation.runs import CONFIG_FILE, run_dir
     from degradation.watch import configs_views, view_of
 
     configs = []
@@ -277,12 +290,14 @@ def _status_snapshot(path: Path | None, overrides: list[str]):
     asked = configs_views(unstarted.values())
 
     def snapshot():
-        views = [view_of(record) for record in find_runs(root)]
+        try:
+            views = [view_of(record) for record in load_runs(root, recursive)]
+        except AnalysisError as error:
+            if not unstarted:
+                fail(str(error), code=1)
+            views = []
         found = {view.path for view in views}
-        views += [view for view in asked() if view.path not in found]
-        if not views:
-            fail(f"no runs under {root} (a run folder holds config.yaml)", code=1)
-        return views
+        return views + [view for view in asked() if view.path not in found]
 
     return snapshot
 
@@ -293,6 +308,7 @@ def plot(
     out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
     linear: bool = typer.Option(False, "--linear", help="Full linear error axis instead of the "
                                 "paper's 0-20% range."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """Figure 6 from every run under PATH: error (%) vs iterations, training dashed, test bold.
 
@@ -303,7 +319,7 @@ def plot(
     from degradation.board import study_command
     from degradation.figures import plot_command
 
-    for written in _analysis(plot_command, path, out, linear):
+    for written in _analysis(plot_command, path, out, linear, recursive):
         typer.echo(written)
     study = _analysis(study_command, path)
     if study is not None:
@@ -314,6 +330,7 @@ def plot(
 def table(
     path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
     out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """Table 6: final and best test error per network (mean +- std over seeds), beside the paper.
 
@@ -321,7 +338,7 @@ def table(
     """
     from degradation.analysis import table_command
 
-    text, written = _analysis(table_command, path, out)
+    text, written = _analysis(table_command, path, out, recursive)
     typer.echo(text)
     for file in written:
         typer.echo(file)
@@ -353,6 +370,7 @@ def responses(
     data_root: Path | None = typer.Option(None, "--data-root", help="CIFAR-10 folder, if not the "
                                           "one each run was trained on."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """Figure 7: standard deviation of every 3x3 conv's response (after BN, before ReLU/add).
 
@@ -361,7 +379,7 @@ def responses(
     """
     from degradation.responses import responses_command
 
-    for written in _analysis(responses_command, path, out, data_root, device):
+    for written in _analysis(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
 
 
@@ -369,11 +387,12 @@ def responses(
 def report(
     path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
     out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """One HTML page with the figures, the tables and every run's config, code version, time."""
     from degradation.report import report_command
 
-    typer.echo(_analysis(report_command, path, out))
+    typer.echo(_analysis(report_command, path, out, recursive))
 
 
 @app.command()
@@ -458,14 +477,55 @@ def check(device: str = typer.Option("auto", help="auto (CUDA when present), cpu
 
 
 def _analysis(command, *args, **kwargs):
-    """Run an analysis command, turning its expected failures into one-line errors."""
+    """Run an analysis command, turning its expected failures into one-line errors and
+    printing its `warning:` lines (a damaged file, a run in several folders) on stderr."""
     from degradation.analysis import AnalysisError
     from degradation.launching import USER_ERRORS
 
+    with _warnings_to_stderr():
+        try:
+            return command(*args, **kwargs)
+        except (AnalysisError, *USER_ERRORS) as error:
+            fail(str(error), code=1)
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Print the `degrade` logger's warnings on stderr, each distinct line once."""
+    logger = logging.getLogger("degrade")
+    if any(isinstance(handler, _StderrWarnings) for handler in logger.handlers):
+        yield  # already printing them (a command that runs several steps)
+        return
+    handler = _StderrWarnings(sys.stderr)  # the stream of this call (tests swap it)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_Once())
+    saved = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # a handler a training run left on the root would print twice
     try:
-        return command(*args, **kwargs)
-    except (AnalysisError, *USER_ERRORS) as error:
-        fail(str(error), code=1)
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = saved
+
+
+class _StderrWarnings(logging.StreamHandler):
+    """The handler `_warnings_to_stderr` installs."""
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 def _write_study(planned) -> None:

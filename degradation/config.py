@@ -7,6 +7,7 @@ No default is written here: a field without a YAML value is reported as missing.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
@@ -163,6 +164,10 @@ def validate(config: Config) -> None:
     _require(config.seed >= 0, f"seed={config.seed} must be >= 0")
     _require(config.data.val_split >= 0, f"data.val_split={config.data.val_split} must be >= 0")
     train = config.train
+    for key in ("lr", "warmup_lr", "momentum", "weight_decay", "lr_decay",
+                "warmup_until_error"):
+        value = getattr(train, key)
+        _require(math.isfinite(value), f"train.{key}={value} must be a finite number")
     _require(train.iterations > 0, f"train.iterations={train.iterations} must be > 0")
     _require(train.batch_size > 0, f"train.batch_size={train.batch_size} must be > 0")
     _require(train.lr > 0, f"train.lr={train.lr} must be > 0")

@@ -240,19 +240,22 @@ def figure7(responses: Sequence[dict[str, Any]]) -> Figure:
     for item in responses:
         chosen = item["arch"] == "plain" or item["shortcut"] == shortcut
         if chosen and item["depth"] <= DEEPEST_MAIN_PANEL:
-            key = (item["arch"], item["depth"], item.get("shortcut") or PLAIN_SHORTCUT)
+            # Runs of another recipe (`variant`) are a curve of their own, never averaged in.
+            key = (item["arch"], item["depth"], item.get("shortcut") or PLAIN_SHORTCUT,
+                   item.get("variant", ""))
             groups.setdefault(key, []).append(item["std"])
     if not groups:
         raise AnalysisError("no layer responses to plot (run `degrade responses` first)")
     fig = Figure(figsize=(8, 7.5), layout="constrained")
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1)
-    order = sorted(groups, key=lambda k: (k[0] != "plain", k[1], k[2]))
+    order = sorted(groups, key=lambda k: (k[0] != "plain", k[1], k[2], k[3]))
     for key in order:
         runs = np.array(groups[key], dtype=np.float64)
         mean = runs.mean(axis=0)  # over seeds, per layer
         layers = np.arange(1, len(mean) + 1)
-        name = network_label(*key) + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
+        name = (network_label(*key[:3]) + (f" [{key[3]}]" if key[3] else "")
+                + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
         # Plain nets dashed, ResNets solid: colour is already taken by depth.
         style = {"color": depth_colour(key[1]), "linestyle": "--" if key[0] == "plain" else "-",
                  "linewidth": 1.4, "marker": ".", "markersize": 3}
@@ -281,9 +284,10 @@ def save_figure(fig: Figure, folder: Path, name: str) -> list[Path]:
     return paths
 
 
-def plot_command(path: Path, out: Path | None, linear: bool) -> list[Path]:
+def plot_command(path: Path, out: Path | None, linear: bool, recursive: bool = False
+                 ) -> list[Path]:
     """`degrade plot`: Figure 6, the shortcut figure and Figure 7 (when measured); the paths."""
-    records = load_runs(Path(path))
+    records = load_runs(Path(path), recursive)
     scalars = scalars_of(records, Path(path))
     folder = figures_dir(path, out)
     planned = max(record.config.train.iterations for record in records)

@@ -53,17 +53,20 @@ from degradation.package import presets
 from degradation.runs import (
     ERROR_FILE,
     SUMMARY_FILE,
+    SUMMARY_RECOVERY,
     RunRecord,
     data_of,
     family,
     identity_hash,
     last_line,
     read_run,
+    read_summary,
     run_dir,
     run_path,
 )
 from degradation.storage import (
     CHECKPOINT,
+    DamagedFile,
     RunLock,
     RunLocked,
     StorageError,
@@ -254,6 +257,8 @@ def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
         if RunLock(folder).holder() is not None:
             action = "running"  # another process trains it; launching it again would collide
         elif (folder / SUMMARY_FILE).exists():
+            if not force:
+                _check_summary(folder)
             action = "retrain" if force else "skip"
         else:
             action = "resume" if (folder / CHECKPOINT).exists() else "start"
@@ -272,6 +277,14 @@ def check_trainable(config: Config, cuda: bool | None) -> None:
     refusal = device_refusal(config, cuda)
     if refusal is not None:
         raise ConfigError(refusal)
+
+
+def _check_summary(folder: Path) -> None:
+    """Refuse a finished run whose summary.json is damaged, saying how to recover it."""
+    try:
+        read_summary(folder)
+    except DamagedFile as error:
+        raise DamagedFile(f"{error}: {SUMMARY_RECOVERY}") from None
 
 
 def to_launch(planned: list[PlannedRun]) -> list[PlannedRun]:

@@ -20,7 +20,7 @@ from typing import TextIO
 from torch.utils.tensorboard import SummaryWriter
 
 from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, TENSORBOARD_DIR
-from degradation.storage import atomic_write_text
+from degradation.storage import DamagedFile, atomic_write_text, first_line
 
 TAGS = ("lr", "error/train", "loss/train", "error/test", "loss/test")
 GRAD_NORM_COLUMNS = ("iteration", "layer", "name", "grad_norm")
@@ -40,8 +40,13 @@ class MetricsLog:
         self.rows: dict[int, dict[str, float]] = {}
         self.grad_norms: dict[int, dict[str, float]] = {}
         if resume_from is not None and self.csv_path.exists():
-            self.rows = {it: row for it, row in read_metrics(self.csv_path).items()
-                         if it <= resume_from}
+            try:
+                rows = read_metrics(self.csv_path)
+            except DamagedFile as error:
+                raise DamagedFile(f"{error}; move it away and run the same command again "
+                                  "(the new metrics.csv starts at the checkpoint's iteration; "
+                                  "the TensorBoard events keep every point)") from None
+            self.rows = {it: row for it, row in rows.items() if it <= resume_from}
         if resume_from is not None and self.grad_norms_path.exists():
             self.grad_norms = {it: norms for it, norms in _read_grad_norm_rows(
                 self.grad_norms_path).items() if it <= resume_from}
@@ -97,12 +102,19 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> dict[int, dict[str, float]]:
-    """Rows of a `metrics.csv`, keyed by iteration, blank cells left out."""
+    """Rows of a `metrics.csv`, keyed by iteration, blank cells left out; `DamagedFile` when
+    it is not such a file (an `OSError` when it cannot be read at all)."""
     rows = {}
     with path.open(newline="", encoding="utf-8") as file:
-        for record in csv.DictReader(file):
-            values = {tag: float(record[tag]) for tag in TAGS if record.get(tag)}
-            rows[int(record["iteration"])] = values
+        reader = csv.DictReader(file)
+        try:
+            for record in reader:
+                values = {tag: float(record[tag]) for tag in TAGS if record.get(tag)}
+                rows[int(record["iteration"])] = values
+        except (ValueError, KeyError, TypeError, csv.Error) as error:  # UTF-8 errors too
+            where = f"line {reader.line_num}: " if reader.line_num else ""
+            raise DamagedFile(f"{path} is damaged ({where}{type(error).__name__}: "
+                              f"{first_line(error)})") from None
     return rows
 
 

@@ -60,10 +60,10 @@ pre { background: #f7f7f7; padding: 0.6em; font-size: 0.85em; }
 """
 
 
-def write_report(path: Path, out_dir: Path | None = None) -> Path:
+def write_report(path: Path, out_dir: Path | None = None, recursive: bool = False) -> Path:
     """Write `report.html` (figures embedded, table, runs) and return its path."""
     path = Path(path)
-    records = load_runs(path)
+    records = load_runs(path, recursive)
     scalars = scalars_of(records, path)
     folder = figures_dir(path, out_dir)
     planned = max(record.config.train.iterations for record in records)
@@ -196,6 +196,6 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{seconds / 60:.1f} min"
 
 
-def report_command(path: Path, out: Path | None) -> Path:
+def report_command(path: Path, out: Path | None, recursive: bool = False) -> Path:
     """`degrade report`: write the HTML report and return its path."""
-    return write_report(Path(path), out)
+    return write_report(Path(path), out, recursive)

@@ -9,6 +9,7 @@ The paper does not say how the standard deviation is pooled; here it is `POOLING
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -17,14 +18,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from degradation.analysis import RESPONSES_FILE, AnalysisError, figures_dir, load_runs
+from degradation.analysis import (
+    RESPONSES_FILE,
+    AnalysisError,
+    figures_dir,
+    load_runs,
+    read_responses_file,
+    variants,
+)
 from degradation.data import CifarSplits, eval_batches, load_cifar10
 from degradation.figures import figure7, save_figure
 from degradation.models import build_model, response_modules
 from degradation.runs import RunRecord, family
-from degradation.storage import load_checkpoint, read_json, write_json
+from degradation.storage import DamagedFile, load_checkpoint, write_json
 from degradation.train import resolve_device
 
+log = logging.getLogger("degrade")
 POOLING = ("std of each channel over all images and positions (population, ddof=0), "
            "then the mean over the layer's channels")
 
@@ -98,12 +107,12 @@ def compute_run_responses(record: RunRecord, data_root: Path | None, device: str
     cached = record.path / RESPONSES_FILE
     if cached.exists():
         try:
-            previous = read_json(cached)
+            previous = read_responses_file(cached)
             if (previous.get("checkpoint_iteration") == state["iteration"]
                     and previous.get("pooling") == POOLING):
                 return previous
-        except (OSError, ValueError):
-            pass  # damaged: measure again
+        except DamagedFile:
+            pass  # measured again and rewritten below
     config = record.config
     model = build_model(config.arch, config.depth, config.shortcut)
     model.load_state_dict(state["model"])
@@ -127,11 +136,22 @@ def compute_run_responses(record: RunRecord, data_root: Path | None, device: str
 
 
 def responses_command(path: Path, out: Path | None, data_root: Path | None,
-                      device: str) -> list[Path]:
+                      device: str, recursive: bool = False) -> list[Path]:
     """`degrade responses`: measure every finished run, draw Figure 7; the paths written."""
-    finished = [record for record in load_runs(Path(path)) if record.state == "done"]
+    finished = [record for record in load_runs(Path(path), recursive) if record.state == "done"]
     if not finished:
         raise AnalysisError(f"no finished runs under {path}: Figure 7 measures final networks")
-    results = [compute_run_responses(record, data_root, device) for record in finished]
-    written = [record.path / RESPONSES_FILE for record in finished]
+    labels = variants(finished)
+    results, written = [], []
+    for record in finished:
+        try:
+            results.append({**compute_run_responses(record, data_root, device),
+                            "variant": labels[record.path]})
+        except AnalysisError as error:  # e.g. no readable checkpoint: the others still count
+            log.warning("warning: %s; left out of Figure 7", error)
+            continue
+        written.append(record.path / RESPONSES_FILE)
+    if not results:
+        raise AnalysisError(f"no finished run under {path} could be measured (see the "
+                            "warnings above)")
     return written + save_figure(figure7(results), figures_dir(path, out), "figure7")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import yaml
 
 from degradation.config import Config, from_dict
 from degradation.data import BATCH_DIR, DataError, DataFingerprint, fingerprint
-from degradation.storage import CHECKPOINT, RunLock, read_json
+from degradation.storage import CHECKPOINT, DamagedFile, RunLock, first_line, read_json
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -29,6 +31,8 @@ GRAD_NORMS_FILE = "grad_norms.csv"  # per log point, each 3x3 conv weight's grad
 TENSORBOARD_DIR = "tensorboard"
 ERROR_FILE = "error.txt"
 REPLACED = ".replaced-"  # `<folder>.replaced-<time>`: a finished run set aside by `--force`
+RUNS_DIR = "runs"  # an output tree is a folder holding `runs/`: `<output_dir>/runs/...`
+log = logging.getLogger("degrade")
 
 # Settings that say where things are or how they are computed, not what is computed: two runs
 # that differ only here are the same experiment and share a folder.
@@ -100,15 +104,19 @@ class RunRecord:
     path: Path
     config: Config
     summary: dict[str, Any] | None
+    damaged: str | None = None  # why its summary.json cannot be read (state `damaged`)
 
     @functools.cached_property
     def state(self) -> str:
-        """done, diverged, running (a live process holds the lock), failed, interrupted
-        (a checkpoint to resume from) or pending (nothing trained yet).
+        """done, diverged, damaged (a summary.json that cannot be read), running (a live
+        process holds the lock), failed, interrupted (a checkpoint to resume from) or pending
+        (nothing trained yet).
 
         Found once per record (a lock probe and a few file checks), so that every part of a
         command sees the same state even if the run ends meanwhile; `read_run` again for news.
         """
+        if self.damaged is not None:
+            return "damaged"
         if self.summary is not None:
             return self.summary.get("status", "done")
         if RunLock(self.path).holder() is not None:  # a kernel lock: gone with its process
@@ -139,31 +147,102 @@ def data_name(record: RunRecord) -> str:
     return data_description(record) or "data unknown"
 
 
-def find_runs(root: Path) -> list[RunRecord]:
-    """Every run folder under `root` (a folder with a `config.yaml` written by `degrade`).
+def find_runs(root: Path, recursive: bool = False) -> list[RunRecord]:
+    """Every run of the output tree `root`: those under `root/runs/`, or under `root` itself
+    when it holds no `runs/` (a runs folder, a family folder, one run).
 
-    Folders set aside by `--force` (`<folder>.replaced-<time>`) are kept on disk but not listed.
+    Another output tree nested inside (a folder holding its own `runs/`, such as a backup
+    copy) is searched only with `recursive`. Folders set aside by `--force`
+    (`<folder>.replaced-<time>`) are kept on disk but not listed. A run folder whose
+    config.yaml or summary.json cannot be read is named in a `warning:` line and left out.
     """
+    root = Path(root)
+    start = root / RUNS_DIR if not recursive and (root / RUNS_DIR).is_dir() else root
     records = []
-    for config_path in sorted(Path(root).rglob(CONFIG_FILE)):
-        if ".hydra" in config_path.parts or REPLACED in config_path.parent.name:
-            continue  # Hydra's own copy; a run set aside by `--force` (superseded)
-        record = read_run(config_path.parent)
-        if record is not None:
-            records.append(record)
+    for folder, subfolders, files in os.walk(start):
+        subfolders.sort()
+        # Hydra's own copy of the config; a run set aside by `--force` (superseded).
+        subfolders[:] = [name for name in subfolders if name != ".hydra" and REPLACED not in name]
+        here = Path(folder)
+        if not recursive and here != start and RUNS_DIR in subfolders:
+            subfolders[:] = []  # another output tree: only with `recursive`
+            continue
+        if CONFIG_FILE not in files:
+            continue
+        try:
+            record = _read_record(here)
+        except DamagedFile as error:
+            log.warning("warning: %s; that run is left out", error)
+            continue
+        if record is None:
+            continue
+        if record.damaged is not None:
+            log.warning("warning: %s; that run is left out (%s)", record.damaged,
+                        SUMMARY_RECOVERY)
+            continue
+        records.append(record)
     return records
+
+
+# How to recover a run whose summary.json was damaged: its last checkpoint rewrites it.
+SUMMARY_RECOVERY = ("delete the file and run `degrade train` with the run's settings again: "
+                    "it rewrites the summary from the run's last checkpoint (or add --force "
+                    "to retrain the run)")
+# Files only a run folder holds: a config.yaml beside one of them is a run's, even if damaged.
+RUN_FILES = (SUMMARY_FILE, METRICS_FILE, TENSORBOARD_DIR, CHECKPOINT)
 
 
 def read_run(path: Path) -> RunRecord | None:
     """The run in `path`, or None when it holds no readable run config."""
     try:
+        return _read_record(Path(path))
+    except DamagedFile:
+        return None
+
+
+def _read_record(path: Path) -> RunRecord | None:
+    """`read_run`, raising `DamagedFile` for an unreadable config.yaml in a run's folder."""
+    try:
         values = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
         config = from_dict(values)
-    except Exception:  # foreign or damaged folders are not runs
+    except Exception as error:  # foreign or damaged folders are not runs
+        if any((path / name).exists() for name in RUN_FILES):
+            raise DamagedFile(f"{path / CONFIG_FILE} is damaged ({first_line(error)})") from None
         return None
-    summary_path = path / SUMMARY_FILE
-    summary = read_json(summary_path) if summary_path.exists() else None
-    return RunRecord(path=path, config=config, summary=summary)
+    summary, damaged = None, None
+    if (path / SUMMARY_FILE).exists():
+        try:
+            summary = read_summary(path)
+        except DamagedFile as error:
+            damaged = str(error)
+    return RunRecord(path=path, config=config, summary=summary, damaged=damaged)
+
+
+FINISHED = ("done", "diverged")
+# The summary's numbers the analysis computes with (each may also be null).
+SUMMARY_NUMBERS = ("iterations_done", "final_test_error", "final_train_error",
+                   "best_test_error", "best_test_iteration", "parameters", "wall_time_s")
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """A finished run's summary.json, or `DamagedFile` naming what is wrong with it."""
+    path = Path(folder) / SUMMARY_FILE
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError) as error:  # JSON and UTF-8 errors are ValueErrors
+        raise DamagedFile(f"{path} is damaged ({first_line(error)})") from None
+    if not isinstance(summary, dict):
+        raise DamagedFile(f"{path} is damaged (it holds a JSON {type(summary).__name__}, not "
+                          "an object)")
+    status = summary.get("status", "done")
+    if status not in FINISHED:
+        raise DamagedFile(f"{path} is damaged (status {status!r}, expected one of: "
+                          f"{', '.join(FINISHED)})")
+    for key in SUMMARY_NUMBERS:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise DamagedFile(f"{path} is damaged ({key}={value!r} is not a number)")
+    return summary
 
 
 @dataclass
@@ -192,7 +271,11 @@ def progress(record: RunRecord) -> RunProgress:
                            summary.get("final_train_error"), summary.get("final_test_error"),
                            None, None)
     metrics_path = record.path / METRICS_FILE
-    rows = read_metrics(metrics_path) if metrics_path.exists() else {}
+    try:
+        rows = read_metrics(metrics_path) if metrics_path.exists() else {}
+    except DamagedFile as error:
+        log.warning("warning: %s; its progress is left blank", error)
+        rows = {}
     iteration = max(rows, default=0)
     last = {tag: rows[i][tag] for i in sorted(rows) for tag in rows[i]}  # latest value per tag
     speed = _speed(record.path) if state == "running" else None

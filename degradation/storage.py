@@ -45,6 +45,10 @@ class DamagedCheckpoint(StorageError):
     """A checkpoint file that was read but is truncated, corrupt or not a checkpoint."""
 
 
+class DamagedFile(StorageError):
+    """A run's file (summary, config, metrics) that was read but cannot be understood."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a mix."""
     path = Path(path)
@@ -88,7 +92,8 @@ def read_json(path: Path) -> Any:
 def check_writable(folder: Path) -> None:
     """Raise `StorageError` unless `folder` is, or could be made as, a writable folder.
 
-    Nothing is created: this is for checking a whole sweep's folders before any run starts.
+    Nothing is left behind: this is for checking a whole sweep's folders before any run
+    starts.
     """
     folder = Path(folder).absolute()
     existing = folder
@@ -98,6 +103,14 @@ def check_writable(folder: Path) -> None:
         raise StorageError(f"cannot write into {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StorageError(f"cannot write into {folder}: {existing} is not writable")
+    if existing != folder:
+        # Permission bits do not tell everything (a root user, /proc, a read-only mount):
+        # make a folder there and remove it at once.
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".degrade-probe-"))
+        except OSError as error:
+            raise StorageError(f"cannot write into {folder}: cannot create a folder in "
+                               f"{existing} ({error.strerror or error})") from None
 
 
 def remove_temporaries(folder: Path) -> list[Path]:

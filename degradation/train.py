@@ -194,9 +194,12 @@ def resolve_speed(recipe: TrainConfig, device: torch.device) -> Speed:
         # On the CPU the first compile takes 1-2 min on two cores for about 12% faster steps:
         # it pays back within a long run, never within a short one (BENCHMARKS.md).
         # Inductor's CPU kernels need a C++ compiler.
-        compile_model = device.type == "cuda" or (
-            recipe.iterations >= CPU_COMPILE_MIN_ITERATIONS
-            and any(shutil.which(cxx) for cxx in ("g++", "clang++")))
+        long_run = recipe.iterations >= CPU_COMPILE_MIN_ITERATIONS
+        compiler = any(shutil.which(cxx) for cxx in ("g++", "clang++"))
+        compile_model = device.type == "cuda" or (long_run and compiler)
+        if device.type != "cuda" and long_run and not compiler:
+            log.info("no C++ compiler (g++ or clang++) found: the model is not compiled, so "
+                     "CPU steps run about 12%% slower (BENCHMARKS.md); install one to compile")
     return Speed(channels_last, compile_model, recipe.threads or available_cores(),
                  recipe.deterministic)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from degradation import analysis
+from degradation import analysis, runs
 from degradation.analysis import AnalysisError
+from degradation.storage import write_json
 from tests.analysis_fixtures import make_config, make_summary, write_events, write_run, write_study
 
 FAST = {"train.iterations": 2000, "train.milestones": [1000, 1500]}
@@ -150,8 +154,11 @@ def test_paper_values_are_table6(tmp_path):
     assert table.loc["ResNet-32", "paper_test_error"] == 7.51
     assert table.loc["ResNet-44", "paper_test_error"] == 7.17
     assert table.loc["ResNet-56", "paper_test_error"] == 6.97
-    assert table.loc["ResNet-110", "paper_test_error"] == 6.43
-    assert "6.61 ± 0.16" in table.loc["ResNet-110", "paper_note"]
+    # ResNet-110: the paper's mean of 5 runs and, apart, its best run.
+    assert table.loc["ResNet-110", "paper_test_error"] == 6.61
+    assert table.loc["ResNet-110", "paper_test_error_std"] == 0.16
+    assert table.loc["ResNet-110", "paper_best_test_error"] == 6.43
+    assert np.isnan(table.loc["ResNet-56", "paper_best_test_error"])
     # Table 6 is option A only: B has no paper value, and nothing has finished (n = 0).
     assert np.isnan(table.loc["ResNet-56 (B)", "paper_test_error"])
     assert (table["n"] == 0).all() and (table["runs"] == "1 pending").all()
@@ -215,3 +222,115 @@ def test_runs_on_other_data_are_rows_of_their_own_and_the_table_names_the_data(t
                for row in rows)
     assert markdown.splitlines()[-1] == (
         "Data: official CIFAR-10 (2 runs); subset of 3805 training images (1 run)")
+
+
+def _resnet110_seeds(root, finals):
+    for seed, final in enumerate(finals):
+        overrides = {"depth": 110, "seed": seed}
+        write_run(root, overrides, summary=make_summary(make_config(root, overrides),
+                                                         final_test_error=final))
+
+
+def test_resnet110_compares_mean_with_mean_and_best_with_best(tmp_path):
+    finals = [6.9, 7.1, 7.3]
+    _resnet110_seeds(tmp_path, finals)
+    row = analysis.results_table(analysis.load_runs(tmp_path)).iloc[0]
+    assert row["difference"] == pytest.approx(np.mean(finals) - 6.61)  # mean vs the mean
+    assert row["best_difference"] == pytest.approx(min(finals) - 6.43)  # best vs the best
+    markdown = analysis.render_markdown(analysis.results_table(analysis.load_runs(tmp_path)))
+    header, _, line = markdown.splitlines()[:3]
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in
+                                                               line.split("|")], strict=True))
+    assert cells["paper (Table 6): mean"] == "6.61 ± 0.16 (mean ± std of 5 runs)"
+    assert cells["ours - paper: mean vs mean"] == f"{np.mean(finals) - 6.61:+.2f}"
+    assert cells["paper (Table 6): best run"] == "6.43 (best of 5)"
+    assert cells["ours - paper: best seed vs best run"] == f"{min(finals) - 6.43:+.2f}"
+
+
+def _copy_run(folder, root, under):
+    """A copy of a run folder at the same place below another output tree `under`."""
+    import shutil
+
+    target = under / folder.relative_to(root)
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_a_run_copied_into_a_nested_output_tree_is_ignored_without_recursive(tmp_path):
+    overrides = {"depth": 20, **FAST}
+    folder = write_run(tmp_path, overrides, summary=make_summary(
+        make_config(tmp_path, overrides), final_test_error=8.5))
+    _copy_run(folder, tmp_path, tmp_path / "old")  # outputs/old/runs/...: a backup
+    records = analysis.load_runs(tmp_path)
+    assert [record.path for record in records] == [folder]
+    row = analysis.results_table(records).iloc[0]
+    assert (row["runs"], row["n"]) == ("1 done", 1)
+
+
+def test_a_run_found_twice_is_counted_once_with_a_warning(tmp_path, caplog):
+    overrides = {"depth": 20, **FAST}
+    config = make_config(tmp_path, overrides)
+    older = write_run(tmp_path, overrides, summary={
+        **make_summary(config, final_test_error=9.0), "finished_at": "2026-01-01T10:00:00+0000"})
+    newer = _copy_run(older, tmp_path, tmp_path / "old")
+    summary = {**make_summary(config, final_test_error=8.0),
+               "finished_at": "2026-01-02T10:00:00+0000"}
+    (newer / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="degrade"):
+        records = analysis.load_runs(tmp_path, recursive=True)
+    assert [record.path for record in records] == [newer]  # the newest finished copy
+    table = analysis.results_table(records).iloc[0]
+    assert (table["runs"], table["n"], table["test_error_mean"]) == ("1 done", 1, 8.0)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("warning: resnet-20-A seed 0 is in 2 folders")
+    assert str(older.relative_to(tmp_path)) in warning
+    assert str(newer.relative_to(tmp_path)) in warning
+
+
+def test_a_finished_copy_wins_over_an_unfinished_one(tmp_path):
+    overrides = {"depth": 20, **FAST}
+    unfinished = write_run(tmp_path, overrides)
+    finished = _copy_run(unfinished, tmp_path, tmp_path / "cluster")
+    write_json(finished / "summary.json", make_summary(make_config(tmp_path, overrides)))
+    assert [r.path for r in analysis.load_runs(tmp_path, recursive=True)] == [finished]
+
+
+def test_a_nested_output_tree_is_read_with_recursive(tmp_path):
+    write_run(tmp_path, {"depth": 20, **FAST})
+    smoke = write_run(tmp_path / "smoke", {"depth": 56, "train.iterations": 40,
+                                           "train.milestones": [20, 30]})
+    assert len(analysis.load_runs(tmp_path)) == 1
+    assert {r.path for r in analysis.load_runs(tmp_path, recursive=True)} >= {smoke}
+    assert len(analysis.load_runs(tmp_path, recursive=True)) == 2
+    # The nested tree itself, or its runs folder, is an output tree of its own.
+    assert [r.path for r in analysis.load_runs(tmp_path / "smoke")] == [smoke]
+    assert [r.path for r in analysis.load_runs(tmp_path / "smoke" / "runs")] == [smoke]
+    assert [r.path for r in analysis.load_runs(smoke)] == [smoke]
+
+
+def test_runs_of_different_recipes_are_never_pooled(tmp_path):
+    for seed, final in ((0, 8.0), (1, 9.0)):
+        overrides = {"depth": 20, "seed": seed, **FAST}
+        write_run(tmp_path, overrides, summary=make_summary(make_config(tmp_path, overrides),
+                                                            final_test_error=final))
+    other = {"depth": 20, "seed": 0, **FAST, "train.weight_decay": 0.0005}
+    write_run(tmp_path, other, summary=make_summary(make_config(tmp_path, other),
+                                                    final_test_error=30.0))
+    table = analysis.results_table(analysis.load_runs(tmp_path)).set_index("variant")
+    assert table.loc["", "n"] == 2 and table.loc["", "test_error_mean"] == 8.5
+    assert table.loc["train.weight_decay=0.0005", "test_error_mean"] == 30.0
+
+
+def test_runs_on_different_data_are_not_pooled_once_the_identity_tells_them_apart(
+        tmp_path, monkeypatch):
+    # The table groups on `runs.identity`: whatever it comes to include (here the data
+    # folder, which it leaves out today) splits the pool, with no list of keys of its own.
+    monkeypatch.setattr(runs, "NOT_IDENTITY",
+                        tuple(key for key in runs.NOT_IDENTITY if key != "data.root"))
+    for seed, root in ((0, "cifar"), (1, "cifar"), (2, "subset")):
+        overrides = {"depth": 20, "seed": seed, **FAST, "data.root": root}
+        write_run(tmp_path, overrides, summary=make_summary(make_config(tmp_path, overrides),
+                                                            final_test_error=8.0 + seed))
+    table = analysis.results_table(analysis.load_runs(tmp_path))
+    assert sorted(table["n"]) == [1, 2]
+    assert sorted(table["test_error_mean"]) == [8.5, 10.0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -26,7 +27,7 @@ from degradation import data as data_module
 from degradation.cli import app
 from degradation.data import BATCH_DIR
 from degradation.launching import compose_config
-from degradation.runs import run_dir
+from degradation.runs import METRICS_FILE, SUMMARY_FILE, run_dir
 from degradation.storage import CHECKPOINT
 from tests.conftest import tiny_overrides
 
@@ -109,6 +110,9 @@ def assert_intact(before: dict[Path, str], after: dict[Path, str], exactly: bool
     ("train.nosuchkey=1", ["train.nosuchkey"]),
     ("train.lr=-1", ["train.lr=-1", "> 0"]),
     ("train.lr=fast", ["train.lr='fast'", "number"]),
+    ("train.lr=inf", ["train.lr=inf", "finite"]),
+    ("train.momentum=nan", ["train.momentum=nan", "finite"]),
+    ("train.weight_decay=inf", ["train.weight_decay=inf", "finite"]),
     ("train.batch_size=0", ["train.batch_size=0", "> 0"]),
     ("train.milestones=[18,12]", ["train.milestones=[18, 12]", "increasing"]),
     ("train.milestones=[6,30]", ["train.milestones=[6, 30]", "train.iterations=12"]),
@@ -171,6 +175,47 @@ def test_an_output_folder_that_cannot_be_made_is_refused(cifar_root: Path, tmp_p
     result = degrade("train", *overrides(cifar_root, tmp_path / "afile" / "sub"))
     assert_refused(result, str(tmp_path / "afile"))
     assert_intact(before, snapshot(tmp_path), exactly=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="no /proc on this system")
+def test_an_output_folder_in_proc_is_refused_before_anything_starts(cifar_root: Path) -> None:
+    # Its permission bits say writable to root; only making a folder there tells.
+    result = degrade("train", *overrides(cifar_root, Path("/proc/x")))
+    assert_refused(result, "cannot write into /proc/x", code=2)
+    assert not Path("/proc/x").exists()
+
+
+def test_a_damaged_summary_is_refused_saying_how_to_recover(cifar_root: Path, outputs: Path
+                                                            ) -> None:
+    (summary,) = outputs.rglob(SUMMARY_FILE)
+    finished = json.loads(summary.read_text())
+    summary.write_text('{"status": "done", "final_te')  # cut off by a half-finished copy
+    before = snapshot(outputs)
+    result = degrade("train", *overrides(cifar_root, outputs))
+    assert_refused(result, str(summary), "is damaged", "delete the file", "--force", code=2)
+    assert_intact(before, snapshot(outputs), exactly=True)
+    summary.unlink()  # as the line says: the last checkpoint rewrites it
+    assert degrade("train", *overrides(cifar_root, outputs)).exit_code == 0
+    rewritten = json.loads(summary.read_text())
+    assert rewritten["status"] == "done"
+    assert rewritten["final_test_error"] == finished["final_test_error"]
+
+
+def test_a_damaged_metrics_csv_stops_a_resume_saying_how_to_recover(
+        cifar_root: Path, outputs: Path) -> None:
+    (summary,) = outputs.rglob(SUMMARY_FILE)
+    summary.unlink()  # the run resumes from its last checkpoint, and its logs with it
+    metrics = summary.parent / METRICS_FILE
+    metrics.write_bytes(b"iteration,lr\n\xff\xfe\x00")
+    kept = {path: path.read_bytes() for path in (metrics, *outputs.rglob("checkpoint*.pt"))}
+    result = degrade("train", *overrides(cifar_root, outputs))
+    assert result.exit_code == 1 and "Traceback" not in result.stdout + result.stderr
+    *_, last = result.stderr.strip().splitlines()  # after the line saying it resumed
+    assert last.startswith(f"error: {metrics} is damaged") and "move it away" in last, last
+    assert {path: path.read_bytes() for path in kept} == kept  # the damaged file is evidence
+    metrics.rename(metrics.with_name("metrics.csv.bad"))
+    assert degrade("train", *overrides(cifar_root, outputs)).exit_code == 0
+    assert json.loads(summary.read_text())["status"] == "done"
 
 
 @pytest.mark.parametrize("bad, named", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import subprocess
 import sys
@@ -166,7 +167,8 @@ def test_bad_bench_settings_are_refused_before_any_run(bad: dict, message: str) 
 # --- the speed settings -----------------------------------------------------------------------
 
 
-def test_nulls_resolve_to_what_pays_on_each_device(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nulls_resolve_to_what_pays_on_each_device(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     short = tiny(**{"train.iterations": CPU_COMPILE_MIN_ITERATIONS - 1,
                     "train.milestones": "[10,20]"}).train
     assert resolve_speed(short, CPU) == Speed(channels_last=True, compile=False,
@@ -174,9 +176,13 @@ def test_nulls_resolve_to_what_pays_on_each_device(monkeypatch: pytest.MonkeyPat
     long = tiny(**{"train.iterations": CPU_COMPILE_MIN_ITERATIONS,
                    "train.milestones": "[10,20]"}).train
     monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
-    assert resolve_speed(long, CPU).compile is True  # the compile pays back
+    with caplog.at_level(logging.INFO, logger="degrade"):
+        assert resolve_speed(long, CPU).compile is True  # the compile pays back
+    assert "C++ compiler" not in caplog.text
     monkeypatch.setattr("shutil.which", lambda name: None)
-    assert resolve_speed(long, CPU).compile is False  # inductor has no C++ compiler to use
+    with caplog.at_level(logging.INFO, logger="degrade"):
+        assert resolve_speed(long, CPU).compile is False  # inductor has no C++ compiler to use
+    assert "no C++ compiler (g++ or clang++) found: the model is not compiled" in caplog.text
     # Resolving for CUDA touches no CUDA API, so it can be checked on a CPU-only machine.
     assert resolve_speed(short, torch.device("cuda")).compile is True
     explicit = tiny(**{"train.channels_last": "false", "train.compile": "true",

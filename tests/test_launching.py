@@ -75,8 +75,13 @@ def test_multi_gpu_runs_take_disjoint_groups() -> None:
 def test_cpu_only_divides_the_cores() -> None:
     assert [slot.cores for slot in assign_slots([], range(2), parallel_runs=2)] == [(0,), (1,)]
     assert [len(slot.cores) for slot in assign_slots([], range(10), parallel_runs=3)] == [4, 3, 3]
-    assert len(assign_slots([], range(32))) == 4  # null: one run per 8 cores
-    assert len(assign_slots([], range(2))) == 1
+    # null: one-thread runs side by side (BENCHMARKS.md), within the jobs and the memory.
+    assert [slot.cores for slot in assign_slots([], range(2))] == [(0,), (1,)]
+    assert len(assign_slots([], range(32))) == 32
+    assert [len(slot.cores) for slot in assign_slots([], range(8), jobs=3)] == [3, 3, 2]
+    assert len(assign_slots([], range(32), memory=10 << 30)) == 4  # 2.5 GiB a run
+    assert len(assign_slots([], range(4), memory=1 << 30)) == 1  # never none
+    assert len(assign_slots([], range(2), parallel_runs=2, memory=1 << 30)) == 2  # as asked
     shared = assign_slots([], [0, 1], parallel_runs=3)  # more runs than cores: shared
     assert [slot.cores for slot in shared] == [(0,), (1,), (0,)]
     assert all(slot.env()["CUDA_VISIBLE_DEVICES"] == "" for slot in shared)

@@ -75,7 +75,7 @@ def test_report_embeds_the_figures_and_the_table(built):
         assert png == (out / f"{name}.png").read_bytes()
         assert (out / f"{name}.pdf").exists()
     for name in ("plain-20", "ResNet-20", "ResNet-20 (B)", "plain-56", "8.75",
-                 "best, chosen on the test set", "paper (Table 6)", "≈13 / ≈6"):
+                 "best, chosen on the test set", "paper (Table 6): mean", "≈13 / ≈6"):
         assert name in page.cells, name
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
 

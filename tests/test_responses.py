@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -127,3 +129,16 @@ def test_responses_command_needs_a_finished_run(tmp_path):
     write_run(tmp_path, {"depth": 8})
     with pytest.raises(AnalysisError, match="no finished runs"):
         responses.responses_command(tmp_path, None, None, "cpu")
+
+
+def test_a_run_without_a_readable_checkpoint_is_named_and_the_others_measured(tmp_path,
+                                                                            caplog):
+    record, _ = _finished_run(tmp_path)
+    broken = make_config(tmp_path, {"depth": 8, "seed": 5})
+    folder = write_run(tmp_path, {"depth": 8, "seed": 5}, summary=make_summary(broken))
+    (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut off")  # a half-copied folder
+    with caplog.at_level(logging.WARNING, logger="degrade"):
+        written = responses.responses_command(tmp_path, None, None, "cpu")
+    assert written[0] == record.path / RESPONSES_FILE and len(written) == 3
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"warning: {folder} has no readable checkpoint")

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-# CPU only, `parallel_runs: null`: one run per this many cores. Small CIFAR nets stop getting
-# faster well before 8 threads, so several runs side by side finish a grid sooner.
-CORES_PER_CPU_RUN = 8
+# CPU only, `parallel_runs: null`: one-thread runs side by side, one per core, as many as
+# memory holds at this much each. On 2 cores two one-thread runs trained 1.1-1.2x as many
+# images as one two-thread run, and a run's peak was 1.3-2.5 GiB at batch 128 (BENCHMARKS.md).
+CPU_RUN_MEMORY = 5 << 29  # 2.5 GiB
 INTERRUPTED_EXIT = 130  # `degrade` exits so when a signal stopped a run after its checkpoint
 
 
@@ -50,6 +51,22 @@ def usable_cores() -> list[int]:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory new processes can take now (Linux's MemAvailable, else the physical
+    memory); None where neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def pin_to(cores: Iterable[int]) -> None:
@@ -104,13 +121,15 @@ def visible_gpus(cuda_visible_devices: str | None, device_count: int) -> list[st
 
 
 def assign_slots(gpus: Sequence[str], cores: Sequence[int], runs_per_gpu: int = 1,
-                 gpus_per_run: int = 1, parallel_runs: int | None = None) -> list[Slot]:
+                 gpus_per_run: int = 1, parallel_runs: int | None = None,
+                 jobs: int | None = None, memory: int | None = None) -> list[Slot]:
     """The places the jobs of a sweep run in at once; a pure function of the hardware.
 
     With GPUs: disjoint groups of `gpus_per_run` GPUs, each taken by `runs_per_gpu` jobs,
     listed round-robin so that the first jobs spread over all GPUs. Without: `parallel_runs`
-    CPU slots (null: one per CORES_PER_CPU_RUN cores). The cores are divided evenly among
-    the slots either way.
+    CPU slots; null: one per core, but no more than the `jobs` to run nor than `memory`
+    (bytes available) holds at CPU_RUN_MEMORY a run. The cores are divided evenly among the
+    slots either way, so fewer jobs than cores get several cores each.
     """
     if runs_per_gpu < 1:
         raise LauncherError(f"hydra.launcher.runs_per_gpu={runs_per_gpu} must be >= 1")
@@ -118,7 +137,7 @@ def assign_slots(gpus: Sequence[str], cores: Sequence[int], runs_per_gpu: int = 
         raise LauncherError(f"gpus_per_run={gpus_per_run} must be >= 1")
     if parallel_runs is not None and parallel_runs < 1:
         raise LauncherError(f"hydra.launcher.parallel_runs={parallel_runs} must be >= 1 "
-                            "(null: one run per 8 cores)")
+                            "(null: one run per core, as many as memory holds)")
     cores = list(cores) or [0]
     if gpus:
         if gpus_per_run > len(gpus):
@@ -128,7 +147,10 @@ def assign_slots(gpus: Sequence[str], cores: Sequence[int], runs_per_gpu: int = 
                   for start in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]
         placed = [group for _ in range(runs_per_gpu) for group in groups]
     else:
-        count = parallel_runs or max(1, len(cores) // CORES_PER_CPU_RUN)
+        limits = [len(cores), jobs or len(cores)]
+        if memory is not None:
+            limits.append(memory // CPU_RUN_MEMORY)
+        count = parallel_runs or max(1, min(limits))
         placed = [() for _ in range(count)]
     return [Slot(group, share) for group, share in zip(placed, _divide(cores, len(placed)),
                                                        strict=True)]

@@ -41,6 +41,7 @@ from hydra_plugins.degrade_launcher._core import (
     LauncherError,
     Slot,
     assign_slots,
+    available_memory,
     usable_cores,
     visible_gpus,
 )
@@ -73,10 +74,10 @@ class LocalLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
 
-    def slots(self) -> list[Slot]:
-        """This machine's slots for the configured device and sharing."""
+    def slots(self, jobs: int | None = None) -> list[Slot]:
+        """This machine's slots for the configured device and sharing, for `jobs` jobs."""
         return assign_slots(self._gpus(), usable_cores(), self.runs_per_gpu,
-                            self.gpus_per_run, self.parallel_runs)
+                            self.gpus_per_run, self.parallel_runs, jobs, available_memory())
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:
@@ -84,8 +85,8 @@ class LocalLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        slots = self.slots()
         total = len(job_overrides)
+        slots = self.slots(total)
         width = min(total, len(slots))
         log.info(f"Launching {total} run{'s' * (total != 1)}, {width} at a time: "
                  + "; ".join(slot.describe() for slot in slots[:width]))
