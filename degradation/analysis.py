@@ -300,11 +300,13 @@ def results_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     """Table 6: one row per network (and variant), our errors over seeds beside the paper's."""
     labels = variants(records)
     # Pooled only when everything that decides a result but the seed is the same: the data
-    # and the recipe as much as the network (`runs.identity` says what that is).
+    # and the recipe as much as the network (`runs.identity` says what that is), and the data
+    # the summary names (a folder made before the data entered the identity says "unknown").
     groups: dict[str, list[RunRecord]] = {}
     for record in records:
         settings = {key: value for key, value in identity(record.config).items()
                     if key != "seed"}
+        settings["data"] = data_name(record)
         groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(record)
     arch_order = {"plain": 0, "resnet": 1}
     keys = {name: (first.config.arch, first.config.depth, shortcut_of(first),

@@ -319,9 +319,10 @@ def plot(
     from degradation.board import study_command
     from degradation.figures import plot_command
 
-    for written in _analysis(plot_command, path, out, linear, recursive):
-        typer.echo(written)
-    study = _analysis(study_command, path)
+    with _warnings_to_stderr():  # both read the runs: each warning once
+        for written in _analysis(plot_command, path, out, linear, recursive):
+            typer.echo(written)
+        study = _analysis(study_command, path)
     if study is not None:
         typer.echo(f"{study} (TensorBoard: tensorboard --logdir {path})")
 
