@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
+from degradation.errors import DegradeError, error_line
 from degradation.logs import read_metrics
 from degradation.runs import (
     METRICS_FILE,
@@ -39,7 +40,7 @@ from degradation.runs import (
     identity,
     recipe,
 )
-from degradation.storage import DamagedFile, atomic_write_text, first_line, read_json
+from degradation.storage import DamagedFile, atomic_write_text, read_json
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
 # For most depths the paper prints one number, which our mean is compared with; for ResNet-110
@@ -65,7 +66,7 @@ _DTYPES = {"depth": "int64", "seed": "int64", "iteration": "int64", "value": "fl
 log = logging.getLogger("degrade")
 
 
-class AnalysisError(ValueError):
+class AnalysisError(DegradeError, ValueError):
     """Nothing to analyse, or nothing of the kind asked for; the message is one line."""
 
 
@@ -228,7 +229,7 @@ def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
                                        purge_orphaned_data=False).Reload()
     except Exception as error:  # a damaged event file must not stop the analysis
         log.warning("warning: %s is damaged (%s); its points are left out", path,
-                    first_line(error))
+                    error_line(error, with_type=False))
         return []
     # Every event file opens with its format version: a file with bytes but without it is
     # not an event file (a file cut off later just ends early, which is read as it is).
@@ -286,7 +287,7 @@ def read_responses_file(path: Path) -> dict[str, Any]:
     try:
         measured = read_json(path)
     except (OSError, ValueError) as error:
-        raise DamagedFile(f"{path} is damaged ({first_line(error)})") from None
+        raise DamagedFile(f"{path} is damaged ({error_line(error, with_type=False)})") from None
     valid = (isinstance(measured, dict) and measured.get("arch") in ("plain", "resnet")
              and isinstance(measured.get("depth"), int) and isinstance(measured.get("std"), list)
              and all(isinstance(value, int | float) for value in measured["std"]))

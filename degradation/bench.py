@@ -44,6 +44,7 @@ from torchvision import transforms
 
 from degradation.config import Config, ConfigError, TrainConfig, from_dict
 from degradation.data import NUM_CLASSES, SIZE, TrainBatches, pixel_mean
+from degradation.hardware import Slot, assign_slots, pin_to, usable_cores, visible_gpus
 from degradation.models import build_model, layer_names
 from degradation.runs import family
 from degradation.storage import atomic_write_text
@@ -56,13 +57,6 @@ from degradation.train import (
     resolve_device,
     resolve_speed,
     train_step,
-)
-from hydra_plugins.degrade_launcher._core import (
-    Slot,
-    assign_slots,
-    pin_to,
-    usable_cores,
-    visible_gpus,
 )
 
 # The per-channel statistics most CIFAR-10 repositories normalise with (conventional only).

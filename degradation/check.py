@@ -21,14 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from degradation.errors import INTERRUPTED_EXIT, DegradeError, error_line, one_line
+from degradation.hardware import visible_gpus
 from degradation.runs import SUMMARY_FILE, find_runs, last_line
 from degradation.storage import CHECKPOINT, PREVIOUS_CHECKPOINT
-from hydra_plugins.degrade_launcher._core import (
-    INTERRUPTED_EXIT,
-    error_line,
-    one_line,
-    visible_gpus,
-)
 
 # One command may compile (CUDA: torch.compile of a few graphs); nothing here should take longer.
 COMMAND_TIMEOUT_S = 900
@@ -37,7 +33,7 @@ ITERATIONS = 12  # checkpoints at 6 and 12: a rewound run resumes from 6
 SIGNAL_ITERATIONS = {"cpu": 48, "cuda": 480}
 
 
-class CheckFailed(Exception):
+class CheckFailed(DegradeError):
     """A check's failure, in one line."""
 
 

@@ -543,9 +543,8 @@ def _cpu_estimate(runs) -> str | None:
     """Where the runs would train on the CPU: a warning when they take over an hour."""
     from degradation import launching
     from degradation.config import ConfigError
-    from degradation.runs import progress
     from degradation.train import resolve_device
-    from degradation.watch import cpu_estimate
+    from degradation.watch import cpu_estimate, progress
 
     try:
         if not runs or resolve_device(runs[0].config.device).type != "cpu":

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from degradation.errors import DegradeError
 from degradation.models import ARCHS, SHORTCUTS, ModelConfigError, blocks_per_stage
 from degradation.package import data_dir
 
@@ -25,7 +26,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
 
-class ConfigError(ValueError):
+class ConfigError(DegradeError, ValueError):
     """A configuration value that is not allowed; the message is one line."""
 
 

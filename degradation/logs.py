@@ -19,8 +19,9 @@ from typing import TextIO
 
 from torch.utils.tensorboard import SummaryWriter
 
+from degradation.errors import error_line
 from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, TENSORBOARD_DIR
-from degradation.storage import DamagedFile, atomic_write_text, first_line
+from degradation.storage import DamagedFile, atomic_write_text
 
 TAGS = ("lr", "error/train", "loss/train", "error/test", "loss/test")
 GRAD_NORM_COLUMNS = ("iteration", "layer", "name", "grad_norm")
@@ -113,8 +114,7 @@ def read_metrics(path: Path) -> dict[int, dict[str, float]]:
                 rows[int(record["iteration"])] = values
         except (ValueError, KeyError, TypeError, csv.Error) as error:  # UTF-8 errors too
             where = f"line {reader.line_num}: " if reader.line_num else ""
-            raise DamagedFile(f"{path} is damaged ({where}{type(error).__name__}: "
-                              f"{first_line(error)})") from None
+            raise DamagedFile(f"{path} is damaged ({where}{error_line(error)})") from None
     return rows
 
 

@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from degradation.errors import DegradeError
+
 ARCHS = ("plain", "resnet")
 SHORTCUTS = ("A", "B", "C")
 INIT_MODES = ("fan_in", "fan_out")
 WIDTHS = (16, 32, 64)  # "16, 32, 64 filters" on 32x32, 16x16, 8x8 maps
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(DegradeError, ValueError):
     """An architecture argument that the paper's family of nets does not allow."""
 
 

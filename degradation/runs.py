@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import yaml
 
 from degradation.config import Config, from_dict
 from degradation.data import BATCH_DIR, DataError, DataFingerprint, fingerprint
-from degradation.storage import CHECKPOINT, DamagedFile, RunLock, first_line, read_json
+from degradation.errors import error_line
+from degradation.storage import CHECKPOINT, DamagedFile, RunLock, read_json
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -207,7 +207,8 @@ def _read_record(path: Path) -> RunRecord | None:
         config = from_dict(values)
     except Exception as error:  # foreign or damaged folders are not runs
         if any((path / name).exists() for name in RUN_FILES):
-            raise DamagedFile(f"{path / CONFIG_FILE} is damaged ({first_line(error)})") from None
+            reason = error_line(error, with_type=False)
+            raise DamagedFile(f"{path / CONFIG_FILE} is damaged ({reason})") from None
         return None
     summary, damaged = None, None
     if (path / SUMMARY_FILE).exists():
@@ -230,7 +231,7 @@ def read_summary(folder: Path) -> dict[str, Any]:
     try:
         summary = read_json(path)
     except (OSError, ValueError) as error:  # JSON and UTF-8 errors are ValueErrors
-        raise DamagedFile(f"{path} is damaged ({first_line(error)})") from None
+        raise DamagedFile(f"{path} is damaged ({error_line(error, with_type=False)})") from None
     if not isinstance(summary, dict):
         raise DamagedFile(f"{path} is damaged (it holds a JSON {type(summary).__name__}, not "
                           "an object)")
@@ -243,82 +244,6 @@ def read_summary(folder: Path) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise DamagedFile(f"{path} is damaged ({key}={value!r} is not a number)")
     return summary
-
-
-@dataclass
-class RunProgress:
-    """Where a run stands, as `degrade status` shows it."""
-
-    iteration: int
-    total: int
-    train_error: float | None  # the last logged training error (%)
-    test_error: float | None  # the last evaluation's test (or validation) error (%)
-    eta_s: float | None  # seconds left, for running runs whose speed is known
-    error: str | None  # the last line of error.txt, for failed runs
-    lr: float | None = None  # the last logged learning rate
-    iterations_per_s: float | None = None  # running runs: the speed of the last log points
-
-
-def progress(record: RunRecord) -> RunProgress:
-    """Iteration, last errors, ETA (running runs) and error message (failed runs) of a run."""
-    from degradation.logs import read_metrics  # logs imports this module
-
-    total = record.config.train.iterations
-    state = record.state
-    summary = record.summary
-    if summary is not None:
-        return RunProgress(summary.get("iterations_done", total), total,
-                           summary.get("final_train_error"), summary.get("final_test_error"),
-                           None, None)
-    metrics_path = record.path / METRICS_FILE
-    try:
-        rows = read_metrics(metrics_path) if metrics_path.exists() else {}
-    except DamagedFile as error:
-        log.warning("warning: %s; its progress is left blank", error)
-        rows = {}
-    iteration = max(rows, default=0)
-    last = {tag: rows[i][tag] for i in sorted(rows) for tag in rows[i]}  # latest value per tag
-    speed = _speed(record.path) if state == "running" else None
-    eta = None
-    if speed is not None:
-        rate, step, wall = speed
-        eta = max(0.0, (total - step) / rate - (time.time() - wall))
-    error = last_line(record.path / ERROR_FILE) if state == "failed" else None
-    return RunProgress(iteration, total, last.get("error/train"), last.get("error/test"), eta,
-                       error, last.get("lr"), speed[0] if speed else None)
-
-
-def _speed(path: Path) -> tuple[float, int, float] | None:
-    """(iterations/s, last step, its wall time) over the last logged points of the current
-    process; None until two points are logged."""
-    points = _train_points(path)[-20:]
-    if len(points) < 2:
-        return None
-    (first_step, first_time), (step, wall) = points[0], points[-1]
-    if step <= first_step or wall <= first_time:
-        return None
-    return (step - first_step) / (wall - first_time), step, wall
-
-
-def _train_points(path: Path) -> list[tuple[int, float]]:
-    """(iteration, wall time) of each training-error point in the newest TensorBoard file.
-
-    A resumed run starts a new file, so the points belong to the process training now.
-    """
-    files = sorted((path / TENSORBOARD_DIR).glob("events.out.tfevents.*"),
-                   key=lambda file: file.stat().st_mtime)
-    if not files:
-        return []
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    points = []
-    try:
-        for event in EventFileLoader(str(files[-1])).Load():
-            if any(value.tag == "error/train" for value in event.summary.value):
-                points.append((event.step, event.wall_time))
-    except Exception:  # a file being written may end mid-record
-        pass
-    return points
 
 
 def last_line(path: Path) -> str | None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from degradation.errors import DegradeError, error_line
+
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 DAMAGED_SUFFIX = ".damaged"
@@ -33,7 +35,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class StorageError(RuntimeError):
+class StorageError(DegradeError, RuntimeError):
     """A file that cannot be written or read back; the message is one line."""
 
 
@@ -166,14 +168,14 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         raise DamagedCheckpoint(f"checkpoint {path} is damaged or truncated "
-                                f"({first_line(error)})") from None
+                                f"({error_line(error, with_type=False)})") from None
     if bad is not None:
         raise DamagedCheckpoint(f"checkpoint {path} is damaged (checksum mismatch in {bad})")
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as error:  # an unpicklable payload can raise almost anything
         raise DamagedCheckpoint(f"checkpoint {path} is damaged ({type(error).__name__}: "
-                                f"{first_line(error)})") from None
+                                f"{error_line(error, with_type=False)})") from None
     if not (isinstance(state, dict) and "iteration" in state and "model" in state):
         raise DamagedCheckpoint(f"checkpoint {path} is not a degrade checkpoint")
     return state
@@ -350,9 +352,3 @@ def _pid_alive(holder: str) -> bool:
 
 def _is_me(holder: str) -> bool:
     return holder == f"{socket.gethostname()} {os.getpid()}"
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

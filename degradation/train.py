@@ -35,6 +35,8 @@ from torch import Tensor, nn
 from degradation import __version__, distributed
 from degradation.config import Config, ConfigError, TrainConfig, from_dict, members
 from degradation.data import CifarSplits, DataError, TrainBatches, eval_batches, load_cifar10
+from degradation.errors import Interrupted, error_line
+from degradation.hardware import usable_cores
 from degradation.logs import Progress
 from degradation.models import build_model, count_parameters, layer_names
 from degradation.package import code_version
@@ -55,7 +57,6 @@ from degradation.storage import (
     DamagedCheckpoint,
     StorageError,
     atomic_write_text,
-    first_line,
     load_checkpoint,
     read_checkpoint,
     read_json,
@@ -64,14 +65,9 @@ from degradation.storage import (
     set_aside_damaged,
     write_json,
 )
-from hydra_plugins.degrade_launcher._core import usable_cores
 
 CHECKPOINT_FORMAT = 1
 log = logging.getLogger("degrade")
-
-
-class Interrupted(RuntimeError):
-    """Training stopped by a signal after writing a checkpoint."""
 
 
 @dataclass
@@ -678,7 +674,7 @@ class _Member:
             raise StorageError(f"checkpoint {path}: {error}") from None
         except Exception as error:  # a foreign or damaged state can fail in almost any way
             raise StorageError(f"checkpoint {path} does not fit this run "
-                               f"({first_line(error)}); move it away to "
+                               f"({error_line(error, with_type=False)}); move it away to "
                                "retrain") from None
         log.info("%s resumed from iteration %d (%s)", family(self.config), self.iteration,
                  self.folder)

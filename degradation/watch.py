@@ -18,8 +18,19 @@ from pathlib import Path
 from typing import TextIO
 
 from degradation.config import Config, suggested_milestones
-from degradation.logs import format_duration
-from degradation.runs import RunRecord, data_name, family, progress, read_run, run_dir
+from degradation.logs import format_duration, read_metrics
+from degradation.runs import (
+    ERROR_FILE,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    RunRecord,
+    data_name,
+    family,
+    last_line,
+    read_run,
+    run_dir,
+)
+from degradation.storage import DamagedFile
 
 NOT_STARTED = "not started"
 ENDED = ("done", "diverged")
@@ -29,6 +40,82 @@ LONG_SWEEP_S = 3600.0  # CPU-only sweeps longer than this say so before they sta
 MIN_CPU_IMAGES_PER_S = 50.0
 PLAIN_EVERY_S = 60.0  # without a terminal: a line per run every minute keeps logs short
 LIVE_EVERY_S = 2.0  # on a terminal: redraw this often (each redraw reads every run folder)
+log = logging.getLogger("degrade")
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands, as `degrade status` shows it."""
+
+    iteration: int
+    total: int
+    train_error: float | None  # the last logged training error (%)
+    test_error: float | None  # the last evaluation's test (or validation) error (%)
+    eta_s: float | None  # seconds left, for running runs whose speed is known
+    error: str | None  # the last line of error.txt, for failed runs
+    lr: float | None = None  # the last logged learning rate
+    iterations_per_s: float | None = None  # running runs: the speed of the last log points
+
+
+def progress(record: RunRecord) -> RunProgress:
+    """Iteration, last errors, ETA (running runs) and error message (failed runs) of a run."""
+    total = record.config.train.iterations
+    state = record.state
+    summary = record.summary
+    if summary is not None:
+        return RunProgress(summary.get("iterations_done", total), total,
+                           summary.get("final_train_error"), summary.get("final_test_error"),
+                           None, None)
+    metrics_path = record.path / METRICS_FILE
+    try:
+        rows = read_metrics(metrics_path) if metrics_path.exists() else {}
+    except DamagedFile as error:
+        log.warning("warning: %s; its progress is left blank", error)
+        rows = {}
+    iteration = max(rows, default=0)
+    last = {tag: rows[i][tag] for i in sorted(rows) for tag in rows[i]}  # latest value per tag
+    speed = _speed(record.path) if state == "running" else None
+    eta = None
+    if speed is not None:
+        rate, step, wall = speed
+        eta = max(0.0, (total - step) / rate - (time.time() - wall))
+    error = last_line(record.path / ERROR_FILE) if state == "failed" else None
+    return RunProgress(iteration, total, last.get("error/train"), last.get("error/test"), eta,
+                       error, last.get("lr"), speed[0] if speed else None)
+
+
+def _speed(path: Path) -> tuple[float, int, float] | None:
+    """(iterations/s, last step, its wall time) over the last logged points of the current
+    process; None until two points are logged."""
+    points = _train_points(path)[-20:]
+    if len(points) < 2:
+        return None
+    (first_step, first_time), (step, wall) = points[0], points[-1]
+    if step <= first_step or wall <= first_time:
+        return None
+    return (step - first_step) / (wall - first_time), step, wall
+
+
+def _train_points(path: Path) -> list[tuple[int, float]]:
+    """(iteration, wall time) of each training-error point in the newest TensorBoard file.
+
+    A resumed run starts a new file, so the points belong to the process training now.
+    """
+    files = sorted((path / TENSORBOARD_DIR).glob("events.out.tfevents.*"),
+                   key=lambda file: file.stat().st_mtime)
+    if not files:
+        return []
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    points = []
+    try:
+        for event in EventFileLoader(str(files[-1])).Load():
+            if any(value.tag == "error/train" for value in event.summary.value):
+                points.append((event.step, event.wall_time))
+    except Exception:  # a file being written may end mid-record
+        pass
+    return points
+
 
 
 @dataclass

@@ -16,13 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hydra_plugins.degrade_launcher._core import (
-    INTERRUPTED_EXIT,
-    error_line,
-    one_line,
-    parse_cores,
-    pin_to,
-)
+from degradation.errors import INTERRUPTED_EXIT, error_line, one_line
+from degradation.hardware import parse_cores, pin_to
 
 
 def main(spec_path: str, result_path: str, cores: str) -> int:

@@ -33,18 +33,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hydra_plugins.degrade_launcher._core import (
-    INTERRUPTED_EXIT,
-    Job,
-    JobFailed,
-    JobInterrupted,
-    LauncherError,
-    Slot,
-    assign_slots,
-    available_memory,
-    usable_cores,
-    visible_gpus,
-)
+from degradation.errors import INTERRUPTED_EXIT, LauncherError
+from degradation.hardware import Slot, assign_slots, available_memory, usable_cores, visible_gpus
+from hydra_plugins.degrade_launcher._core import Job, JobFailed, JobInterrupted
 
 __all__ = ["JobFailed", "JobInterrupted", "LauncherError", "LocalLauncher", "Slot",
            "assign_slots", "visible_gpus"]

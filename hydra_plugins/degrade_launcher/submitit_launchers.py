@@ -23,7 +23,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from hydra_plugins.degrade_launcher._core import one_line
+from degradation.errors import one_line
 
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _submitit
@@ -61,7 +61,7 @@ class _Requeueing:
 
 def interrupting_signal(error: BaseException) -> str | None:
     """The signal named by the `degradation.train.Interrupted` behind `error`, if any."""
-    from degradation.train import Interrupted
+    from degradation.errors import Interrupted
 
     seen: BaseException | None = error
     while seen is not None:

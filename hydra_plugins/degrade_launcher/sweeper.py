@@ -24,12 +24,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.degrade_launcher._core import (
-    JobFailed,
-    JobInterrupted,
-    error_line,
-    one_line,
-)
+from degradation.errors import error_line, one_line
+from hydra_plugins.degrade_launcher._core import JobFailed, JobInterrupted
 
 log = logging.getLogger(__name__)
 
