@@ -46,18 +46,16 @@ from degradation.config import Config, ConfigError, TrainConfig, from_dict
 from degradation.data import NUM_CLASSES, SIZE, TrainBatches, pixel_mean
 from degradation.hardware import Slot, assign_slots, pin_to, usable_cores, visible_gpus
 from degradation.models import build_model, layer_names
-from degradation.runs import family
+from degradation.runs import network_name
 from degradation.storage import atomic_write_text
-from degradation.train import (
+from degradation.training.device import (
     Speed,
     available_cores,
     build_network,
-    evaluate,
-    gradient_norms,
     resolve_device,
     resolve_speed,
-    train_step,
 )
+from degradation.training.step import evaluate, gradient_norms, train_step
 
 # The per-channel statistics most CIFAR-10 repositories normalise with (conventional only).
 CONVENTIONAL_MEAN = (0.4914, 0.4822, 0.4465)
@@ -105,7 +103,7 @@ class BenchRow:
         train = self.config.train
         layout = "channels_last" if self.speed.channels_last else "NCHW"
         compiled = "compiled" if self.speed.compile else "eager"
-        return [family(self.config), str(train.batch_size), str(self.speed.threads),
+        return [network_name(self.config), str(train.batch_size), str(self.speed.threads),
                 f"{train.precision}, {layout}, {compiled}",
                 f"{self.ours.train_images_per_s:,.1f}",
                 f"{self.conventional.train_images_per_s:,.1f}", f"{self.speedup:.2f}x",
@@ -136,7 +134,7 @@ class PackingRow:
 
     def cells(self) -> list[str]:
         """The row under `PACKING_COLUMNS`."""
-        return [family(self.config), str(self.config.train.batch_size), str(self.runs),
+        return [network_name(self.config), str(self.config.train.batch_size), str(self.runs),
                 str(self.threads), f"{self.fused:,.1f}", f"{self.separate:,.1f}",
                 f"{self.lone:,.1f}", f"{self.fused / self.separate:.2f}x",
                 f"{self.steps} x {self.repeats}"]
@@ -157,7 +155,7 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
     `runs` > 1 adds a second table: that many runs fused into one model against as many
     processes side by side (the two ways a sweep can pack runs on one device).
     """
-    from degradation.launching import compose_config  # Hydra: only when benchmarking
+    from degradation.launch.compose import compose_config
 
     if workers is None:
         workers = min(4, available_cores())
@@ -181,14 +179,14 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
         row = bench_one(config, data, steps, warmup_steps, repeats, workers)
         rows.append(row)
         if progress is not None:
-            progress(f"{family(config)}: ours {row.ours.train_images_per_s:,.1f} img/s, "
+            progress(f"{network_name(config)}: ours {row.ours.train_images_per_s:,.1f} img/s, "
                      f"conventional {row.conventional.train_images_per_s:,.1f} img/s "
                      f"({row.speedup:.2f}x)")
     packing = [bench_packing(row, data, runs, steps, warmup_steps, repeats)
                for row in rows] if runs > 1 else []
     for row in packing:
         if progress is not None:
-            progress(f"{family(row.config)} x {row.runs}: fused {row.fused:,.1f} img/s, "
+            progress(f"{network_name(row.config)} x {row.runs}: fused {row.fused:,.1f} img/s, "
                      f"separate {row.separate:,.1f} img/s, one run {row.lone:,.1f} img/s")
     device_name = _device_name(rows[0].device)
     tables = [f"device: {device_name}, torch {torch.__version__}, {machine()}",
@@ -330,9 +328,9 @@ def _fused_rate(configs: list[Config], device: torch.device, speed: Speed, data:
                 steps: int, warmup_steps: int, repeats: int) -> float:
     """Images/s of every member together, trained as one fused model (`train_step`): the
     median over `repeats`, each after its warm-up steps."""
-    from degradation.fused import build_fused
+    from degradation.training.fused import build_fused
 
-    network, _ = build_fused(configs, device, speed)
+    network = build_fused(configs, device, speed)
     members = [TrainBatches(data.train_images, data.train_labels, data.mean,
                             config.train.batch_size, config.seed, device) for config in configs]
 

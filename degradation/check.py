@@ -23,8 +23,7 @@ from pathlib import Path
 
 from degradation.errors import INTERRUPTED_EXIT, DegradeError, error_line, one_line
 from degradation.hardware import visible_gpus
-from degradation.runs import SUMMARY_FILE, find_runs, last_line
-from degradation.storage import CHECKPOINT, PREVIOUS_CHECKPOINT
+from degradation.runs import CHECKPOINT, PREVIOUS_CHECKPOINT, SUMMARY_FILE, find_runs, last_line
 
 # One command may compile (CUDA: torch.compile of a few graphs); nothing here should take longer.
 COMMAND_TIMEOUT_S = 900

@@ -124,10 +124,11 @@ def train(
     The run's folder is outputs/runs/<arch>-<depth>[-<shortcut>]/seed-<seed>-<hash>/ with
     config.yaml, TensorBoard events, metrics.csv, checkpoint.pt, summary.json and train.log.
     """
-    from degradation import launching
     from degradation.config import ConfigError
+    from degradation.launch import plan
+    from degradation.runs import SUMMARY_FILE, read_run
     from degradation.storage import RunLock
-    from degradation.train import resolve_device
+    from degradation.training.device import resolve_device
 
     overrides = overrides or []
     if _inspect(overrides, False, cfg, resolve, package, info, config_dir):
@@ -149,14 +150,14 @@ def train(
     if planned.action == "skip" and not planned.config.trainer.fuse_with:
         # (With fuse_with the runs fused with it may be unfinished: training skips each
         # finished one and says so.)
-        record = launching.read_run(planned.folder)
-        typer.echo(launching.finished_line(record, "skipped") + "; --force retrains it")
+        record = read_run(planned.folder)
+        typer.echo(plan.finished_line(record, "skipped") + "; --force retrains it")
         return
     if force:  # the runs fused with it (trainer.fuse_with) are retrained too
-        for folder in launching.member_folders(planned.config):
-            if (folder / launching.SUMMARY_FILE).exists():
-                typer.echo(f"previous run kept in {launching.set_aside(folder)}")
-    launching.launch(overrides, sweep=False, config_dir=config_dir)
+        for folder in plan.member_folders(planned.config):
+            if (folder / SUMMARY_FILE).exists():
+                typer.echo(f"previous run kept in {plan.set_aside(folder)}")
+    plan.launch(overrides, sweep=False, config_dir=config_dir)
 
 
 @app.command()
@@ -178,7 +179,8 @@ def sweep(
     `experiment=fig6`. Finished runs are skipped, interrupted ones resumed; a failing run
     does not stop the others.
     """
-    from degradation import launching
+    from degradation.launch import plan
+    from degradation.runs import ERROR_FILE, read_run
 
     overrides = overrides or []
     if _inspect(overrides, True, cfg, resolve, package, info, config_dir):
@@ -190,13 +192,13 @@ def sweep(
     typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
                f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)"
                + (f", {counts['running']} being trained elsewhere" if counts["running"] else ""))
-    warning = _cpu_estimate(launching.to_launch(planned))
+    warning = _cpu_estimate(plan.to_launch(planned))
     if warning:
         typer.echo(warning, err=True)
     if dry_run:
-        todo = launching.to_launch(planned)
+        todo = plan.to_launch(planned)
         fused_with = {job[0].folder: [run.config.seed for run in job[1:]]
-                      for job in launching.fuse_runs(todo) if len(job) > 1}
+                      for job in plan.fuse_runs(todo) if len(job) > 1}
         for run in planned:
             seeds = fused_with.get(run.folder)
             typer.echo(f"  {run.action:8} {run.folder}  [{' '.join(run.overrides)}]"
@@ -204,12 +206,12 @@ def sweep(
         return
     for run in planned:
         if run.action == "retrain":
-            launching.set_aside(run.folder)
+            plan.set_aside(run.folder)
     if counts["start"] + counts["resume"] + counts["retrain"] == 0:
         return
-    launching.launch(overrides, sweep=True, config_dir=config_dir)
+    plan.launch(overrides, sweep=True, config_dir=config_dir)
     _write_study(planned)
-    records = [launching.read_run(run.folder) for run in planned]
+    records = [read_run(run.folder) for run in planned]
     states = [record.state if record else "failed" for record in records]
     done = sum(state in ("done", "diverged") for state in states)
     typer.echo(f"sweep finished: {done}/{len(planned)} runs ended "
@@ -217,7 +219,7 @@ def sweep(
     failed = [run for run, state in zip(planned, states, strict=True)
               if state not in ("done", "diverged")]
     for run in failed:
-        error = run.folder / launching.ERROR_FILE
+        error = run.folder / ERROR_FILE
         reason = error.read_text().strip() if error.exists() else "did not finish"
         typer.echo(f"  failed: {run.folder}: {reason}", err=True)
     if failed:
@@ -244,7 +246,7 @@ def status(
     the runs the overrides ask for whose folder holds no run yet, not started. `degrade status
     experiment=fig6 --watch` follows a sweep started elsewhere (e.g. on a cluster).
     """
-    from degradation import watch as progress_view
+    from degradation.analysis import watch as progress_view
 
     overrides = [target for target in targets or [] if "=" in target]
     paths = [Path(target) for target in targets or [] if "=" not in target]
@@ -269,17 +271,17 @@ def status(
 def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
     """What `degrade status` shows: every run under PATH (each once) and every run the
     overrides ask for."""
-    from degradation import launching
-    from degradation.analysis import AnalysisError, load_runs
+    from degradation.analysis.results import AnalysisError, load_runs
+    from degradation.analysis.watch import configs_views, view_of
+    from degradation.launch import compose, plan
     from degradation.runs import CONFIG_FILE, run_dir
-    from degradation.watch import configs_views, view_of
 
     configs = []
     if overrides:
         try:
-            jobs = launching.expand(overrides)
-            configs = [launching.compose_config(job) for job in jobs]
-        except launching.USER_ERRORS as error:
+            jobs = compose.expand(overrides)
+            configs = [compose.compose_config(job) for job in jobs]
+        except plan.USER_ERRORS as error:
             fail(str(error))
     root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
     # Runs under PATH as their folders show them, then the runs asked for that have none yet.
@@ -316,8 +318,8 @@ def plot(
     depth, a band over seeds; plus a shortcut A/B/C comparison when the runs have several.
     Writes PNG and PDF to PATH/figures/ and prints their paths.
     """
-    from degradation.board import study_command
-    from degradation.figures import plot_command
+    from degradation.analysis.board import study_command
+    from degradation.analysis.figures import plot_command
 
     with _warnings_to_stderr():  # both read the runs: each warning once
         for written in _analysis(plot_command, path, out, linear, recursive):
@@ -337,7 +339,7 @@ def table(
 
     Prints Markdown and writes table6.md and table6.csv beside the figures.
     """
-    from degradation.analysis import table_command
+    from degradation.analysis.results import table_command
 
     text, written = _analysis(table_command, path, out, recursive)
     typer.echo(text)
@@ -355,7 +357,7 @@ def export(
     """Every logged point of every run as one table: a row per run and iteration, with the
     run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*, ...) and
     one column per metric (error/train, error/test, loss/train, loss/test, lr)."""
-    from degradation.export import export_command, format_refusal
+    from degradation.analysis.export import export_command, format_refusal
 
     fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
     refusal = format_refusal(fmt)
@@ -378,7 +380,7 @@ def responses(
     Runs each finished run's final checkpoint once over its evaluation set (cached as
     responses.json in the run folder), then plots per-layer and sorted curves.
     """
-    from degradation.responses import responses_command
+    from degradation.analysis.responses import responses_command
 
     for written in _analysis(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
@@ -391,7 +393,7 @@ def report(
     recursive: bool = RECURSIVE,
 ) -> None:
     """One HTML page with the figures, the tables and every run's config, code version, time."""
-    from degradation.report import report_command
+    from degradation.analysis.report import report_command
 
     typer.echo(_analysis(report_command, path, out, recursive))
 
@@ -457,7 +459,7 @@ def check(device: str = typer.Option("auto", help="auto (CUDA when present), cpu
     """
     from degradation.check import run_checks
     from degradation.config import DEVICES, ConfigError
-    from degradation.train import resolve_device
+    from degradation.training.device import resolve_device
 
     if device not in DEVICES:
         fail(f"--device {device!r} is not one of: {', '.join(DEVICES)}")
@@ -480,8 +482,8 @@ def check(device: str = typer.Option("auto", help="auto (CUDA when present), cpu
 def _analysis(command, *args, **kwargs):
     """Run an analysis command, turning its expected failures into one-line errors and
     printing its `warning:` lines (a damaged file, a run in several folders) on stderr."""
-    from degradation.analysis import AnalysisError
-    from degradation.launching import USER_ERRORS
+    from degradation.analysis.results import AnalysisError
+    from degradation.launch.plan import USER_ERRORS
 
     with _warnings_to_stderr():
         try:
@@ -531,8 +533,8 @@ class _Once(logging.Filter):
 
 def _write_study(planned) -> None:
     """The study's TensorBoard view (Figure 6 layout, mean curves) for each output folder."""
-    from degradation.analysis import AnalysisError
-    from degradation.board import study_command
+    from degradation.analysis.board import study_command
+    from degradation.analysis.results import AnalysisError
 
     for output_dir in dict.fromkeys(Path(run.config.output_dir) for run in planned):
         with contextlib.suppress(AnalysisError):  # no run has logged yet: nothing to show
@@ -541,10 +543,10 @@ def _write_study(planned) -> None:
 
 def _cpu_estimate(runs) -> str | None:
     """Where the runs would train on the CPU: a warning when they take over an hour."""
-    from degradation import launching
+    from degradation.analysis.watch import cpu_estimate, progress
     from degradation.config import ConfigError
-    from degradation.train import resolve_device
-    from degradation.watch import cpu_estimate, progress
+    from degradation.runs import read_run
+    from degradation.training.device import resolve_device
 
     try:
         if not runs or resolve_device(runs[0].config.device).type != "cpu":
@@ -553,7 +555,7 @@ def _cpu_estimate(runs) -> str | None:
         return None
     left = []
     for run in runs:
-        record = launching.read_run(run.folder) if run.action == "resume" else None
+        record = read_run(run.folder) if run.action == "resume" else None
         done = progress(record).iteration if record is not None else 0
         left.append((run.config, run.config.train.iterations - done))
     return cpu_estimate(left)
@@ -561,12 +563,12 @@ def _cpu_estimate(runs) -> str | None:
 
 def _plan(overrides: list[str], sweep: bool, force: bool, fetch: bool,
           config_dir: Path | None = None):
-    from degradation import launching
+    from degradation.launch import plan
 
     try:
-        return launching.plan(overrides, sweep=sweep, force=force, fetch=fetch,
+        return plan.plan(overrides, sweep=sweep, force=force, fetch=fetch,
                               config_dir=config_dir)
-    except launching.USER_ERRORS as error:
+    except plan.USER_ERRORS as error:
         fail(str(error))
 
 
@@ -574,7 +576,7 @@ def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
              package: str | None, info: bool, config_dir: Path | None) -> bool:
     """Hydra's inspection flags: print what `--cfg` or `--info [TOPIC]` asks for; False when
     neither was given. A sweep's `--cfg` is one YAML document per run."""
-    from degradation import launching
+    from degradation.launch import compose, plan
 
     if cfg is not None and cfg not in ("job", "hydra", "all"):
         fail(f"--cfg {cfg!r} is not one of: job, hydra, all")
@@ -585,15 +587,15 @@ def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
     overrides = [word for word in overrides if word != topic]
     try:
         if cfg is not None:
-            jobs = launching.expand(overrides, config_dir) if sweep else [overrides]
-            typer.echo("---\n".join(launching.show_config(job, cfg, resolve, package, config_dir)
+            jobs = compose.expand(overrides, config_dir) if sweep else [overrides]
+            typer.echo("---\n".join(compose.show_config(job, cfg, resolve, package, config_dir)
                                      for job in jobs), nl=False)
             return True
-        fixed = launching.fixed_overrides(overrides)  # Hydra's --info shows one config
-        launching.show_config(fixed, "job", config_dir=config_dir)  # a bad value: one line
-    except launching.USER_ERRORS as error:
+        fixed = compose.fixed_overrides(overrides)  # Hydra's --info shows one config
+        compose.show_config(fixed, "job", config_dir=config_dir)  # a bad value: one line
+    except plan.USER_ERRORS as error:
         fail(str(error))
-    launching.launch(fixed, sweep=False, config_dir=config_dir, hydra_flags=["--info", topic])
+    plan.launch(fixed, sweep=False, config_dir=config_dir, hydra_flags=["--info", topic])
     return True
 
 

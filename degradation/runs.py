@@ -22,7 +22,7 @@ import yaml
 from degradation.config import Config, from_dict
 from degradation.data import BATCH_DIR, DataError, DataFingerprint, fingerprint
 from degradation.errors import error_line
-from degradation.storage import CHECKPOINT, DamagedFile, RunLock, read_json
+from degradation.storage import DamagedFile, RunLock, read_json
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -30,6 +30,8 @@ METRICS_FILE = "metrics.csv"
 GRAD_NORMS_FILE = "grad_norms.csv"  # per log point, each 3x3 conv weight's gradient norm
 TENSORBOARD_DIR = "tensorboard"
 ERROR_FILE = "error.txt"
+CHECKPOINT = "checkpoint.pt"  # the newest; its format: degradation/training/checkpoint.py
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before, kept as a fallback
 REPLACED = ".replaced-"  # `<folder>.replaced-<time>`: a finished run set aside by `--force`
 RUNS_DIR = "runs"  # an output tree is a folder holding `runs/`: `<output_dir>/runs/...`
 log = logging.getLogger("degrade")
@@ -41,7 +43,7 @@ NOT_IDENTITY = ("device", "output_dir", "data.root", "data.download", "train.eva
                 "trainer.fuse", "trainer.fuse_with")
 
 
-def family(config: Config) -> str:
+def network_name(config: Config) -> str:
     """`plain-20`, `resnet-56-A`: the network as the paper names it."""
     if config.arch == "plain":
         return f"plain-{config.depth}"  # plain nets have no shortcut to choose
@@ -67,8 +69,8 @@ def identity(config: Config) -> dict[str, Any]:
 NAMED_IN_PATH = ("arch", "depth", "shortcut", "seed")
 
 
-def recipe(config: Config) -> dict[str, Any]:
-    """The identity settings other than those the path names: how the network was trained."""
+def hashed_identity(config: Config) -> dict[str, Any]:
+    """The identity settings other than those the path names: what its hash stands for."""
     return {key: value for key, value in identity(config).items() if key not in NAMED_IN_PATH}
 
 
@@ -78,18 +80,18 @@ def data_of(config: Config) -> DataFingerprint:
 
 
 def identity_hash(config: Config) -> str:
-    """Eight hex digits over `recipe(config)` and the fingerprint of the run's data.
+    """Eight hex digits over `hashed_identity(config)` and the fingerprint of the run's data.
 
     data.root is not part of the identity, the data's content is: two folders that hold the
     same files share runs, two data sets never do.
     """
-    values = {**recipe(config), "data": data_of(config).digest}
+    values = {**hashed_identity(config), "data": data_of(config).digest}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def run_path(config: Config) -> str:
     """Path of a run's folder below `<output_dir>/runs/`."""
-    return f"{family(config)}/seed-{config.seed}-{identity_hash(config)}"
+    return f"{network_name(config)}/seed-{config.seed}-{identity_hash(config)}"
 
 
 def run_dir(config: Config) -> Path:
@@ -149,7 +151,7 @@ def data_name(record: RunRecord) -> str:
 
 def find_runs(root: Path, recursive: bool = False) -> list[RunRecord]:
     """Every run of the output tree `root`: those under `root/runs/`, or under `root` itself
-    when it holds no `runs/` (a runs folder, a family folder, one run).
+    when it holds no `runs/` (a runs folder, a network's folder, one run).
 
     Another output tree nested inside (a folder holding its own `runs/`, such as a backup
     copy) is searched only with `recursive`. Folders set aside by `--force`

@@ -11,22 +11,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import io
 import json
 import os
 import socket
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
+from degradation.errors import DegradeError
 
-from degradation.errors import DegradeError, error_line
-
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
-DAMAGED_SUFFIX = ".damaged"
 LOCK = "run.lock"
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -41,10 +34,6 @@ class StorageError(DegradeError, RuntimeError):
 
 class RunLocked(StorageError):
     """Another live process is training this run."""
-
-
-class DamagedCheckpoint(StorageError):
-    """A checkpoint file that was read but is truncated, corrupt or not a checkpoint."""
 
 
 class DamagedFile(StorageError):
@@ -123,73 +112,6 @@ def remove_temporaries(folder: Path) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
-
-
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write `state` as the newest checkpoint, keeping the previous one as a fallback.
-
-    At every moment `checkpoint.pt` is a complete checkpoint (the old one is hard-linked to
-    `checkpoint.prev.pt` rather than moved), so a crash anywhere in here loses nothing.
-    """
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    run_dir = Path(run_dir)
-    newest = run_dir / CHECKPOINT
-    if newest.exists():
-        _keep_as_previous(newest, run_dir / PREVIOUS_CHECKPOINT)
-    atomic_write_bytes(newest, buffer.getvalue())
-
-
-def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu"
-                    ) -> tuple[dict[str, Any] | None, list[str]]:
-    """The newest readable checkpoint (or None) and a one-line note for each damaged one skipped."""
-    notes = []
-    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
-        path = Path(run_dir) / name
-        if not path.exists():
-            continue
-        try:
-            return read_checkpoint(path, map_location), notes
-        except StorageError as error:
-            notes.append(f"{error}; skipped")
-    return None, notes
-
-
-def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """One checkpoint file, verified: `DamagedCheckpoint` when it is truncated, corrupt or
-    not a checkpoint, and plain `StorageError` when it cannot be read at all (an I/O error)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise StorageError(f"checkpoint {path} cannot be read ({error.strerror})") from None
-    # torch.load does not check the zip CRCs, so a flipped bit in a tensor would load silently.
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-        raise DamagedCheckpoint(f"checkpoint {path} is damaged or truncated "
-                                f"({error_line(error, with_type=False)})") from None
-    if bad is not None:
-        raise DamagedCheckpoint(f"checkpoint {path} is damaged (checksum mismatch in {bad})")
-    try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
-    except Exception as error:  # an unpicklable payload can raise almost anything
-        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({type(error).__name__}: "
-                                f"{error_line(error, with_type=False)})") from None
-    if not (isinstance(state, dict) and "iteration" in state and "model" in state):
-        raise DamagedCheckpoint(f"checkpoint {path} is not a degrade checkpoint")
-    return state
-
-
-def set_aside_damaged(path: Path) -> Path:
-    """Rename a damaged checkpoint to `<name>.damaged` (kept for inspection, never loaded)."""
-    target = Path(path).with_name(Path(path).name + DAMAGED_SUFFIX)
-    try:
-        os.replace(path, target)
-    except OSError as error:
-        raise StorageError(f"cannot move the damaged checkpoint {path} aside: "
-                           f"{error.strerror or error}") from None
-    return target
 
 
 class RunLock:
@@ -300,7 +222,9 @@ class RunLock:
         raise self.refusal(holder)
 
 
-def _keep_as_previous(newest: Path, previous: Path) -> None:
+def keep_as_previous(newest: Path, previous: Path) -> None:
+    """Make `previous` a copy of `newest` (a hard link where the file system has them), so
+    that `newest` is never missing while it is being replaced."""
     link = previous.with_name(f".{previous.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
         with contextlib.suppress(FileNotFoundError):

@@ -26,9 +26,8 @@ from typer.testing import CliRunner
 from degradation import data as data_module
 from degradation.cli import app
 from degradation.data import BATCH_DIR
-from degradation.launching import compose_config
-from degradation.runs import METRICS_FILE, SUMMARY_FILE, run_dir
-from degradation.storage import CHECKPOINT
+from degradation.launch.compose import compose_config
+from degradation.runs import CHECKPOINT, METRICS_FILE, SUMMARY_FILE, run_dir
 from tests.conftest import tiny_overrides
 
 

@@ -16,19 +16,18 @@ import torch.nn.functional as F
 from degradation import bench
 from degradation.config import ConfigError
 from degradation.data import TrainBatches, pixel_mean
-from degradation.launching import compose_config
+from degradation.launch.compose import compose_config
 from degradation.models import build_model
 from degradation.runs import METRICS_FILE
-from degradation.train import (
+from degradation.training.device import (
     CPU_COMPILE_MIN_ITERATIONS,
     Speed,
     available_cores,
     build_network,
-    evaluate,
     resolve_speed,
-    train,
-    train_step,
 )
+from degradation.training.loop import train
+from degradation.training.step import evaluate, train_step
 from tests.conftest import assert_close_in_norm, tiny_overrides
 
 CPU = torch.device("cpu")
@@ -367,7 +366,7 @@ def test_compile_changes_only_rounding(reference: tuple) -> None:
 FAULTS_PER_STEP = """
 import resource, sys, torch, torch.nn.functional as F
 from degradation.models import build_model
-from degradation.train import keep_freed_memory
+from degradation.training.device import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     sys.exit(3)
 torch.set_num_threads(1)

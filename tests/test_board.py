@@ -14,8 +14,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 from typer.testing import CliRunner
 
-from degradation.analysis import read_run_scalars, read_scalars
-from degradation.board import HPARAMS_DIR, STUDY_DIR, write_hparams
+from degradation.analysis.board import HPARAMS_DIR, STUDY_DIR, write_hparams
+from degradation.analysis.results import read_run_scalars, read_scalars
 from degradation.cli import app
 from degradation.runs import TENSORBOARD_DIR
 from tests.analysis_fixtures import curves, make_config, make_summary, write_run, write_study

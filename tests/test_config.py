@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from degradation.config import ConfigError
-from degradation.launching import compose_config, expand, experiments
+from degradation.launch.compose import compose_config, expand, experiments
 
 
 def test_defaults_are_the_papers_recipe() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from degradation.analysis import RESPONSES_FILE
+from degradation.analysis.results import RESPONSES_FILE
 from degradation.cli import app
 from degradation.runs import CONFIG_FILE, ERROR_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from degradation.storage import write_json

@@ -23,22 +23,27 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from degradation import distributed
 from degradation.config import ConfigError
 from degradation.data import TrainBatches, load_cifar10
-from degradation.distributed import AGREE_EVERY
-from degradation.launching import compose_config
-from degradation.logs import read_metrics
-from degradation.runs import METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, identity, run_dir
-from degradation.storage import CHECKPOINT, PREVIOUS_CHECKPOINT, load_checkpoint, read_json
-from degradation.train import (
-    Interrupted,
-    build_network,
-    learning_rate,
-    resolve_device,
-    resolve_speed,
-    train,
+from degradation.errors import Interrupted
+from degradation.launch.compose import compose_config
+from degradation.runs import (
+    CHECKPOINT,
+    METRICS_FILE,
+    PREVIOUS_CHECKPOINT,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    identity,
+    run_dir,
 )
+from degradation.storage import read_json
+from degradation.training import spawn
+from degradation.training.checkpoint import load_checkpoint
+from degradation.training.device import build_network, resolve_device, resolve_speed
+from degradation.training.distributed import AGREE_EVERY
+from degradation.training.logs import read_metrics
+from degradation.training.loop import train
+from degradation.training.step import learning_rate
 from tests.conftest import tiny_overrides
 
 ITERATIONS = 24
@@ -173,10 +178,11 @@ def resumed_copy(finished: Path, tmp_path: Path, cifar_root: Path) -> Path:
 RANK_1_LEAVES_THE_FOLDER_ALONE = """
 import os
 if os.environ.get("RANK") == "1":
-    import degradation.train as train
+    import degradation.training.checkpoint as checkpoint
+    import degradation.training.loop as loop
     def refuse(*args, **kwargs):
         raise RuntimeError("rank 1 changed the run folder")
-    train._write_config = train.remove_temporaries = train.set_aside_damaged = refuse
+    loop._write_config = loop.remove_temporaries = checkpoint.set_aside_damaged = refuse
 """
 
 
@@ -252,10 +258,10 @@ def test_the_rendezvous_port_is_held_by_the_launcher_from_before_the_workers_sta
             probe.bind(("127.0.0.1", port))  # taken: no other process can get it meanwhile
         raise Checked
 
-    monkeypatch.setattr(distributed, "_start", start)
+    monkeypatch.setattr(spawn, "_start", start)
     config = compose_config(tiny_overrides(cifar_root, tmp_path, **{"trainer.gpus": 2}))
     with pytest.raises(Checked):
-        distributed.spawn(config)
+        spawn.spawn(config)
 
 
 def test_sync_batchnorm_layers_are_in_place_before_the_model_is_compiled(

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from degradation.cli import app
-from degradation.logs import TAGS, MetricsLog, read_metrics
 from degradation.runs import METRICS_FILE
+from degradation.training.logs import TAGS, MetricsLog, read_metrics
 from tests.analysis_fixtures import write_run
 
 

@@ -8,8 +8,8 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_hex
 
-from degradation import figures
-from degradation.analysis import COLUMNS, PLAIN_SHORTCUT, AnalysisError
+from degradation.analysis import figures
+from degradation.analysis.results import COLUMNS, PLAIN_SHORTCUT, AnalysisError
 from tests.analysis_fixtures import write_study
 
 STEPS = np.arange(1000, 64001, 1000)

@@ -32,27 +32,24 @@ from typer.testing import CliRunner
 from degradation.cli import app
 from degradation.config import Config
 from degradation.data import TrainBatches, load_cifar10
-from degradation.fused import build_fused
-from degradation.launching import compose_config
+from degradation.errors import Interrupted
+from degradation.launch.compose import compose_config
 from degradation.runs import (
+    CHECKPOINT,
     CONFIG_FILE,
     GRAD_NORMS_FILE,
     METRICS_FILE,
+    PREVIOUS_CHECKPOINT,
     SUMMARY_FILE,
     find_runs,
     run_dir,
     run_path,
 )
-from degradation.storage import CHECKPOINT, LOCK, PREVIOUS_CHECKPOINT, read_json
-from degradation.train import (
-    Interrupted,
-    build_network,
-    resolve_speed,
-    seed_everything,
-    train,
-    train_all,
-    train_step,
-)
+from degradation.storage import LOCK, read_json
+from degradation.training.device import build_network, resolve_speed, seed_everything
+from degradation.training.fused import build_fused
+from degradation.training.loop import train, train_all
+from degradation.training.step import train_step
 from tests.conftest import assert_close_in_norm, scalars, tiny_overrides
 
 CPU = torch.device("cpu")
@@ -138,7 +135,7 @@ def test_each_member_starts_from_the_weights_of_its_lone_run(cifar_root: Path,
                                                               tmp_path: Path) -> None:
     configs = [config(cifar_root, tmp_path, seed) for seed in (0, 5)]
     speed = resolve_speed(configs[0].train, CPU)
-    network, _ = build_fused(configs, CPU, speed)
+    network = build_fused(configs, CPU, speed)
     assert network.size == 2
     for index, member in enumerate(configs):
         seed_everything(member.seed)
@@ -162,7 +159,7 @@ def test_fused_steps_are_each_members_lone_steps(cifar_root: Path, tmp_path: Pat
         return TrainBatches(splits.train_images, splits.train_labels, splits.mean,
                             recipe.batch_size, seed, CPU)
 
-    network, _ = build_fused(configs, CPU, speed)
+    network = build_fused(configs, CPU, speed)
     streams = [stream(member.seed) for member in configs]
     fused_losses = []
     for _ in range(3):

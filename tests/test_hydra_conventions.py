@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from degradation.cli import app, complete_override
 from degradation.config import ConfigError
-from degradation.launching import compose_config, expand, plan, show_config
+from degradation.launch.compose import compose_config, expand, show_config
+from degradation.launch.plan import plan
 from tests.conftest import tiny_overrides
 from tests.test_cli import degrade
 

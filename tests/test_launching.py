@@ -26,17 +26,11 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig
 
 from degradation.config import CONF_DIR
-from degradation.launching import (
-    compose_config,
-    fuse_runs,
-    job_overrides,
-    plan,
-    register,
-    sweep_jobs,
-)
-from degradation.runs import SUMMARY_FILE, find_runs, run_dir
-from degradation.storage import CHECKPOINT, LOCK, PREVIOUS_CHECKPOINT, read_json
-from degradation.train import train
+from degradation.launch.compose import compose_config, register, sweep_jobs
+from degradation.launch.plan import fuse_runs, job_overrides, plan
+from degradation.runs import CHECKPOINT, PREVIOUS_CHECKPOINT, SUMMARY_FILE, find_runs, run_dir
+from degradation.storage import LOCK, read_json
+from degradation.training.loop import train
 from hydra_plugins.degrade_launcher.local_launcher import (
     JobFailed,
     LauncherError,

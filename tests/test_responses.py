@@ -7,12 +7,13 @@ import logging
 import pytest
 import torch
 
-from degradation import responses
-from degradation.analysis import RESPONSES_FILE, AnalysisError, load_runs
+from degradation.analysis import responses
+from degradation.analysis.results import RESPONSES_FILE, AnalysisError, load_runs
 from degradation.data import eval_batches, load_cifar10, write_cifar10
 from degradation.models import build_model, response_modules
 from degradation.runs import read_run
-from degradation.storage import read_json, save_checkpoint
+from degradation.storage import read_json
+from degradation.training.checkpoint import save_checkpoint
 from tests.analysis_fixtures import make_config, make_summary, write_run
 
 

@@ -28,9 +28,15 @@ from torch.utils.tensorboard import SummaryWriter
 from typer.testing import CliRunner
 
 from degradation.cli import app
-from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, SUMMARY_FILE
-from degradation.storage import CHECKPOINT, LOCK, PREVIOUS_CHECKPOINT, read_json
-from degradation.train import _let_new_event_file_sort_last
+from degradation.runs import (
+    CHECKPOINT,
+    GRAD_NORMS_FILE,
+    METRICS_FILE,
+    PREVIOUS_CHECKPOINT,
+    SUMMARY_FILE,
+)
+from degradation.storage import LOCK, read_json
+from degradation.training.logs import let_new_event_file_sort_last
 from tests.conftest import scalars, tiny_overrides
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -330,7 +336,7 @@ def test_a_resumed_writers_event_file_sorts_after_the_one_it_replaces(tmp_path: 
     purge of the stale points."""
     killed = f"events.out.tfevents.{int(time.time()) + 1}.{'z' * 8}.99999.0"
     (tmp_path / killed).write_bytes(b"")  # as if started in the coming second, on host zzz
-    _let_new_event_file_sort_last(tmp_path)
+    let_new_event_file_sort_last(tmp_path)
     writer = SummaryWriter(log_dir=str(tmp_path))
     writer.close()
     assert sorted(path.name for path in tmp_path.iterdir())[0] == killed

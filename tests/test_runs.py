@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from degradation.cli import app
 from degradation.data import write_cifar10
-from degradation.launching import compose_config
+from degradation.launch.compose import compose_config
 from degradation.runs import (
     CONFIG_FILE,
     NOT_IDENTITY,

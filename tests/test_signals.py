@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 
-from degradation.signals import STOP_SIGNALS, noting_stop_signals
+from degradation.training.signals import STOP_SIGNALS, noting_stop_signals
 
 
 def test_stop_signals_are_noted_passed_on_and_then_restored() -> None:

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from degradation.cli import app
 from degradation.data import write_cifar10
-from degradation.logs import TAGS
-from degradation.runs import ERROR_FILE, METRICS_FILE, TENSORBOARD_DIR
-from degradation.storage import CHECKPOINT, LOCK, RunLock
+from degradation.runs import CHECKPOINT, ERROR_FILE, METRICS_FILE, TENSORBOARD_DIR
+from degradation.storage import LOCK, RunLock
+from degradation.training.logs import TAGS
 from tests.analysis_fixtures import make_config, make_summary, write_run
 
 TOTAL = 1000

@@ -14,19 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from degradation.runs import CHECKPOINT, PREVIOUS_CHECKPOINT
 from degradation.storage import (
-    CHECKPOINT,
     LOCK,
-    PREVIOUS_CHECKPOINT,
-    DamagedCheckpoint,
     RunLock,
     RunLocked,
     StorageError,
     atomic_write_text,
     check_writable,
+    remove_temporaries,
+)
+from degradation.training.checkpoint import (
+    DamagedCheckpoint,
     load_checkpoint,
     read_checkpoint,
-    remove_temporaries,
     save_checkpoint,
     set_aside_damaged,
 )

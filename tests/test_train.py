@@ -15,28 +15,31 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
-from degradation.launching import compose_config
-from degradation.logs import TAGS
+from degradation.launch.compose import compose_config
 from degradation.models import build_model, layer_names
 from degradation.runs import (
+    CHECKPOINT,
     CONFIG_FILE,
     GRAD_NORMS_FILE,
     METRICS_FILE,
+    PREVIOUS_CHECKPOINT,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
     run_dir,
 )
-from degradation.storage import CHECKPOINT, PREVIOUS_CHECKPOINT, load_checkpoint, read_json
-from degradation.train import (
+from degradation.storage import read_json
+from degradation.training.checkpoint import load_checkpoint
+from degradation.training.device import (
     fit_optimizer_state,
-    learning_rate,
     resolve_speed,
     rng_state,
     seed_everything,
     set_rng_state,
-    train,
     use_speed,
 )
+from degradation.training.logs import TAGS
+from degradation.training.loop import train
+from degradation.training.step import learning_rate
 from tests.conftest import scalars, tiny_overrides
 
 PAPER = compose_config([]).train

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from degradation.cli import app
-from degradation.watch import (
+from degradation.analysis.watch import (
     NOT_STARTED,
     ProgressView,
     RunView,
@@ -18,6 +17,7 @@ from degradation.watch import (
     run_line,
     sweep_line,
 )
+from degradation.cli import app
 from tests.analysis_fixtures import make_config, make_summary, write_run
 from tests.test_status import mixed  # noqa: F401  (a fixture)
 

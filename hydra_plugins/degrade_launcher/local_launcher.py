@@ -7,9 +7,9 @@ starts with, so CUDA never sees the others. On a CPU-only box (or with `device=c
 OMP_NUM_THREADS). Each job is Hydra's own `run_job` in a fresh interpreter (`_worker.py`), so
 its config, logging and output folder are those the basic launcher would give it; what it
 prints goes to its run folder's log file, and the console gets one line per run started and
-one per run finished, and every run's progress (`degradation.watch`: a table redrawn in place
-on a terminal, a plain line per run every minute otherwise). A failing run does not stop the
-others.
+one per run finished, and every run's progress (`degradation.analysis.watch`: a table redrawn
+in place on a terminal, a plain line per run every minute otherwise). A failing run does not
+stop the others.
 """
 
 from __future__ import annotations
@@ -260,9 +260,9 @@ def _progress(jobs: list[Job]) -> tuple[Any, Any] | None:
     """`degrade`'s progress view over the runs of `jobs` (fused members included) and the
     function that reads them, if the jobs are `degrade` runs."""
     try:
+        from degradation.analysis.watch import ProgressView, configs_views
         from degradation.config import members
-        from degradation.launching import config_of
-        from degradation.watch import ProgressView, configs_views
+        from degradation.launch.compose import config_of
     except ImportError:
         return None
     try:
@@ -275,7 +275,7 @@ def _progress(jobs: list[Job]) -> tuple[Any, Any] | None:
 def _describe(folder: Path) -> str | None:
     """`degrade`'s one-line account of a run (final errors, or its error), if it is one."""
     try:
-        from degradation.launching import describe_run
+        from degradation.launch.plan import describe_run
     except ImportError:
         return None
     return describe_run(folder)

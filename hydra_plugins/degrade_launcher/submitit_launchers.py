@@ -60,7 +60,7 @@ class _Requeueing:
 
 
 def interrupting_signal(error: BaseException) -> str | None:
-    """The signal named by the `degradation.train.Interrupted` behind `error`, if any."""
+    """The signal named by the `degradation.training.loop.Interrupted` behind `error`, if any."""
     from degradation.errors import Interrupted
 
     seen: BaseException | None = error

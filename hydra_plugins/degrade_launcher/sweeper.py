@@ -1,7 +1,7 @@
 """`hydra/sweeper=degrade`: Hydra's basic sweep, minus the runs that need no job.
 
 The overrides (and a preset's `hydra.sweeper.params`) are expanded exactly as Hydra's basic
-sweeper does, each job is composed, and `degradation.launching.plan_jobs` keeps one job per
+sweeper does, each job is composed, and `degradation.launch.plan.plan_jobs` keeps one job per
 distinct run folder (`arch=plain,resnet shortcut=A,B` is 3 runs: plain nets have no shortcut)
 and drops finished runs, so a rerun sweep launches nothing. With `trainer.fuse=k`, runs that
 differ only in seed become one job of up to k runs trained as one fused model. The jobs go
@@ -49,20 +49,20 @@ class DegradeSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
         """Plan, launch what needs training, and record why failed jobs failed."""
-        from degradation import launching
+        from degradation.launch import compose, plan
 
         assert self.config is not None and self.hydra_context is not None
         assert self.launcher is not None
         _record_sweep(self.config)
         loader = self.hydra_context.config_loader
         params = OmegaConf.to_container(OmegaConf.create(self.params), resolve=True)
-        jobs = launching.sweep_jobs(params, arguments, OverridesParser.create(loader))
+        jobs = compose.sweep_jobs(params, arguments, OverridesParser.create(loader))
         # The data is fetched here, once, before any job starts (the CLI has done it already
         # when the sweep came through `degrade sweep`).
-        planned = launching.plan_jobs(
-            jobs, lambda job: launching.config_of(loader.load_sweep_config(self.config, job)),
+        planned = plan.plan_jobs(
+            jobs, lambda job: compose.config_of(loader.load_sweep_config(self.config, job)),
             fetch=True)
-        todo = launching.to_launch(planned)
+        todo = plan.to_launch(planned)
         busy = sum(run.action == "running" for run in planned)
         elsewhere = f"{busy} being trained elsewhere, " if busy else ""
         log.info(f"Sweep of {len(jobs)} jobs: {len(planned)} distinct runs, "
@@ -70,18 +70,18 @@ class DegradeSweeper(Sweeper):
                  f"{len(todo)} to launch")
         if not todo:
             return []
-        jobs = launching.fuse_runs(todo)
+        jobs = plan.fuse_runs(todo)
         if len(jobs) < len(todo):
             log.info(f"{len(todo)} runs in {len(jobs)} jobs: runs that differ only in seed "
                      "train fused (trainer.fuse)")
-        results = self.launcher.launch([launching.job_overrides(job) for job in jobs],
+        results = self.launcher.launch([plan.job_overrides(job) for job in jobs],
                                        initial_job_idx=0)
         for job, result in zip(jobs, results, strict=True):
             if result.status != JobStatus.COMPLETED:
                 message = _failure(result._return_value)
                 if message is not None:
                     for run in job:
-                        launching.record_failure(run.folder, message)
+                        plan.record_failure(run.folder, message)
         return [list(results)]
 
 

@@ -3,7 +3,7 @@
 Usage: `degrade table outputs/` writes `outputs/figures/table6.md` and `table6.csv`;
 from Python, `read_scalars(Path("outputs"))` gives every logged point as a tidy DataFrame.
 
-Runs are told apart by family (`plain-20`, `resnet-56-A`), seed and *variant*: the settings
+Runs are told apart by network (`plain-20`, `resnet-56-A`), seed and *variant*: the settings
 other than arch/depth/shortcut/seed in which a run differs from the most common recipe under
 the path (empty for a sweep that shares one recipe), so a short smoke run is never averaged
 with a full 64k-iteration one.
@@ -27,7 +27,6 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 
 from degradation.errors import DegradeError, error_line
-from degradation.logs import read_metrics
 from degradation.runs import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -35,12 +34,13 @@ from degradation.runs import (
     RunRecord,
     data_description,
     data_name,
-    family,
     find_runs,
+    hashed_identity,
     identity,
-    recipe,
+    network_name,
 )
 from degradation.storage import DamagedFile, atomic_write_text, read_json
+from degradation.training.logs import read_metrics
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
 # For most depths the paper prints one number, which our mean is compared with; for ResNet-110
@@ -106,7 +106,7 @@ def distinct_runs(records: Sequence[RunRecord], root: Path) -> list[RunRecord]:
         if len(group) > 1:
             others = [run_label(record, root) for record in group if record is not chosen]
             log.warning("warning: %s seed %d is in %d folders; counted once, from %s "
-                        "(not from %s)", family(chosen.config), chosen.config.seed,
+                        "(not from %s)", network_name(chosen.config), chosen.config.seed,
                         len(group), run_label(chosen, root), ", ".join(others))
         kept.append(chosen)
     order = {id(record): index for index, record in enumerate(records)}
@@ -156,7 +156,7 @@ def eval_set_of(record: RunRecord) -> str:
 def variants(records: Sequence[RunRecord]) -> dict[Path, str]:
     """For each run, the settings in which it differs from the most common recipe ('' if none)."""
     # Runs on other data are another variant: never averaged with the rest, and named.
-    recipes = {record.path: {**recipe(record.config), "data": data_description(record)}
+    recipes = {record.path: {**hashed_identity(record.config), "data": data_description(record)}
                for record in records}
     keys = {path: json.dumps(rest, sort_keys=True) for path, rest in recipes.items()}
     reference = json.loads(Counter(keys.values()).most_common(1)[0][0]) if keys else {}

@@ -35,15 +35,21 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from degradation.config import Config, TrainConfig
-from degradation.models import build_model
-from degradation.train import Speed, make_sgd, rng_state, seed_everything, use_speed
+from degradation.models import build_model, layer_names
+from degradation.training.device import (
+    Speed,
+    fit_optimizer_state,
+    make_sgd,
+    rng_state,
+    seed_everything,
+    use_speed,
+)
 
 
-def build_fused(configs: Sequence[Config], device: torch.device, speed: Speed
-                ) -> tuple[FusedNetwork, list[dict[str, Any]]]:
+def build_fused(configs: Sequence[Config], device: torch.device, speed: Speed) -> FusedNetwork:
     """The runs of `configs` (the same network, other seeds) as one `FusedNetwork`, each
-    member initialised as its lone run initialises it; and the state of the generators each
-    lone run holds after that, which its checkpoints keep."""
+    member initialised as its lone run initialises it, and holding the state of the
+    generators its lone run holds after that, which its checkpoints keep."""
     use_speed(device, speed)
     if device.type == "cuda":
         torch.cuda.init()  # so that each state taken below holds the CUDA generators too
@@ -53,7 +59,7 @@ def build_fused(configs: Sequence[Config], device: torch.device, speed: Speed
         seed_everything(config.seed)
         models.append(build_model(config.arch, config.depth, config.shortcut))
         rngs.append(rng_state())
-    return FusedNetwork(models, configs[0].train, device, fused_compile(speed, device)), rngs
+    return FusedNetwork(models, rngs, configs[0].train, device, fused_compile(speed, device))
 
 
 def fused_compile(speed: Speed, device: torch.device) -> bool:
@@ -78,8 +84,9 @@ class FusedNetwork:
     # 7.1 s a step against 2.0 s for 3 x ResNet-20 at batch 128).
     memory_format = torch.contiguous_format
 
-    def __init__(self, models: Sequence[nn.Module], recipe: TrainConfig, device: torch.device,
-                 compile_model: bool = False):
+    def __init__(self, models: Sequence[nn.Module], rngs: Sequence[dict[str, Any]],
+                 recipe: TrainConfig, device: torch.device, compile_model: bool = False):
+        self.rngs = list(rngs)  # each member's generators, as its lone run's checkpoint has them
         params, buffers = stack_module_state(list(models))
         self.params = {name: value.detach().to(device).requires_grad_()
                        for name, value in params.items()}
@@ -96,6 +103,21 @@ class FusedNetwork:
                            torch.compile(shared, dynamic=False))
         self._own: Callable[..., Tensor] = own
         self._shared: Callable[..., Tensor] = shared
+
+    @property
+    def module(self) -> FusedNetwork:
+        """What is evaluated: this network (one output per member)."""
+        return self
+
+    @property
+    def trained(self) -> FusedNetwork:
+        """What a training step calls: this network."""
+        return self
+
+    @property
+    def layers(self) -> list[str]:
+        """The lone model's 3x3 conv layers, whose gradient norms are logged."""
+        return layer_names(self.base)
 
     @staticmethod
     def stack(batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -189,6 +211,18 @@ class FusedNetwork:
                     own[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 own[name][index].copy_(value)
 
+    def saved(self, index: int) -> dict[str, Any]:
+        """Member `index`'s model, optimizer and RNG state, exactly as its lone run saves them."""
+        return {"model": self.member_state_dict(index),
+                "optimizer": self.member_optimizer_state_dict(index), "rng": self.rngs[index]}
+
+    def load(self, index: int, state: dict[str, Any]) -> None:
+        """Restore member `index` from what `saved` saves (a lone or a fused run's checkpoint)."""
+        self.load_member_state_dict(index, state["model"])
+        self.load_member_optimizer_state_dict(index, state["optimizer"])
+        self.rngs[index] = state["rng"]
+        fit_optimizer_state(self.optimizer)
+
     def drop(self, index: int) -> None:
         """Stop computing member `index` (a diverged one): the others are stacked again,
         their optimizer state with them, and member numbers above `index` move down by one."""
@@ -202,6 +236,7 @@ class FusedNetwork:
                                     for name, value in self.optimizer.state[old].items()}
         self.params, self.optimizer = params, optimizer
         self.buffers = {name: value[keep] for name, value in self.buffers.items()}
+        del self.rngs[index]
 
 
 def _member(value: Any, index: int) -> Any:

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from degradation.analysis import (
+from degradation.analysis.results import (
     GROUP,
     PLAIN_SHORTCUT,
     STATE_ORDER,

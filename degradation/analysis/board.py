@@ -20,7 +20,7 @@ import pandas as pd
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from degradation.analysis import PLAIN_SHORTCUT, aggregate, read_scalars
+from degradation.analysis.results import PLAIN_SHORTCUT, aggregate, read_scalars
 from degradation.config import Config
 from degradation.runs import TENSORBOARD_DIR
 

@@ -191,3 +191,17 @@ def format_duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def let_new_event_file_sort_last(tensorboard: Path) -> None:
+    """Wait, if needed, until a new TensorBoard event file will sort after the existing ones.
+
+    TensorBoard reads a run's event files in name order, and a name begins with the second
+    the writer started. A resumed writer started within the same second as the one it
+    replaces could sort first, and the stale points its purge marker drops would come back.
+    """
+    started = [int(part[3]) for part in (path.name.split(".") for path in
+                                         tensorboard.glob("events.out.tfevents.*"))
+               if len(part) > 3 and part[3].isdigit()]
+    if started:
+        time.sleep(max(0.0, max(started) + 1 - time.time()))

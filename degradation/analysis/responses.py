@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from degradation.analysis import (
+from degradation.analysis.figures import figure7, save_figure
+from degradation.analysis.results import (
     RESPONSES_FILE,
     AnalysisError,
     figures_dir,
@@ -27,11 +28,11 @@ from degradation.analysis import (
     variants,
 )
 from degradation.data import CifarSplits, eval_batches, load_cifar10
-from degradation.figures import figure7, save_figure
 from degradation.models import build_model, response_modules
-from degradation.runs import RunRecord, family
-from degradation.storage import DamagedFile, load_checkpoint, write_json
-from degradation.train import resolve_device
+from degradation.runs import RunRecord, network_name
+from degradation.storage import DamagedFile, write_json
+from degradation.training.checkpoint import load_checkpoint
+from degradation.training.device import resolve_device
 
 log = logging.getLogger("degrade")
 POOLING = ("std of each channel over all images and positions (population, ddof=0), "
@@ -124,7 +125,7 @@ def compute_run_responses(record: RunRecord, data_root: Path | None, device: str
                            config.train.eval_batch_size, target)
     names = {module: name for name, module in model.named_modules()}
     result = {
-        "family": family(config), "arch": config.arch, "depth": config.depth,
+        "family": network_name(config), "arch": config.arch, "depth": config.depth,
         "shortcut": None if config.arch == "plain" else config.shortcut, "seed": config.seed,
         "checkpoint_iteration": state["iteration"], "eval_set": splits.eval_set,
         "images": len(splits.eval_images), "pooling": POOLING,

@@ -15,8 +15,8 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from degradation import figures
-from degradation.analysis import (
+from degradation.analysis import figures
+from degradation.analysis.results import (
     AnalysisError,
     data_line,
     eval_set_of,

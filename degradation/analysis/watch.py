@@ -18,19 +18,19 @@ from pathlib import Path
 from typing import TextIO
 
 from degradation.config import Config, suggested_milestones
-from degradation.logs import format_duration, read_metrics
 from degradation.runs import (
     ERROR_FILE,
     METRICS_FILE,
     TENSORBOARD_DIR,
     RunRecord,
     data_name,
-    family,
     last_line,
+    network_name,
     read_run,
     run_dir,
 )
 from degradation.storage import DamagedFile
+from degradation.training.logs import format_duration, read_metrics
 
 NOT_STARTED = "not started"
 ENDED = ("done", "diverged")
@@ -142,7 +142,7 @@ def view_of(record: RunRecord) -> RunView:
     """What the run in `record`'s folder shows now."""
     where = progress(record)
     rate = where.iterations_per_s
-    return RunView(family(record.config), record.config.seed, record.state, where.iteration,
+    return RunView(network_name(record.config), record.config.seed, record.state, where.iteration,
                    where.total, where.lr, where.train_error, where.test_error,
                    None if rate is None else rate * record.config.train.batch_size, rate,
                    where.eta_s, where.error, record.path, data_name(record))
@@ -153,7 +153,7 @@ def view_of_config(config: Config) -> RunView:
     record = read_run(run_dir(config))
     if record is not None:
         return view_of(record)
-    return RunView(family(config), config.seed, NOT_STARTED, 0, config.train.iterations, None,
+    return RunView(network_name(config), config.seed, NOT_STARTED, 0, config.train.iterations, None,
                    None, None, None, None, None, None, run_dir(config))
 
 

@@ -17,16 +17,16 @@ from typing import Any
 
 import pandas as pd
 
-from degradation.analysis import (
+from degradation.analysis.results import (
     AnalysisError,
     load_runs,
     read_run_scalars,
     run_label,
     shortcut_of,
 )
-from degradation.logs import TAGS
 from degradation.runs import RunRecord, flat_config
 from degradation.storage import atomic_write_bytes
+from degradation.training.logs import TAGS
 
 FORMATS = ("csv", "parquet")
 

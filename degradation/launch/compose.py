@@ -1,0 +1,220 @@
+"""Hydra composition: the configuration a command line asks for, before anything runs.
+
+    degrade train --cfg job depth=56          # what `show_config` prints
+    degrade sweep experiment=fig6 --dry-run   # `expand_for_launch`: every run of the sweep
+
+Presets (`experiment=NAME`), the run-folder resolver and our Hydra plugins are registered
+here; overrides are expanded exactly as Hydra's basic sweeper does, and each job composed
+into the typed `Config`. Nothing here trains or launches (plan.py does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from degradation.config import (
+    CONF_DIR,
+    Config,
+    ConfigError,
+    load_config,
+)
+from degradation.errors import one_line
+from degradation.package import presets
+from degradation.runs import (
+    run_path,
+)
+
+PLUGIN_PACKAGE = "hydra_plugins.degrade_launcher"  # our sweeper and launchers
+
+
+# Hydra decides these from output_dir and the run's identity; set elsewhere, a run's files
+# would be split between two folders.
+RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
+
+
+def experiments(config_dir: Path | None = None) -> list[str]:
+    """Names of the presets in `experiments/` (and in the user's `config_dir`)."""
+    return sorted(presets(config_dir))
+
+
+def register(config_dir: Path | None = None) -> None:
+    """Make `experiment=NAME`, the run-folder resolver and our plugins known to Hydra.
+
+    Idempotent. Hydra finds plugins by scanning the `hydra_plugins` namespace package, which
+    an editable install (PEP 660 import hooks) hides from the scan, so ours are registered
+    by hand as well (Hydra's documented `Plugins.register`).
+    """
+    store = ConfigStore.instance()
+    store.repo.pop("experiment", None)  # a preset of an earlier call's config_dir is gone
+    for name, path in presets(config_dir).items():
+        node = OmegaConf.load(path)
+        store.store(group="experiment", name=name, node=node, package="_global_")
+    _register_resolver()
+    # By name, as Hydra's own scan imports plugins: the plugin builds on this package, so the
+    # package never imports it by an import statement (tests/test_imports.py).
+    for plugin in importlib.import_module(PLUGIN_PACKAGE).plugins():
+        Plugins.instance().register(plugin)
+
+
+def _register_resolver() -> None:
+    if not OmegaConf.has_resolver("degrade_run_path"):
+        OmegaConf.register_new_resolver("degrade_run_path", _run_path_resolver)
+
+
+def _run_path_resolver(*, _root_: DictConfig) -> str:
+    return run_path(config_of(_root_))
+
+
+def compose_config(overrides: list[str], config_dir: Path | None = None) -> Config:
+    """The validated `Config` for one run's overrides (no sweep syntax)."""
+    return load_config(_compose(overrides, with_hydra=False, config_dir=config_dir))
+
+
+def expand(overrides: list[str], config_dir: Path | None = None) -> list[list[str]]:
+    """Every run's overrides for a sweep, in Hydra's basic-sweeper order."""
+    return expand_for_launch(overrides, config_dir)[0]
+
+
+# Launchers whose jobs run on this machine: what this machine lacks, their runs lack too.
+LAUNCHERS_HERE = ("hydra_plugins.degrade_launcher.local_launcher.LocalLauncher",
+                  "hydra_plugins.degrade_launcher.submitit_launchers.LocalLauncher",
+                  "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+
+
+def expand_for_launch(overrides: list[str], config_dir: Path | None = None
+                      ) -> tuple[list[list[str]], bool]:
+    """`expand`, and whether the sweep's launcher runs its jobs on this machine."""
+    try:
+        hydra_node = _compose(fixed_overrides(overrides), with_hydra=True,
+                              config_dir=config_dir).hydra
+        preset = hydra_node.sweeper.get("params") or {}
+        here = hydra_node.launcher.get("_target_") in LAUNCHERS_HERE
+        return sweep_jobs(preset, overrides), here
+    except (HydraException, OverrideParseException) as error:
+        raise ConfigError(describe_hydra_error(error)) from None
+
+
+def fixed_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that are not sweeps (`depth=56`, not `depth=20,56`)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as error:
+        raise ConfigError(describe_hydra_error(error)) from None
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+def refuse_run_folder_overrides(overrides: list[str]) -> None:
+    """Refuse `hydra.run.dir` and the like: the run folder comes from `output_dir`."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in RUN_FOLDER_KEYS:
+            raise ConfigError(
+                f"{key} cannot be set: a run's folder is output_dir/runs/<network>/"
+                "seed-<seed>-<hash>/, so set output_dir=DIR instead")
+
+
+def show_config(overrides: list[str], part: str, resolve: bool = False,
+                package: str | None = None, config_dir: Path | None = None) -> str:
+    """Hydra's `--cfg job|hydra|all` [`--resolve`] [`--package KEY`] as YAML.
+
+    Unlike Hydra's own, `--cfg hydra --resolve` works: the run folder (`hydra.run.dir`)
+    refers to job keys, so the whole config is resolved before its `hydra` node is picked.
+    """
+    composed = _compose(overrides, with_hydra=True, config_dir=config_dir)
+    HydraConfig.instance().set_config(composed)  # `${hydra:...}` resolves against it
+    composed = OmegaConf.create(OmegaConf.to_container(composed, resolve=False))  # writable
+    for key in ("help", "hydra_help"):  # as Hydra's --cfg: its --help texts are noise
+        composed.hydra.pop(key, None)
+    if resolve:
+        try:
+            OmegaConf.resolve(composed)
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"--resolve: {one_line(error)}") from None
+    if part == "job":
+        composed.pop("hydra")
+    elif part == "hydra":
+        composed = OmegaConf.create({"hydra": composed.hydra})
+    if package in (None, "", "_global_"):
+        return OmegaConf.to_yaml(composed)
+    selected = OmegaConf.select(composed, package)
+    if selected is None:
+        raise ConfigError(f"--package {package!r} is not in the config (--cfg {part})")
+    if not isinstance(selected, DictConfig | ListConfig):
+        return f"{selected}\n"
+    return f"# @package {package}\n" + OmegaConf.to_yaml(selected)
+
+
+def config_of(composed: DictConfig) -> Config:
+    """The `Config` of a composed Hydra config that still holds its `hydra` node."""
+    values = OmegaConf.to_container(composed, resolve=False)
+    values.pop("hydra", None)  # resolved only by Hydra, inside the job
+    return load_config(OmegaConf.create(values))
+
+
+def describe_hydra_error(error: Exception) -> str:
+    """One line for an error Hydra raised while parsing or composing overrides; an unknown
+    value of a config group (experiment, hydra/launcher, ...) lists the available ones."""
+    text = str(error).strip()
+    missing = isinstance(error, MissingConfigException) and error.missing_cfg_file
+    if missing and error.options is not None:
+        group, _, bad = missing.rpartition("/")
+        return f"{group}={bad!r} is not one of: {', '.join(error.options)}"
+    unknown = re.search(r"Could not override '([^']+)'", text) or re.search(
+        r"Key '([^']+)' is not in struct", text)
+    if unknown:
+        return (f"unknown config key '{unknown.group(1)}' "
+                "(`degrade train --show-config` lists the keys)")
+    return text.splitlines()[0]
+
+
+def _compose(overrides: list[str], with_hydra: bool, config_dir: Path | None = None
+             ) -> DictConfig:
+    register(config_dir)
+    if config_dir:  # as Hydra's --config-dir does for `launch`
+        overrides = [*overrides, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+    except (HydraException, OverrideParseException, ValueError) as error:
+        raise ConfigError(describe_hydra_error(error)) from None
+
+
+@contextlib.contextmanager
+def patched_argv(argv: list[str]) -> Iterator[None]:
+    """Hydra reads its arguments from sys.argv; the CLI hands them over only here."""
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
+               parser: OverridesParser | None = None) -> list[list[str]]:
+    """Hydra's basic-sweeper expansion of `hydra.sweeper.params` (presets) and `overrides`."""
+    from_preset = [f"{key}={value}" for key, value in params.items()]
+    parsed = (parser or OverridesParser.create()).parse_overrides(from_preset + overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+# Every process that resolves a run folder needs the resolver, including launcher workers
+# that only unpickle `run_task` (submitit's, ours): importing this module (plan.py imports it) is
+# enough.
+_register_resolver()
