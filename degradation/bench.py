@@ -4,18 +4,21 @@
     degrade bench --arch plain --arch resnet --depth 20 --depth 56 --device cuda \
         --steps 300 --warmup-steps 50 --repeats 3 --record
 
-Ours is exactly what `degrade train` runs: `train.build_network`, `train.train_step` and
-`train.evaluate` on a device-resident `TrainBatches`, with the speed settings of
-conf/config.yaml (override them as in `degrade train`: `train.compile=true`). The
-conventional pipeline is the shape of most CIFAR-10 repositories: PIL images through
-torchvision's RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize in
-DataLoader workers, an eager fp32 NCHW model, PyTorch's default SGD, and the loss read back
-with `.item()` every step. Both train the same network from the same initial weights on the
-same synthetic CIFAR-shaped uint8 images at the same batch size, one after the other,
-alternating. The conventional pipeline runs in a process of its own, with the C library's
-allocator as it comes (ours tunes it for good in this one: `train.keep_freed_memory`).
-Throughput is counted after warm-up; the warm-up time (compilation included) is reported on
-its own.
+Ours is exactly what `degrade train` runs: `build_network` (training/device.py),
+`train_step` and `evaluate` (training/step.py) on a device-resident `TrainBatches`, with the
+speed settings of conf/config.yaml (override them as in `degrade train`:
+`train.compile=true`). The conventional pipeline is the shape of most CIFAR-10 repositories:
+PIL images through torchvision's RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor
+and Normalize in DataLoader workers, an eager fp32 NCHW model, PyTorch's default SGD, and
+the loss read back with `.item()` every step. Both train the same network from the same
+initial weights on the same synthetic CIFAR-shaped uint8 images at the same batch size, one
+after the other, alternating. The conventional pipeline runs in a process of its own, with
+the C library's allocator as it comes (ours tunes it for good in this one:
+`keep_freed_memory`). Throughput is counted after warm-up; the warm-up time (compilation
+included) is reported on its own.
+
+Over 400 lines because it holds a whole second pipeline, the conventional one, that exists
+only to be compared against ours and must stay next to the measurements that use it.
 """
 
 from __future__ import annotations
@@ -447,7 +450,7 @@ def _our_steps(model: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimiz
 
 def _our_eval(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor,
               batch_size: int, precision: str, speed: Speed, device: torch.device) -> float:
-    """Images/second of `train.evaluate` after one warm-up batch."""
+    """Images/second of `evaluate` (training/step.py) after one warm-up batch."""
     args = (batch_size, precision, speed.memory_format)
     _time(device, lambda: float(evaluate(model, images[:batch_size], labels[:batch_size],
                                          mean, *args)[1]))
@@ -509,7 +512,7 @@ class _ConventionalBatches:
 class _ConventionalProcess:
     """The conventional pipeline in a process of its own, measured on request.
 
-    Our CPU runs tune the process's allocator for good (`train.keep_freed_memory`); the
+    Our CPU runs tune the process's allocator for good (`keep_freed_memory`); the
     conventional pipeline gets a fresh process with the C library's defaults, as it has in a
     script of its own. It trains the same network from the same weights on the same data.
     """

@@ -3,6 +3,9 @@
     degrade train depth=56 arch=plain          # one run of the paper's recipe
     degrade sweep depth=20,56 arch=plain,resnet
     degrade plot outputs/                      # Figure 6 from every run under outputs/
+
+Over 400 lines because every command's options and their help texts are declared here, as
+Typer needs them; each command only parses, calls the module that does the work, and prints.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from pathlib import Path
 
 import typer
 
+from degradation.package import presets
+
 app = typer.Typer(
     no_args_is_help=True,
     help="Reproduce the CIFAR-10 degradation study of He et al. 2016 (plain vs residual "
     "nets, Sec. 4.2). Configuration keys are given as Hydra overrides, e.g. "
     "`degrade train depth=56 arch=plain`; presets with `experiment=NAME` "
-    "(smoke, fig6, table6, shortcuts, resnet1202).",
+    f"({', '.join(presets())}).",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -64,11 +69,21 @@ RECURSIVE = typer.Option(False, "--recursive", help="Also read the output trees 
                          "PATH (folders holding their own runs/, e.g. a backup copy); a run "
                          "found in several folders is still counted once.")
 
-OVERRIDES = typer.Argument(
-    None, help="Hydra overrides KEY=VALUE: arch, depth, shortcut, seed, device, output_dir, "
-    "data.root, data.download, data.val_split, train.iterations, train.batch_size, train.lr, "
-    "train.milestones, train.eval_every, ..., experiment=NAME, hydra/launcher=NAME.",
-    show_default=False, autocompletion=complete_override)
+
+
+def _overrides_help() -> str:
+    """The keys of conf/config.yaml for `--help`: its top-level keys and its groups."""
+    listed: list[str] = []
+    for key in _config_keys():
+        name = f"{key.split('.')[0]}.*" if "." in key else key
+        if name not in listed and name not in ("defaults", "hydra.*"):
+            listed.append(name)
+    return (f"Hydra overrides KEY=VALUE: {', '.join(listed)} (`--cfg job` shows every key "
+            "and value), experiment=NAME, hydra/launcher=NAME.")
+
+
+OVERRIDES = typer.Argument(None, help=_overrides_help(), show_default=False,
+                           autocompletion=complete_override)
 CFG = typer.Option(None, "--cfg", "-c", help="Print the config instead of running: job, hydra "
                    "or all (Hydra's --cfg).", rich_help_panel="Hydra")
 RESOLVE = typer.Option(False, "--resolve", help="With --cfg: resolve interpolations.",

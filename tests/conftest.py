@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from typer.testing import CliRunner, Result
 
 from degradation.data import write_cifar10
 from degradation.runs import TENSORBOARD_DIR
 
-SHARED_SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "cifar10-subset"
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_SUBSET = PROJECT.parent / "shared" / "cifar10-subset"
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +68,36 @@ def assert_close_in_norm(ours: dict[str, torch.Tensor], theirs: dict[str, torch.
             continue
         distance = float((mine.float() - expected.float()).norm())
         assert distance <= rtol * float(expected.float().norm()), (name, distance)
+
+
+def degrade(*args: object, cwd: Path | None = None, timeout: float = 600,
+            hook: str | None = None, hook_dir: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """`degrade ARGS` in a subprocess, as a user types it; what it prints is captured. The
+    timeout only guards against a hang.
+
+    `hook`: test-only code every Python process of the run executes as it starts (written
+    as a `sitecustomize` module into `hook_dir`, which goes on PYTHONPATH).
+    """
+    env = None
+    if hook is not None:
+        assert hook_dir is not None
+        hook_dir.mkdir()
+        (hook_dir / "sitecustomize.py").write_text(hook)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(hook_dir), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
+    return subprocess.run([sys.executable, "-m", "degradation", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def degrade_here(*args: object, env: dict[str, str] | None = None) -> Result:
+    """`degrade ARGS` in this process (Typer's runner): quick, and monkeypatches apply."""
+    from degradation.cli import app
+
+    return CliRunner().invoke(app, [str(arg) for arg in args], env=env)
+
+
+def help_commands(text: str) -> list[str]:
+    """The command names listed in the Commands panel of a `--help` text, in order."""
+    panel = text.split("Commands")[1]
+    return re.findall(r"^\W (\S+) {2,}\S", panel, flags=re.MULTILINE)

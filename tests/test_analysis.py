@@ -8,10 +8,10 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from degradation.results.results import AnalysisError
 
 from degradation import runs
 from degradation.analysis import results
+from degradation.analysis.results import AnalysisError
 from degradation.storage import write_json
 from tests.analysis_fixtures import make_config, make_summary, write_events, write_run, write_study
 

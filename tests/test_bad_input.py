@@ -21,14 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from degradation import data as data_module
-from degradation.cli import app
 from degradation.data import BATCH_DIR
 from degradation.launch.compose import compose_config
 from degradation.runs import CHECKPOINT, METRICS_FILE, SUMMARY_FILE, run_dir
-from tests.conftest import tiny_overrides
+from tests.conftest import degrade_here, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +40,11 @@ def overrides(cifar_root: Path, output: Path, *extra: str) -> list[str]:
                                                    "train.eval_batch_size": 32}), *extra]
 
 
-def degrade(*args: str) -> Any:
-    return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
 @pytest.fixture(scope="module")
 def finished(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An outputs folder holding one finished run."""
     output = tmp_path_factory.mktemp("finished")
-    result = degrade("train", *overrides(cifar_root, output))
+    result = degrade_here("train", *overrides(cifar_root, output))
     assert result.exit_code == 0, result.stderr
     return output
 
@@ -125,7 +119,7 @@ def assert_intact(before: dict[Path, str], after: dict[Path, str], exactly: bool
 def test_a_bad_value_is_refused_before_anything_is_written(
         cifar_root: Path, outputs: Path, bad: str, named: list[str]) -> None:
     before = snapshot(outputs, cifar_root)
-    result = degrade("train", *overrides(cifar_root, outputs), *bad.split())
+    result = degrade_here("train", *overrides(cifar_root, outputs), *bad.split())
     assert_refused(result, *named, code=2)
     assert_intact(before, snapshot(outputs, cifar_root), exactly=True)
 
@@ -133,7 +127,7 @@ def test_a_bad_value_is_refused_before_anything_is_written(
 def test_a_sweep_with_one_bad_value_starts_none_of_its_runs(cifar_root: Path, outputs: Path
                                                             ) -> None:
     before = snapshot(outputs)
-    result = degrade("sweep", *overrides(cifar_root, outputs), "depth=8,14,15")
+    result = degrade_here("sweep", *overrides(cifar_root, outputs), "depth=8,14,15")
     assert_refused(result, "depth=15", code=2)
     assert_intact(before, snapshot(outputs), exactly=True)
 
@@ -142,7 +136,7 @@ def test_a_missing_data_folder_with_download_off_is_refused(outputs: Path, tmp_p
                                                             ) -> None:
     before = snapshot(outputs)
     missing = tmp_path / "no-such-data"
-    result = degrade("train", *overrides(missing, outputs))
+    result = degrade_here("train", *overrides(missing, outputs))
     assert_refused(result, f"data.root={missing}", "data.download=false", code=2)
     assert_intact(before, snapshot(outputs), exactly=True)
     assert not missing.exists()
@@ -160,7 +154,7 @@ def test_a_failed_download_is_one_line_once_and_makes_no_run_folder(
     monkeypatch.setattr(data_module, "_torchvision_download", offline)
     before = snapshot(outputs)
     seeds = "seed=3" if command == "train" else "seed=3,4,5"
-    result = degrade(command, *tiny_overrides(tmp_path / "nodata", outputs,
+    result = degrade_here(command, *tiny_overrides(tmp_path / "nodata", outputs,
                                               **{"data.download": "true"}), seeds)
     assert_refused(result, "downloading CIFAR-10", "Name or service not known", code=2)
     assert len(tried) == 1  # the sweep asks once for all its runs, before launching any
@@ -171,7 +165,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused(cifar_root: Path, tmp_p
                                                          ) -> None:
     (tmp_path / "afile").write_text("a regular file, not a folder")
     before = snapshot(tmp_path)
-    result = degrade("train", *overrides(cifar_root, tmp_path / "afile" / "sub"))
+    result = degrade_here("train", *overrides(cifar_root, tmp_path / "afile" / "sub"))
     assert_refused(result, str(tmp_path / "afile"))
     assert_intact(before, snapshot(tmp_path), exactly=True)
 
@@ -179,7 +173,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused(cifar_root: Path, tmp_p
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="no /proc on this system")
 def test_an_output_folder_in_proc_is_refused_before_anything_starts(cifar_root: Path) -> None:
     # Its permission bits say writable to root; only making a folder there tells.
-    result = degrade("train", *overrides(cifar_root, Path("/proc/x")))
+    result = degrade_here("train", *overrides(cifar_root, Path("/proc/x")))
     assert_refused(result, "cannot write into /proc/x", code=2)
     assert not Path("/proc/x").exists()
 
@@ -190,11 +184,11 @@ def test_a_damaged_summary_is_refused_saying_how_to_recover(cifar_root: Path, ou
     finished = json.loads(summary.read_text())
     summary.write_text('{"status": "done", "final_te')  # cut off by a half-finished copy
     before = snapshot(outputs)
-    result = degrade("train", *overrides(cifar_root, outputs))
+    result = degrade_here("train", *overrides(cifar_root, outputs))
     assert_refused(result, str(summary), "is damaged", "delete the file", "--force", code=2)
     assert_intact(before, snapshot(outputs), exactly=True)
     summary.unlink()  # as the line says: the last checkpoint rewrites it
-    assert degrade("train", *overrides(cifar_root, outputs)).exit_code == 0
+    assert degrade_here("train", *overrides(cifar_root, outputs)).exit_code == 0
     rewritten = json.loads(summary.read_text())
     assert rewritten["status"] == "done"
     assert rewritten["final_test_error"] == finished["final_test_error"]
@@ -207,13 +201,13 @@ def test_a_damaged_metrics_csv_stops_a_resume_saying_how_to_recover(
     metrics = summary.parent / METRICS_FILE
     metrics.write_bytes(b"iteration,lr\n\xff\xfe\x00")
     kept = {path: path.read_bytes() for path in (metrics, *outputs.rglob("checkpoint*.pt"))}
-    result = degrade("train", *overrides(cifar_root, outputs))
+    result = degrade_here("train", *overrides(cifar_root, outputs))
     assert result.exit_code == 1 and "Traceback" not in result.stdout + result.stderr
     *_, last = result.stderr.strip().splitlines()  # after the line saying it resumed
     assert last.startswith(f"error: {metrics} is damaged") and "move it away" in last, last
     assert {path: path.read_bytes() for path in kept} == kept  # the damaged file is evidence
     metrics.rename(metrics.with_name("metrics.csv.bad"))
-    assert degrade("train", *overrides(cifar_root, outputs)).exit_code == 0
+    assert degrade_here("train", *overrides(cifar_root, outputs)).exit_code == 0
     assert json.loads(summary.read_text())["status"] == "done"
 
 
@@ -229,7 +223,7 @@ def test_what_a_run_would_find_once_started_is_refused_before_any_folder(
     # The data decides the split and the batch; the machine (device=cpu) bf16 and SyncBatchNorm.
     seeds = "seed=3" if command == "train" else "seed=3,4,5"
     before = snapshot(outputs, cifar_root)
-    result = degrade(command, *overrides(cifar_root, outputs, seeds, *bad.split()))
+    result = degrade_here(command, *overrides(cifar_root, outputs, seeds, *bad.split()))
     assert_refused(result, *named, code=2)  # a sweep says it once, not once per run
     assert_intact(before, snapshot(outputs, cifar_root), exactly=True)
 
@@ -261,7 +255,7 @@ def test_a_damaged_batch_file_is_refused_naming_it(
         data: Path, outputs: Path, damage: Any, named: str) -> None:
     damage(data / BATCH_DIR / "data_batch_3")
     before = snapshot(outputs, data)
-    result = degrade("train", *overrides(data, outputs, "seed=3"))  # a run not yet trained
+    result = degrade_here("train", *overrides(data, outputs, "seed=3"))  # a run not yet trained
     assert_refused(result, named, code=2)  # found while naming the run's data
     assert_intact(before, snapshot(outputs, data), exactly=True)
 
@@ -269,7 +263,7 @@ def test_a_damaged_batch_file_is_refused_naming_it(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_cuda_on_a_machine_without_it_is_refused(cifar_root: Path, outputs: Path) -> None:
     before = snapshot(outputs)
-    result = degrade("train", *overrides(cifar_root, outputs, "device=cuda", "seed=3"))
+    result = degrade_here("train", *overrides(cifar_root, outputs, "device=cuda", "seed=3"))
     assert_refused(result, "device='cuda'", "no CUDA device", code=2)
     assert_intact(before, snapshot(outputs), exactly=True)  # refused before any folder is made
 
@@ -284,7 +278,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_files(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", no_space)
-    result = degrade("train", *overrides(cifar_root, outputs, "seed=1"))
+    result = degrade_here("train", *overrides(cifar_root, outputs, "seed=1"))
     monkeypatch.undo()
     assert_refused(result, "No space left on device", "cannot write", code=1)
     assert_intact(before, snapshot(outputs), exactly=False)
@@ -303,7 +297,7 @@ def test_a_checkpoint_from_another_configuration_is_refused_naming_the_differenc
     ours = checkpoint_in(cifar_root, outputs, "train.lr=0.05")
     shutil.copy(theirs, ours)  # e.g. copied by hand into the wrong run folder
     before = snapshot(outputs)
-    result = degrade("train", *overrides(cifar_root, outputs, "train.lr=0.05"))
+    result = degrade_here("train", *overrides(cifar_root, outputs, "train.lr=0.05"))
     assert_refused(result, str(ours), "train.lr=0.1 there, 0.05 here", code=1)
     assert_intact(before, snapshot(outputs), exactly=False)
 
@@ -317,7 +311,7 @@ def test_a_checkpoint_not_written_by_this_version_is_refused(
     path = checkpoint_in(cifar_root, outputs, "seed=2")
     torch.save({"format": 1, **state}, path)
     before = snapshot(outputs)
-    result = degrade("train", *overrides(cifar_root, outputs, "seed=2"))
+    result = degrade_here("train", *overrides(cifar_root, outputs, "seed=2"))
     assert_refused(result, str(path), named, "move it away", code=1)
     assert_intact(before, snapshot(outputs), exactly=False)
 
@@ -337,6 +331,6 @@ def test_a_checkpoint_that_does_not_fit_ends_in_one_line(
     state = torch.load(path, weights_only=False)
     torch.save({**state, part: value}, path)
     before = path.read_bytes()
-    result = degrade("train", *overrides(cifar_root, outputs))
+    result = degrade_here("train", *overrides(cifar_root, outputs))
     assert_refused(result, str(path), named, "move", code=1)
     assert path.read_bytes() == before  # left for the user to move away

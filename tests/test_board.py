@@ -12,13 +12,12 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
-from typer.testing import CliRunner
 
 from degradation.analysis.board import HPARAMS_DIR, STUDY_DIR, write_hparams
 from degradation.analysis.results import read_run_scalars, read_scalars
-from degradation.cli import app
 from degradation.runs import TENSORBOARD_DIR
 from tests.analysis_fixtures import curves, make_config, make_summary, write_run, write_study
+from tests.conftest import degrade_here
 
 
 def accumulator(folder: Path) -> EventAccumulator:
@@ -77,7 +76,7 @@ def test_a_diverged_run_without_a_test_error_still_declares_every_metric(tmp_pat
 
 def test_plot_writes_the_figure6_layout_and_mean_curves(tmp_path: Path) -> None:
     write_study(tmp_path, iterations=4000)  # plain and resnet-A, depths 20 and 56, 2 seeds
-    result = CliRunner().invoke(app, ["plot", str(tmp_path)])
+    result = degrade_here("plot", str(tmp_path))
     assert result.exit_code == 0, result.output
     study = tmp_path / STUDY_DIR
     assert result.output.splitlines()[-1] == f"{study} (TensorBoard: tensorboard --logdir " \
@@ -107,5 +106,5 @@ def test_plot_writes_the_figure6_layout_and_mean_curves(tmp_path: Path) -> None:
     assert list(curve.values()) == pytest.approx(list(expected.sort_index()), rel=1e-6)
 
     # Written again, the folder is replaced: no second copy of every point.
-    CliRunner().invoke(app, ["plot", str(tmp_path)])
+    degrade_here("plot", str(tmp_path))
     assert len(accumulator(study).Scalars("plain-56/error/test")) == len(expected)

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from degradation import check
 from degradation.check import CHECKS, Check, CheckFailed, Workspace, expect_resumed, plan, rewind
-from degradation.cli import app
-
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
+from tests.conftest import PROJECT, degrade, degrade_here, help_commands
 
 
 def passes(space: Workspace) -> None:
@@ -39,8 +30,7 @@ def refused_by_degrade(space: Workspace) -> None:
 
 @pytest.mark.slow
 def test_check_on_the_cpu_passes_every_row() -> None:
-    result = subprocess.run([sys.executable, "-m", "degradation", "check", "--device", "cpu"],
-                            cwd=PROJECT, capture_output=True, text=True, timeout=1800)
+    result = degrade("check", "--device", "cpu", cwd=PROJECT, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr
     cpu_checks = [found for found in CHECKS if "cpu" in found.devices]
     rows = result.stdout.strip().splitlines()[1:-1]
@@ -57,7 +47,7 @@ def test_a_failing_check_is_a_failed_row_with_its_line_and_exit_1(
     monkeypatch.setattr(check, "CHECKS", [Check("fine", passes), Check("broken", breaks),
                                           Check("crashing", crashes),
                                           Check("only on CUDA", breaks, ("cuda",))])
-    result = invoke("check", "--device", "cpu")
+    result = degrade_here("check", "--device", "cpu")
     assert result.exit_code == 1, result.output
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:-1]}
     assert sorted(rows) == ["broken", "crashing", "fine"]
@@ -70,7 +60,7 @@ def test_a_failing_check_is_a_failed_row_with_its_line_and_exit_1(
 
 def test_a_failing_command_is_its_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(check, "CHECKS", [Check("bad depth", refused_by_degrade)])
-    result = invoke("check", "--device", "cpu")
+    result = degrade_here("check", "--device", "cpu")
     assert result.exit_code == 1
     row = result.stdout.splitlines()[1]
     assert row.split()[:3] == ["bad", "depth", "failed"]
@@ -83,7 +73,7 @@ def test_cuda_without_cuda_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(check, "CHECKS", [Check("must not run", breaks)])
     for device, message in (("cuda", "error: device='cuda' but no CUDA device is available"),
                             ("tpu", "error: --device 'tpu' is not one of: auto, cpu, cuda")):
-        result = invoke("check", "--device", device)
+        result = degrade_here("check", "--device", device)
         assert result.exit_code == 2
         assert result.stdout == ""
         lines = result.stderr.strip().splitlines()
@@ -93,7 +83,7 @@ def test_cuda_without_cuda_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatc
 def test_auto_without_cuda_checks_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(check, "CHECKS", [Check("fine", passes)])
-    result = invoke("check")
+    result = degrade_here("check")
     assert result.exit_code == 0
     assert result.stdout.splitlines()[0].startswith("degrade check on cpu")
 
@@ -131,5 +121,5 @@ def test_a_run_that_started_again_instead_of_resuming_fails(tmp_path: Path) -> N
 
 
 def test_help_lists_check() -> None:
-    result = invoke("--help")
-    assert result.exit_code == 0 and "check" in result.stdout
+    result = degrade_here("--help")
+    assert result.exit_code == 0 and "check" in help_commands(result.stdout)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from degradation.package import presets
 from degradation.runs import find_runs
-from tests.conftest import tiny_overrides
+from tests.conftest import degrade, help_commands, tiny_overrides
 
 pytestmark = pytest.mark.slow
-
-
-def degrade(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `degrade ARGS` as a user would and capture what it prints."""
-    return subprocess.run([sys.executable, "-m", "degradation", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +77,11 @@ def test_show_config_prints_the_resolved_values() -> None:
     assert "- 32000" in result.stdout
 
 
-def test_help_names_every_command() -> None:
+def test_help_names_every_command_and_preset() -> None:
     result = degrade("--help")
     assert result.returncode == 0
+    listed = help_commands(result.stdout)
     for command in ("train", "sweep", "status", "plot", "table", "responses", "report", "bench"):
-        assert command in result.stdout
+        assert command in listed
+    named = " ".join(result.stdout.split())  # rich wraps the text to the terminal's width
+    assert f"({', '.join(presets())})" in named  # from experiments/, none missing

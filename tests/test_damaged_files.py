@@ -13,13 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from degradation.analysis.results import RESPONSES_FILE
-from degradation.cli import app
 from degradation.runs import CONFIG_FILE, ERROR_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from degradation.storage import write_json
 from tests.analysis_fixtures import write_study
+from tests.conftest import degrade_here
 
 COMMANDS = ("status", "table", "plot", "report")
 
@@ -81,7 +80,7 @@ def test_a_damaged_file_is_named_once_and_the_other_runs_are_analysed(
     outputs = Path(shutil.copytree(root, tmp_path / "outputs"))
     damaged = damage(outputs / study[2].relative_to(root))
     for command in COMMANDS:
-        result = CliRunner().invoke(app, [command, str(outputs)])
+        result = degrade_here(command, str(outputs))
         assert result.exit_code == 0, (command, result.stderr, result.exception)
         assert "Traceback" not in result.stdout + result.stderr
         warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -100,10 +99,10 @@ def test_a_run_found_twice_is_one_line_of_status_and_one_warning(study: list[Pat
     root = study[0].parents[2]
     outputs = Path(shutil.copytree(root, tmp_path / "outputs"))
     shutil.copytree(outputs / "runs", outputs / "old" / "runs")  # a backup inside outputs
-    alone = CliRunner().invoke(app, ["status", str(outputs)])
+    alone = degrade_here("status", str(outputs))
     assert alone.exit_code == 0 and alone.stdout.strip().endswith("3 runs: 3 done")
     assert alone.stderr == ""
-    both = CliRunner().invoke(app, ["table", str(outputs), "--recursive"])
+    both = degrade_here("table", str(outputs), "--recursive")
     assert both.exit_code == 0, both.stderr
     warnings = both.stderr.strip().splitlines()
     assert len(warnings) == 3 and all("is in 2 folders" in line for line in warnings)

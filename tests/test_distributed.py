@@ -12,8 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -44,7 +42,7 @@ from degradation.training.distributed import AGREE_EVERY
 from degradation.training.logs import read_metrics
 from degradation.training.loop import train
 from degradation.training.step import learning_rate
-from tests.conftest import tiny_overrides
+from tests.conftest import degrade, tiny_overrides
 
 ITERATIONS = 24
 
@@ -137,24 +135,6 @@ def test_bad_process_counts_are_refused(cifar_root: Path, tmp_path: Path) -> Non
 MID_INTERVAL = {"trainer.gpus": 2, "train.log_every": 4, "train.threads": 1}
 
 
-def degrade(*args: object, hook: str | None = None, folder: Path | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    """`degrade ARGS` in a subprocess; the timeout only guards against a hang.
-
-    `hook`: test-only code every Python process of the run executes as it starts (written
-    as a `sitecustomize` module into `folder`, which goes on PYTHONPATH).
-    """
-    env = None
-    if hook is not None:
-        assert folder is not None
-        folder.mkdir()
-        (folder / "sitecustomize.py").write_text(hook)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(folder), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
-    return subprocess.run([sys.executable, "-m", "degradation", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env=env)
-
-
 @pytest.fixture(scope="module")
 def finished(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted two-process run (its outputs folder)."""
@@ -194,7 +174,7 @@ def test_a_damaged_checkpoint_is_set_aside_once_and_both_ranks_resume_from_the_o
     (folder / CHECKPOINT).write_bytes(newest[:len(newest) // 2])
     (folder / ".checkpoint.pt.1234.tmp").write_bytes(b"left by a killed writer")
     again = degrade("train", *tiny_overrides(cifar_root, tmp_path / "outputs", **MID_INTERVAL),
-                    hook=RANK_1_LEAVES_THE_FOLDER_ALONE, folder=tmp_path / "hook")
+                    hook=RANK_1_LEAVES_THE_FOLDER_ALONE, hook_dir=tmp_path / "hook")
     assert again.returncode == 0, again.stderr
     assert not (folder / ".checkpoint.pt.1234.tmp").exists()
     # Rank 0 alone set it aside (rank 1's lines carry "rank 1:"), and training went on from 6.
@@ -243,7 +223,7 @@ def test_a_failing_rank_ends_the_run_with_its_own_error_line(
         cifar_root: Path, tmp_path: Path) -> None:
     # Unless the launcher stops rank 0, the run never ends (the subprocess timeout ends it).
     failed = degrade("train", *tiny_overrides(cifar_root, tmp_path, **{"trainer.gpus": 2}),
-                     hook=FAIL_ON_RANK_1, folder=tmp_path / "hook")
+                     hook=FAIL_ON_RANK_1, hook_dir=tmp_path / "hook")
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1] == "error: rank 1 cannot go on (injected)"
 

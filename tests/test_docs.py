@@ -5,16 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from degradation.cli import app
+from tests.conftest import degrade_here
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_document_the_readme_or_the_report_cites_is_in_the_repository() -> None:
     cited = set()
-    for source in (ROOT / "README.md", ROOT / "degradation" / "report.py",
+    for source in (ROOT / "README.md", ROOT / "degradation" / "analysis" / "report.py",
                    ROOT / "PAPER.md"):
         text = source.read_text(encoding="utf-8")
         cited |= set(re.findall(r"\b([A-Z][A-Z0-9_]+\.md)\b", text))
@@ -25,7 +23,7 @@ def test_every_document_the_readme_or_the_report_cites_is_in_the_repository() ->
 
 
 def test_sweep_help_quotes_its_examples_as_a_shell_needs_them() -> None:
-    result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"})
+    result = degrade_here("sweep", "--help", env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "seed='range(5)'" in result.stdout
     assert "seed=range(5)" not in result.stdout  # bash would refuse the bare parentheses

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from degradation.cli import app
 from degradation.runs import METRICS_FILE
 from degradation.training.logs import TAGS, MetricsLog, read_metrics
 from tests.analysis_fixtures import write_run
+from tests.conftest import degrade_here
 
 
 def logged_run(root: Path, arch: str, seed: int, iterations: int) -> Path:
@@ -32,7 +31,7 @@ def logged_run(root: Path, arch: str, seed: int, iterations: int) -> Path:
 def test_export_writes_one_row_per_logged_point_with_the_config(tmp_path: Path) -> None:
     folders = [logged_run(tmp_path, "plain", 0, 400), logged_run(tmp_path, "resnet", 1, 300)]
     out = tmp_path / "export" / "points.csv"
-    result = CliRunner().invoke(app, ["export", str(out), "--from", str(tmp_path)])
+    result = degrade_here("export", str(out), "--from", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(out)
     table = pd.read_csv(out)
@@ -55,7 +54,7 @@ def test_parquet_without_pyarrow_is_refused_in_one_line(tmp_path: Path,
     logged_run(tmp_path, "resnet", 0, 200)
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
     out = tmp_path / "points.parquet"
-    result = CliRunner().invoke(app, ["export", str(out), "--from", str(tmp_path)])
+    result = degrade_here("export", str(out), "--from", str(tmp_path))
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "install pyarrow" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -63,6 +62,6 @@ def test_parquet_without_pyarrow_is_refused_in_one_line(tmp_path: Path,
 
 
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["export", str(tmp_path / "x"), "--format", "xlsx"])
+    result = degrade_here("export", str(tmp_path / "x"), "--format", "xlsx")
     assert result.exit_code == 2
     assert "'xlsx' is not one of: csv, parquet" in result.output

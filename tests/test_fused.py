@@ -27,9 +27,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from typer.testing import CliRunner
 
-from degradation.cli import app
 from degradation.config import Config
 from degradation.data import TrainBatches, load_cifar10
 from degradation.errors import Interrupted
@@ -50,7 +48,7 @@ from degradation.training.device import build_network, resolve_speed, seed_every
 from degradation.training.fused import build_fused
 from degradation.training.loop import train, train_all
 from degradation.training.step import train_step
-from tests.conftest import assert_close_in_norm, scalars, tiny_overrides
+from tests.conftest import assert_close_in_norm, degrade_here, scalars, tiny_overrides
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1)
@@ -349,7 +347,7 @@ def test_degrade_train_with_fuse_with_reports_each_run(cifar_root: Path, tmp_pat
     args = [*tiny_overrides(cifar_root, tmp_path, **SAME, **{
         "train.iterations": 4, "train.milestones": "[2,3]", "train.eval_every": 2}),
         "trainer.fuse_with=[3]"]
-    result = CliRunner().invoke(app, ["train", *args])
+    result = degrade_here("train", *args)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if ": done, test error" in line]
     assert [line.split(":")[0] for line in lines] == ["resnet-8-A seed 0", "resnet-8-A seed 3"]
@@ -357,9 +355,9 @@ def test_degrade_train_with_fuse_with_reports_each_run(cifar_root: Path, tmp_pat
     assert len(folders) == 2
     for folder in folders:  # each run's own train.log, the second's too (Hydra gives the first)
         assert "resnet-8-A seed 3: done" in (folder / "train.log").read_text()
-    again = CliRunner().invoke(app, ["train", *args])
+    again = degrade_here("train", *args)
     assert again.exit_code == 0 and again.stderr.count("already finished") == 2
-    forced = CliRunner().invoke(app, ["train", "--force", *args])
+    forced = degrade_here("train", "--force", *args)
     assert forced.exit_code == 0, forced.output
     assert forced.stdout.count("previous run kept in") == 2  # both set aside, both trained
     assert forced.stderr.count(": done, test error") == 2

@@ -7,13 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from degradation.cli import app, complete_override
+from degradation.cli import complete_override
 from degradation.config import ConfigError
 from degradation.launch.compose import compose_config, expand, show_config
 from degradation.launch.plan import plan
-from tests.conftest import tiny_overrides
+from tests.conftest import degrade_here, tiny_overrides
 from tests.test_cli import degrade
 
 PRESET = "# @package _global_\narch: plain\ndepth: 8\n"
@@ -85,7 +84,7 @@ def test_completion_lists_keys_and_preset_names(tmp_path: Path) -> None:
 
 
 def test_version_names_version_and_commit() -> None:
-    result = CliRunner().invoke(app, ["--version"])
+    result = degrade_here("--version")
     assert result.exit_code == 0
     assert result.output.startswith("degrade 0.") and "(commit " in result.output
 

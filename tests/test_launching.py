@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -23,10 +24,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.types import HydraContext
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from degradation.config import CONF_DIR
-from degradation.launch.compose import compose_config, register, sweep_jobs
+from degradation.launch.compose import compose_config, compose_tree, register, sweep_jobs
 from degradation.launch.plan import fuse_runs, job_overrides, plan
 from degradation.runs import CHECKPOINT, PREVIOUS_CHECKPOINT, SUMMARY_FILE, find_runs, run_dir
 from degradation.storage import LOCK, read_json
@@ -38,7 +39,21 @@ from hydra_plugins.degrade_launcher.local_launcher import (
     assign_slots,
     visible_gpus,
 )
-from tests.conftest import tiny_overrides
+from tests.conftest import degrade, tiny_overrides
+
+
+def launcher_settings(config: DictConfig) -> dict[str, Any]:
+    """`hydra.launcher` of a config composed with its `hydra` node: the local launcher's
+    settings from conf/hydra/launcher/local.yaml, the one home of their defaults."""
+    settings = OmegaConf.to_container(config.hydra.launcher, resolve=True)
+    settings.pop("_target_")
+    return settings
+
+
+def local_launcher(*overrides: str) -> LocalLauncher:
+    """The local launcher as `degrade sweep OVERRIDES` configures it."""
+    return LocalLauncher(**launcher_settings(compose_tree(list(overrides), with_hydra=True)))
+
 
 # --- where jobs go: a pure function of the hardware ----------------------------------------
 
@@ -95,12 +110,12 @@ def test_launcher_counts_gpus_without_using_them(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    slots = LocalLauncher(device="auto", runs_per_gpu=2).slots()
+    slots = local_launcher("hydra.launcher.runs_per_gpu=2").slots()
     assert [slot.gpus for slot in slots] == [(str(i),) for i in range(4)] * 2
-    assert all(not slot.gpus for slot in LocalLauncher(device="cpu").slots())
+    assert all(not slot.gpus for slot in local_launcher("device=cpu").slots())
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(LauncherError, match="device=cuda but"):
-        LocalLauncher(device="cuda").slots()
+        local_launcher("device=cuda").slots()
 
 
 def test_hydras_plugin_scan_finds_and_imports_our_plugins() -> None:
@@ -191,7 +206,8 @@ def test_local_launcher_runs_jobs_at_once_pinned_and_isolated(tmp_path: Path) ->
         config = compose("config", overrides=fixed, return_hydra_config=True)
         loader = GlobalHydra.instance().config_loader()
         # Two fake GPUs: the jobs never touch CUDA, they only report what they were given.
-        launcher = LocalLauncher(device="auto", gpus=["0", "1"], poll_s=0.05)
+        launcher = LocalLauncher(**{**launcher_settings(config), "gpus": ["0", "1"],
+                                     "poll_s": 0.05})
         launcher.setup(hydra_context=HydraContext(config_loader=loader,
                                                   callbacks=Callbacks(config)),
                        task_function=toy_task, config=config)
@@ -220,11 +236,6 @@ def test_local_launcher_runs_jobs_at_once_pinned_and_isolated(tmp_path: Path) ->
 
 
 # --- `degrade sweep` end to end ---------------------------------------------------------
-
-
-def degrade(*args: object, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "degradation", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def mtimes(root: Path) -> dict[Path, int]:

@@ -20,14 +20,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from typer.testing import CliRunner
 
-from degradation.cli import app
 from degradation.runs import (
     CHECKPOINT,
     GRAD_NORMS_FILE,
@@ -37,9 +34,7 @@ from degradation.runs import (
 )
 from degradation.storage import LOCK, read_json
 from degradation.training.logs import let_new_event_file_sort_last
-from tests.conftest import scalars, tiny_overrides
-
-PROJECT = Path(__file__).resolve().parents[1]
+from tests.conftest import PROJECT, degrade_here, scalars, tiny_overrides
 
 # Test-only: `degrade ARGS` with one failure injected at an exact moment; argv: MODE N ARGS.
 HOOK = r"""
@@ -161,11 +156,6 @@ def reference(started: dict[str, Started]) -> Path:
     run = started["reference"].wait()
     assert run.returncode == 0, run.stderr
     return run.folder
-
-
-def degrade_here(*args: str) -> Any:
-    """`degrade ARGS` in this process (Typer's runner): the cheap way to resume."""
-    return CliRunner().invoke(app, list(args))
 
 
 def run_folder(output: Path) -> Path:

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from degradation.cli import app
 from degradation.data import write_cifar10
 from degradation.launch.compose import compose_config
 from degradation.runs import (
@@ -22,7 +20,7 @@ from degradation.runs import (
     run_path,
 )
 from degradation.storage import read_json
-from tests.conftest import tiny_overrides
+from tests.conftest import degrade_here, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +75,8 @@ def test_other_data_in_the_same_settings_trains_rather_than_answering_finished(
     other = write_cifar10(tmp_path / "other", 40, 60, seed=1)
     outputs = tmp_path / "outputs"
     for root in (cifar_root, other):
-        result = CliRunner().invoke(app, ["train", *map(str, tiny_overrides(
-            root, outputs, **{"train.threads": 1}))])
+        result = degrade_here("train", *map(str, tiny_overrides(
+            root, outputs, **{"train.threads": 1})))
         assert result.exit_code == 0, result.output
         assert "already finished" not in result.output
     summaries = [read_json(path) for path in sorted(outputs.rglob(SUMMARY_FILE))]

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
-from typer.testing import CliRunner
 
-from degradation.cli import app
 from degradation.data import write_cifar10
 from degradation.runs import CHECKPOINT, ERROR_FILE, METRICS_FILE, TENSORBOARD_DIR
 from degradation.storage import LOCK, RunLock
 from degradation.training.logs import TAGS
 from tests.analysis_fixtures import make_config, make_summary, write_run
+from tests.conftest import degrade_here
 
 TOTAL = 1000
 
@@ -62,7 +61,7 @@ def mixed(tmp_path: Path):
 
 
 def test_status_shows_each_state_with_its_details(mixed: Path) -> None:
-    result = CliRunner().invoke(app, ["status", str(mixed)])
+    result = degrade_here("status", str(mixed))
     assert result.exit_code == 0, result.output
     lines = dict(re.match(r"resnet-20-A\s+seed (\d)\s+(.*)", line).groups()
                  for line in result.output.splitlines()[:-1])
@@ -84,7 +83,7 @@ def test_status_shows_each_state_with_its_details(mixed: Path) -> None:
 
 
 def test_status_without_runs_says_so(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["status", str(tmp_path)])
+    result = degrade_here("status", str(tmp_path))
     assert result.exit_code == 1
     assert "no runs under" in result.output
 
@@ -97,7 +96,7 @@ def test_status_names_each_run_data(tmp_path: Path) -> None:
     generated = write_cifar10(tmp_path / "generated", 4, 2)
     write_run(tmp_path, {**overrides, "seed": 1, "data.root": str(generated)})  # pending
     write_run(tmp_path, {**overrides, "seed": 2, "data.root": str(tmp_path / "gone")})
-    result = CliRunner().invoke(app, ["status", str(tmp_path)])
+    result = degrade_here("status", str(tmp_path))
     assert result.exit_code == 0, result.output
     lines = {line.split()[2]: line for line in result.output.splitlines()[:-1]}
     assert "[subset of 3805 training images]" in lines["0"]

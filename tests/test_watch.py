@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from degradation.analysis.watch import (
     NOT_STARTED,
@@ -17,8 +16,8 @@ from degradation.analysis.watch import (
     run_line,
     sweep_line,
 )
-from degradation.cli import app
 from tests.analysis_fixtures import make_config, make_summary, write_run
+from tests.conftest import degrade_here
 from tests.test_status import mixed  # noqa: F401  (a fixture)
 
 RECIPE = {"train.iterations": 4000, "train.milestones": [2000, 3000]}
@@ -86,8 +85,8 @@ def test_a_terminal_gets_a_table_redrawn_in_place() -> None:
 
 
 def test_status_watch_refreshes_a_bounded_number_of_times(mixed: Path) -> None:  # noqa: F811
-    result = CliRunner().invoke(app, ["status", str(mixed), "--watch", "--every", "0.1",
-                                      "--times", "3"])
+    result = degrade_here("status", str(mixed), "--watch", "--every", "0.1",
+                                      "--times", "3")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert sum(line.startswith("sweep: ") for line in lines) == 3
@@ -97,7 +96,7 @@ def test_status_watch_refreshes_a_bounded_number_of_times(mixed: Path) -> None: 
 def test_status_watch_stops_when_every_run_has_ended(tmp_path: Path) -> None:
     config = make_config(tmp_path, RECIPE)
     write_run(tmp_path, RECIPE, summary=make_summary(config))
-    result = CliRunner().invoke(app, ["status", str(tmp_path), "--watch", "--every", "0.1"])
+    result = degrade_here("status", str(tmp_path), "--watch", "--every", "0.1")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == "sweep: 1/1 runs ended"
 
@@ -108,14 +107,14 @@ def test_status_with_overrides_lists_the_runs_not_started(tmp_path: Path) -> Non
     # Plain nets have no shortcut: `shortcut=A,B` asks for each seed's run twice.
     overrides = ["seed=0,1,2", "arch=plain", "shortcut=A,B", "train.iterations=4000",
                  "train.milestones=[2000,3000]", f"output_dir={tmp_path}"]
-    result = CliRunner().invoke(app, ["status", *overrides])
+    result = degrade_here("status", *overrides)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split()[2:5] for line in lines[:-1]] == [
         ["0", "done", "4000/4000"], ["1", "not", "started"], ["2", "not", "started"]]
     assert lines[-1] == "3 runs: 1 done, 2 not started"
     # Without the overrides only what is on disk is known.
-    assert CliRunner().invoke(app, ["status", str(tmp_path)]).output.splitlines()[-1] == \
+    assert degrade_here("status", str(tmp_path)).output.splitlines()[-1] == \
         "1 runs: 1 done"
 
 
@@ -148,9 +147,9 @@ def test_sweep_warns_before_starting_on_the_cpu(tmp_path: Path,
     import degradation.bench
 
     monkeypatch.setattr(degradation.bench, "step_seconds", lambda config: 0.5)
-    result = CliRunner().invoke(app, ["sweep", "--dry-run", "device=cpu", "depth=20,56",
+    result = degrade_here("sweep", "--dry-run", "device=cpu", "depth=20,56",
                                       f"output_dir={tmp_path}", "train.iterations=16000",
-                                      "train.milestones=[8000,12000]"])
+                                      "train.milestones=[8000,12000]")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[1].startswith("warning: no GPU: 2 runs need about 4h26m on this CPU")

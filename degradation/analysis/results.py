@@ -7,6 +7,10 @@ Runs are told apart by network (`plain-20`, `resnet-56-A`), seed and *variant*: 
 other than arch/depth/shortcut/seed in which a run differs from the most common recipe under
 the path (empty for a sweep that shares one recipe), so a short smoke run is never averaged
 with a full 64k-iteration one.
+
+Over 400 lines because reading runs back (scalars, summaries, damaged files, variants) and
+Table 6, which only aggregates what was read, change together; figures, reports and exports
+build on both.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def _run_path_resolver(*, _root_: DictConfig) -> str:
 
 def compose_config(overrides: list[str], config_dir: Path | None = None) -> Config:
     """The validated `Config` for one run's overrides (no sweep syntax)."""
-    return load_config(_compose(overrides, with_hydra=False, config_dir=config_dir))
+    return load_config(compose_tree(overrides, with_hydra=False, config_dir=config_dir))
 
 
 def expand(overrides: list[str], config_dir: Path | None = None) -> list[list[str]]:
@@ -101,7 +101,7 @@ def expand_for_launch(overrides: list[str], config_dir: Path | None = None
                       ) -> tuple[list[list[str]], bool]:
     """`expand`, and whether the sweep's launcher runs its jobs on this machine."""
     try:
-        hydra_node = _compose(fixed_overrides(overrides), with_hydra=True,
+        hydra_node = compose_tree(fixed_overrides(overrides), with_hydra=True,
                               config_dir=config_dir).hydra
         preset = hydra_node.sweeper.get("params") or {}
         here = hydra_node.launcher.get("_target_") in LAUNCHERS_HERE
@@ -136,7 +136,7 @@ def show_config(overrides: list[str], part: str, resolve: bool = False,
     Unlike Hydra's own, `--cfg hydra --resolve` works: the run folder (`hydra.run.dir`)
     refers to job keys, so the whole config is resolved before its `hydra` node is picked.
     """
-    composed = _compose(overrides, with_hydra=True, config_dir=config_dir)
+    composed = compose_tree(overrides, with_hydra=True, config_dir=config_dir)
     HydraConfig.instance().set_config(composed)  # `${hydra:...}` resolves against it
     composed = OmegaConf.create(OmegaConf.to_container(composed, resolve=False))  # writable
     for key in ("help", "hydra_help"):  # as Hydra's --cfg: its --help texts are noise
@@ -183,8 +183,9 @@ def describe_hydra_error(error: Exception) -> str:
     return text.splitlines()[0]
 
 
-def _compose(overrides: list[str], with_hydra: bool, config_dir: Path | None = None
-             ) -> DictConfig:
+def compose_tree(overrides: list[str], with_hydra: bool, config_dir: Path | None = None
+                 ) -> DictConfig:
+    """The composed configuration tree, unvalidated; with the `hydra` node if `with_hydra`."""
     register(config_dir)
     if config_dir:  # as Hydra's --config-dir does for `launch`
         overrides = [*overrides, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]

@@ -66,8 +66,8 @@ def resolve_speed(recipe: TrainConfig, device: torch.device) -> Speed:
     channels_last = True if recipe.channels_last is None else recipe.channels_last
     compile_model = recipe.compile
     if compile_model is None:
-        # On the CPU the first compile takes 1-2 min on two cores for about 12% faster steps:
-        # it pays back within a long run, never within a short one (BENCHMARKS.md).
+        # On the CPU the first compile takes minutes for somewhat faster steps: it pays back
+        # within a long run, never within a short one (BENCHMARKS.md).
         # Inductor's CPU kernels need a C++ compiler.
         long_run = recipe.iterations >= CPU_COMPILE_MIN_ITERATIONS
         compiler = any(shutil.which(cxx) for cxx in ("g++", "clang++"))
@@ -127,8 +127,7 @@ def keep_freed_memory() -> bool:
 
     A CPU training step allocates and frees the same few-MiB activation tensors every step.
     By default glibc hands such blocks back to the kernel and takes them again, page fault by
-    page fault (5-14 thousand faults a step for ResNet-20 at batch 128); kept, the step
-    faults no page and runs 1.2-1.4x faster on 2 cores (BENCHMARKS.md). It is set for the
+    page fault; kept, the step faults no page and runs faster (BENCHMARKS.md). It is set for the
     whole process and for good, so `degrade bench` times the conventional pipeline in a
     process of its own.
     """

@@ -20,8 +20,7 @@ A member converts to and from the lone format (`member_state_dict`,
 model's to float rounding (the vmapped convolutions are grouped ones, summing in another
 order), not bit for bit.
 
-On the CPU fusing does not pay: on 2 cores, 3 x ResNet-20 at batch 128 took 1.9 s a step
-fused against 1.3 s for the three lone channels_last steps one after another.
+On the CPU fusing does not pay (BENCHMARKS.md: fused seeds on the CPU).
 """
 
 from __future__ import annotations
@@ -65,8 +64,8 @@ def build_fused(configs: Sequence[Config], device: torch.device, speed: Speed) -
 def fused_compile(speed: Speed, device: torch.device) -> bool:
     """Whether the fused network is compiled: as `speed` says on CUDA, never on the CPU."""
     # Compiling vmap(functional_call) works (outputs, gradients and BN statistics agree with
-    # eager), but on 2 CPU cores the compiled 3 x ResNet-20 step was slower (3.0 s against
-    # 1.9 s at batch 128) after 95 s of compiling. On CUDA it is unmeasured: no GPU was at hand.
+    # eager), but on the CPU the compiled step was slower, after a long compile
+    # (BENCHMARKS.md). On CUDA it is unmeasured: no GPU was at hand.
     return speed.compile and device.type == "cuda"
 
 
@@ -80,8 +79,8 @@ class FusedNetwork:
 
     # The stacked inputs are 5-D, for which channels_last has no meaning; vmap turns each conv
     # into a grouped conv over the members whose layout follows from its reshapes. Forcing
-    # channels_last layouts on the stacked inputs and weights was slower on the CPU (2.2 s and
-    # 7.1 s a step against 2.0 s for 3 x ResNet-20 at batch 128).
+    # channels_last layouts on the stacked inputs and weights was slower on the CPU
+    # (BENCHMARKS.md).
     memory_format = torch.contiguous_format
 
     def __init__(self, models: Sequence[nn.Module], rngs: Sequence[dict[str, Any]],

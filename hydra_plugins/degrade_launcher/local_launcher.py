@@ -40,14 +40,16 @@ from hydra_plugins.degrade_launcher._core import Job, JobFailed, JobInterrupted
 __all__ = ["JobFailed", "JobInterrupted", "LauncherError", "LocalLauncher", "Slot",
            "assign_slots", "visible_gpus"]
 log = logging.getLogger(__name__)
+# The handler classes a job config may print to the console with.
+CONSOLE_HANDLERS = ("logging.StreamHandler", "degradation.console.ConsoleHandler")
 
 
 class LocalLauncher(Launcher):
     """Runs jobs in parallel subprocesses, one per free GPU slot or CPU share."""
 
-    def __init__(self, device: str = "auto", runs_per_gpu: int = 1, gpus_per_run: int = 1,
-                 parallel_runs: int | None = None, gpus: Sequence[Any] | None = None,
-                 poll_s: float = 0.2) -> None:
+    # No defaults here: conf/hydra/launcher/local.yaml is their one home.
+    def __init__(self, *, device: str, runs_per_gpu: int, gpus_per_run: int,
+                 parallel_runs: int | None, gpus: Sequence[Any] | None, poll_s: float) -> None:
         self.device = device
         self.runs_per_gpu = runs_per_gpu
         self.gpus_per_run = gpus_per_run
@@ -287,7 +289,7 @@ def _without_console(logging_config: DictConfig | None) -> None:
         return
     handlers = logging_config.get("handlers") or {}
     streams = {name for name, handler in handlers.items()
-               if handler is not None and handler.get("class") == "logging.StreamHandler"}
+               if handler is not None and handler.get("class") in CONSOLE_HANDLERS}
     with open_dict(logging_config):
         for node in [logging_config.get("root"), *(logging_config.get("loggers") or {}).values()]:
             if node is not None and node.get("handlers"):
