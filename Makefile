@@ -8,10 +8,10 @@ SUBSET := ../shared/cifar10-subset
 # Smoke runs stay outside outputs/, so `degrade plot outputs` (make demo) never mixes them in.
 SMOKE_OUT := outputs-smoke
 
-.PHONY: help setup test lint smoke demo clean
+.PHONY: help setup test test-fast lint smoke demo clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## Create .venv and install degrade (editable) with the test tools
 
@@ -25,6 +25,9 @@ lint: setup ## ruff over the package and the tests
 
 test: setup lint ## Run the test suite (CPU, offline, a few minutes)
 	$(BIN)/python -m pytest -q
+
+test-fast: setup ## The quick tests only (not the `slow` end-to-end ones): the edit loop
+	$(BIN)/python -m pytest -q -m "not slow"
 
 smoke: setup ## Offline end to end: a 4-run sweep on the real-image subset (or generated data), then plots
 	@if [ -d $(SUBSET)/cifar-10-batches-py ]; then root=$(SUBSET); \

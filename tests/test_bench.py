@@ -61,6 +61,7 @@ def number(cell: str) -> float:
 # --- degrade bench ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_measures_both_pipelines_and_records_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_cuda(*_args: object, **_kwargs: object) -> None:
@@ -119,6 +120,7 @@ def test_records_append_to_the_last_table_with_their_columns(tmp_path: Path) -> 
     assert table_rows(path.read_text().split(older)[1]) == [row]
 
 
+@pytest.mark.slow
 def test_packing_times_fused_and_separate_runs(tmp_path: Path) -> None:
     record = tmp_path / "BENCHMARKS.md"
     lines: list[str] = []
@@ -384,6 +386,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 def test_cpu_runs_keep_freed_memory_for_the_next_step() -> None:
     """Page faults over 4 training steps, each in a fresh process: with the allocator as it
     comes, and as CPU runs set it (measured: about 37,000 against 2,000)."""

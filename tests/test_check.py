@@ -58,6 +58,7 @@ def test_a_failing_check_is_a_failed_row_with_its_line_and_exit_1(
     assert result.stdout.splitlines()[-1] == "1 passed, 2 failed, 0 skipped"
 
 
+@pytest.mark.slow
 def test_a_failing_command_is_its_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(check, "CHECKS", [Check("bad depth", refused_by_degrade)])
     result = degrade_here("check", "--device", "cpu")

@@ -282,6 +282,7 @@ def test_sweep_skips_finished_resumes_unfinished_and_runs_in_parallel(
     assert mtimes(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_sweep_with_fuse_trains_seeds_together_each_in_its_own_folder(
         cifar_root: Path, tmp_path: Path) -> None:
     sweep = ["seed=0,1,2", "trainer.fuse=2", *tiny_overrides(cifar_root, tmp_path)]

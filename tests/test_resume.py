@@ -204,6 +204,7 @@ def assert_identical(folder: Path, reference: Path) -> None:
     ("mid-checkpoint-write", 6),
     ("mid-summary-write", 24),
 ])
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_bit_identical(
         reference: Path, started: dict[str, Started], scenario: str,
         checkpoint_left: int | None) -> None:
@@ -362,6 +363,7 @@ def test_a_diverged_run_is_recorded_with_where_it_diverged_and_keeps_its_logs(
     assert again.exit_code == 0 and "already finished" in again.stdout
 
 
+@pytest.mark.slow
 def test_a_sweep_goes_on_past_a_diverged_run_and_lists_it(cifar_root: Path, tmp_path: Path
                                                           ) -> None:
     result = degrade_here("sweep", *overrides(cifar_root, tmp_path, "train.lr=0.1,1e6"))
