@@ -46,7 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from degradation.config import Config, ConfigError, TrainConfig, from_dict
-from degradation.data import NUM_CLASSES, SIZE, TrainBatches, pixel_mean
+from degradation.data.cifar import NUM_CLASSES, SIZE, pixel_mean
+from degradation.data.stream import TrainBatches
 from degradation.hardware import Slot, assign_slots, pin_to, usable_cores, visible_gpus
 from degradation.models import build_model, layer_names
 from degradation.runs import network_name

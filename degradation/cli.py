@@ -456,7 +456,7 @@ def generate_data(
     seed: int = typer.Option(0),
 ) -> None:
     """Write a small synthetic data set in CIFAR-10's official format (offline demos)."""
-    from degradation.data import write_cifar10
+    from degradation.data.cifar import write_cifar10
 
     written = write_cifar10(root, train_per_batch, test_size, seed)
     typer.echo(f"wrote {written}")

@@ -1,7 +1,7 @@
 """The errors `degrade` reports, how an error becomes one line, and the exit codes.
 
 Every error a user can cause or meet derives from `DegradeError`; the subclasses live with
-the module that raises them (`ConfigError` in config.py, `DataError` in data.py, ...) and
+the module that raises them (`ConfigError` in config.py, `DataError` in data/cifar.py, ...) and
 keep the built-in type they always had (ValueError, RuntimeError) so callers that catch those
 still do.
 """

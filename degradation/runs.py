@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from degradation.config import Config, from_dict
-from degradation.data import BATCH_DIR, DataError, DataFingerprint, fingerprint
+from degradation.data.cifar import BATCH_DIR, DataError
+from degradation.data.fingerprint import DataFingerprint, fingerprint
 from degradation.errors import error_line
 from degradation.storage import DamagedFile, RunLock, read_json
 

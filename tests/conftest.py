@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner, Result
 
-from degradation.data import write_cifar10
+from degradation.data.cifar import write_cifar10
 from degradation.runs import TENSORBOARD_DIR
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from degradation import data as data_module
-from degradation.data import BATCH_DIR
+from degradation.data import cifar as data_module
+from degradation.data.cifar import BATCH_DIR
 from degradation.launch.compose import compose_config
 from degradation.runs import CHECKPOINT, METRICS_FILE, SUMMARY_FILE, run_dir
 from tests.conftest import degrade_here, tiny_overrides

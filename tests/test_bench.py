@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from degradation import bench
 from degradation.config import ConfigError
-from degradation.data import TrainBatches, pixel_mean
+from degradation.data.cifar import pixel_mean
+from degradation.data.stream import TrainBatches
 from degradation.launch.compose import compose_config
 from degradation.models import build_model
 from degradation.runs import METRICS_FILE

@@ -14,26 +14,30 @@ import numpy as np
 import pytest
 import torch
 
-from degradation.data import (
+from degradation.data.cifar import (
     BATCH_DIR,
-    FINGERPRINT_CACHE,
-    OFFICIAL_MD5,
     TEST_FILE,
     TRAIN_FILES,
     DataError,
+    ensure_cifar10,
+    load_cifar10,
+    read_batch,
+    write_cifar10,
+)
+from degradation.data.fingerprint import (
+    FINGERPRINT_CACHE,
+    OFFICIAL_MD5,
+    fingerprint,
+    official_fingerprint,
+)
+from degradation.data.stream import (
     TrainBatches,
     augment,
     augment_reference,
     crop_flip,
     draw_crops_flips,
-    ensure_cifar10,
     eval_batches,
-    fingerprint,
-    load_cifar10,
     normalize,
-    official_fingerprint,
-    read_batch,
-    write_cifar10,
 )
 
 SUBSET = Path(__file__).parents[1] / "../shared/cifar10-subset"

@@ -22,7 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from degradation.config import ConfigError
-from degradation.data import TrainBatches, load_cifar10
+from degradation.data.cifar import load_cifar10
+from degradation.data.stream import TrainBatches
 from degradation.errors import Interrupted
 from degradation.launch.compose import compose_config
 from degradation.runs import (

@@ -29,7 +29,8 @@ from torch.optim.optimizer import (
 )
 
 from degradation.config import Config
-from degradation.data import TrainBatches, load_cifar10
+from degradation.data.cifar import load_cifar10
+from degradation.data.stream import TrainBatches
 from degradation.errors import Interrupted
 from degradation.launch.compose import compose_config
 from degradation.runs import (

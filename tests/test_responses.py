@@ -9,7 +9,8 @@ import torch
 
 from degradation.analysis import responses
 from degradation.analysis.results import RESPONSES_FILE, AnalysisError, load_runs
-from degradation.data import eval_batches, load_cifar10, write_cifar10
+from degradation.data.cifar import load_cifar10, write_cifar10
+from degradation.data.stream import eval_batches
 from degradation.models import build_model, response_modules
 from degradation.runs import read_run
 from degradation.storage import read_json

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from degradation.data import write_cifar10
+from degradation.data.cifar import write_cifar10
 from degradation.launch.compose import compose_config
 from degradation.runs import (
     CONFIG_FILE,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from degradation.data import write_cifar10
+from degradation.data.cifar import write_cifar10
 from degradation.runs import CHECKPOINT, ERROR_FILE, METRICS_FILE, TENSORBOARD_DIR
 from degradation.storage import LOCK, RunLock
 from degradation.training.logs import TAGS

@@ -27,7 +27,8 @@ from degradation.analysis.results import (
     read_responses_file,
     variants,
 )
-from degradation.data import CifarSplits, eval_batches, load_cifar10
+from degradation.data.cifar import CifarSplits, load_cifar10
+from degradation.data.stream import eval_batches
 from degradation.models import build_model, response_modules
 from degradation.runs import RunRecord, network_name
 from degradation.storage import DamagedFile, write_json

@@ -38,7 +38,7 @@ from degradation.config import (
     load_config,
     members,
 )
-from degradation.data import DataError, check_batch_size, check_split, ensure_cifar10
+from degradation.data.cifar import DataError, check_batch_size, check_split, ensure_cifar10
 from degradation.errors import INTERRUPTED_EXIT, Interrupted, one_line
 from degradation.launch.compose import (
     compose_config,

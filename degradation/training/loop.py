@@ -32,7 +32,8 @@ import yaml
 from torch import Tensor
 
 from degradation.config import Config, members
-from degradation.data import CifarSplits, DataError, TrainBatches, load_cifar10
+from degradation.data.cifar import CifarSplits, DataError, load_cifar10
+from degradation.data.stream import TrainBatches
 from degradation.errors import Interrupted, error_line
 from degradation.runs import (
     CONFIG_FILE,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from degradation.config import TrainConfig
-from degradation.data import eval_batches
+from degradation.data.stream import eval_batches
 
 
 def learning_rate(iteration: int, train: TrainConfig, warming_up: bool = False) -> float:
