@@ -70,10 +70,10 @@ def write_report(path: Path, out_dir: Path | None = None) -> Path:
                               [[str(c.number), c.claim, c.paper, c.ours, _verdict(c.verdict),
                                 c.note] for c in verdicts]))
     if not study.finals.empty:
-        body.append(_figure_section("Error against depth", figures.degradation_figure(study),
-                                    folder, "degradation", "The paper: plain error rises with depth, "
-                                    "ResNet error falls: final errors, mean over seeds with "
-                                    "min-max bars; hollow diamonds: the paper."))
+        body.append(_figure_section(
+            "Error against depth", figures.degradation_figure(study), folder, "degradation",
+            "In the paper, plain error rises with depth and ResNet error falls. Final errors, "
+            "mean over seeds with min-max bars; hollow diamonds: the paper."))
     try:
         fig6 = figures.figure6(scalars, xmax_iterations=planned)
     except AnalysisError as error:

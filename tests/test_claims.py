@@ -190,7 +190,7 @@ def test_gradient_iterations_follow_the_papers_proportions():
 @pytest.mark.parametrize(("plain_ratio", "verdict"), [(0.5, REPRODUCED), (1e-4, NOT_REPRODUCED)])
 def test_vanishing_gradients_claim(tmp_path, plain_ratio, verdict):
     folders = write_grid(tmp_path)
-    for (arch, depth, _), folder in folders.items():
+    for (arch, _, _), folder in folders.items():
         write_grad_norms(folder, plain_ratio if arch == "plain" else 0.8)
     claim = verdicts(tmp_path)[8]
     assert claim.verdict == verdict, claim
@@ -218,3 +218,74 @@ def test_claims_command_writes_markdown_and_csv(tmp_path):
     table = pd.read_csv(written[1])
     assert list(table.columns) == claims.CLAIM_COLUMNS
     assert table["verdict"].tolist()[:4] == [REPRODUCED] * 4
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def test_degradation_figure_plain_and_resnet_with_spread_and_the_paper(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from degradation import figures
+
+    write_grid(tmp_path, {**PAPER_LIKE, ("plain", 32): (2.0, 10.5)})
+    study = claims.select_study(find_runs(tmp_path), tmp_path)
+    fig = figures.degradation_figure(study)
+    plain, resnet = fig.axes
+    assert (plain.get_title(), resnet.get_title()) == ("plain", "ResNet (shortcut A)")
+    assert plain.get_xlabel() == "depth (layers)" and plain.get_ylabel() == "final error (%)"
+    train = next(line for line in plain.get_lines() if line.get_gid() == "error/train")
+    assert train.get_xdata().tolist() == [20, 32, 56]
+    assert train.get_ydata().tolist() == pytest.approx([1.05, 2.05, 6.05])
+    assert train.get_linestyle() == "--"
+    # The paper's values, hollow: plain from the Figure 6 read-offs (≈11-12 is 11.5)...
+    paper = {line.get_gid(): line for line in plain.get_lines()
+             if line.get_gid().startswith("paper")}
+    assert paper["paper error/test"].get_ydata().tolist() == [9.6, 10.0, 11.5, 13.0]
+    assert paper["paper error/train"].get_ydata().tolist() == [1.0, 1.0, 3.0, 6.0]
+    assert paper["paper error/test"].get_markerfacecolor() == "none"
+    # ...ResNets from Table 6 (test error only).
+    paper = [line for line in resnet.get_lines() if line.get_gid() == "paper error/test"]
+    assert paper[0].get_xdata().tolist() == [20, 32, 44, 56]
+    assert paper[0].get_ydata().tolist() == [8.75, 7.51, 7.17, 6.97]
+    assert to_hex(paper[0].get_markeredgecolor()).upper() == "#D55E00"
+    # The min-max bars over the two seeds.
+    segments = [seg for bars in resnet.collections for seg in bars.get_segments()]
+    assert any(seg[0][1] == pytest.approx(7.0) and seg[1][1] == pytest.approx(7.1)
+               for seg in segments)
+    assert "bars min-max over seeds" in fig._suptitle.get_text()
+
+
+def test_plot_writes_the_degradation_figure(tmp_path):
+    from degradation.figures import plot_command
+    from tests.analysis_fixtures import write_study
+
+    write_study(tmp_path, seeds=(0,), iterations=8000)
+    written = plot_command(tmp_path, None, linear=False)
+    assert tmp_path / "figures" / "degradation.png" in written
+    assert (tmp_path / "figures" / "degradation.pdf").exists()
+
+
+def test_gradients_figure_and_command(tmp_path):
+    from degradation import figures
+
+    folders = write_grid(tmp_path)
+    assert figures.gradients_command(tmp_path, None) == []  # no logs: nothing drawn, no error
+    for (arch, _, _), folder in folders.items():
+        write_grad_norms(folder, 0.5 if arch == "plain" else 0.8)
+    written = figures.gradients_command(tmp_path, None)
+    assert written == [tmp_path / "figures" / "gradients.png",
+                       tmp_path / "figures" / "gradients.pdf"]
+    study = claims.select_study(find_runs(tmp_path), tmp_path)
+    fig = figures.gradients_figure(claims.gradient_norms(study), FULL)
+    assert [ax.get_title() for ax in fig.axes] == ["depth 20: gradient norm per conv layer",
+                                                   "depth 56: gradient norm per conv layer"]
+    ax = fig.axes[1]
+    assert ax.get_yscale() == "log"
+    gids = sorted(line.get_gid() for line in ax.get_lines())
+    assert gids == sorted(f"{arch} {it}" for arch in ("plain", "resnet")
+                          for it in (1000, 16000, 48000, 64000))
+    plain = next(line for line in ax.get_lines() if line.get_gid() == "plain 1000")
+    assert plain.get_xdata().tolist() == [1, 2, 3, 4]
+    assert plain.get_ydata().tolist() == pytest.approx([0.5, 1.1, 1.2, 1.0])
+    assert plain.get_linestyle() == "--"

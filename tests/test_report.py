@@ -21,10 +21,14 @@ class _Page(HTMLParser):
         self.images: list[str] = []
         self.cells: list[str] = []
         self.details = 0
+        self.headings: list[str] = []
         self._cell: list[str] | None = None
+        self._heading: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
-        if tag == "img":
+        if tag == "h2":
+            self._heading = []
+        elif tag == "img":
             self.images.append(dict(attrs)["src"])
         elif tag in ("td", "th"):
             self._cell = []
@@ -32,11 +36,16 @@ class _Page(HTMLParser):
             self.details += 1
 
     def handle_endtag(self, tag):
+        if tag == "h2" and self._heading is not None:
+            self.headings.append("".join(self._heading).strip())
+            self._heading = None
         if tag in ("td", "th") and self._cell is not None:
             self.cells.append("".join(self._cell).strip())
             self._cell = None
 
     def handle_data(self, data):
+        if self._heading is not None:
+            self._heading.append(data)
         if self._cell is not None:
             self._cell.append(data)
 
@@ -69,8 +78,9 @@ def built(tmp_path_factory):
 def test_report_embeds_the_figures_and_the_table(built):
     out, path, text, page = built
     assert path == out / "report.html"
-    assert len(page.images) == 3  # Figure 6, shortcuts, Figure 7
-    for src, name in zip(page.images, ("figure6", "shortcuts", "figure7"), strict=True):
+    assert len(page.images) == 4  # error against depth, Figure 6, shortcuts, Figure 7
+    names = ("degradation", "figure6", "shortcuts", "figure7")
+    for src, name in zip(page.images, names, strict=True):
         png = base64.b64decode(src.removeprefix("data:image/png;base64,"))
         assert png == (out / f"{name}.png").read_bytes()
         assert (out / f"{name}.pdf").exists()
@@ -78,6 +88,27 @@ def test_report_embeds_the_figures_and_the_table(built):
                  "best, chosen on the test set", "paper (Table 6)", "≈13 / ≈6"):
         assert name in page.cells, name
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+
+
+def test_report_puts_the_claims_first_then_the_figures_and_tables_in_order(built):
+    _, _, _, page = built
+    assert page.headings == [
+        "The claims of Sec. 4.2", "Error against depth", "Figure 6: training and test error",
+        "Shortcut options A / B / C", "Table 6: ours beside the paper",
+        "Figure 7: layer responses", "Runs"]
+    assert "not enough runs" in page.cells  # plain-56 diverged, ResNet-56 never ran
+
+
+def test_report_draws_the_gradients_when_runs_logged_them(tmp_path):
+    from tests.test_claims import write_grad_norms
+
+    for folder in write_study(tmp_path, depths=(20,), seeds=(0,), iterations=8000):
+        write_grad_norms(folder, 0.5, iterations=range(1000, 8001, 1000))
+    page = _Page()
+    page.feed(report.report_command(tmp_path, None).read_text(encoding="utf-8"))
+    assert page.headings[0] == "The claims of Sec. 4.2"
+    assert page.headings[-2:] == ["Gradient norms per layer", "Runs"]
+    assert (tmp_path / "figures" / "gradients.png").exists()
 
 
 def test_report_lists_every_run_with_its_state_and_config(built):
