@@ -133,3 +133,53 @@ def test_report_of_runs_without_curves_still_renders(tmp_path):
 def test_report_of_nothing_says_so(tmp_path):
     with pytest.raises(AnalysisError, match="no runs under"):
         report.report_command(tmp_path, None)
+
+
+# Reads the page as a browser laid it out: every heading in order with its position, and for
+# every image whether it decoded (naturalWidth > 0).
+_BROWSER_CHECK = """<script>
+window.addEventListener("load", () => {
+  const top = (el) => el.getBoundingClientRect().top + window.scrollY;
+  const out = {
+    headings: [...document.querySelectorAll("h2")].map((h) => [h.textContent, top(h)]),
+    images: [...document.images].map((i) => [i.alt, i.complete && i.naturalWidth > 0, top(i)]),
+  };
+  const pre = document.createElement("pre");
+  pre.id = "browser-check";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser_claims_first_images_loaded(built, tmp_path):
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    browser = next((found for name in _BROWSERS if (found := shutil.which(name))), None)
+    if browser is None:
+        pytest.skip("no headless browser (chromium or google-chrome) on PATH")
+    text = built[2]
+    page = tmp_path / "report.html"
+    page.write_text(text.replace("</body>", _BROWSER_CHECK + "</body>"), encoding="utf-8")
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+         "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="browser-check">(.*?)</pre>', result.stdout, re.S)
+    assert found, result.stderr[-2000:]
+    rendered = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    headings = [name for name, _ in rendered["headings"]]
+    assert headings[0] == "The claims of Sec. 4.2"
+    assert headings.index("Table 6: ours beside the paper") < headings.index(
+        "Figure 7: layer responses")
+    claims_top = rendered["headings"][0][1]
+    assert [alt for alt, _, _ in rendered["images"]] == ["degradation", "figure6", "shortcuts",
+                                                         "figure7"]
+    for alt, loaded, top in rendered["images"]:
+        assert loaded, f"{alt} did not load"
+        assert top > claims_top, f"{alt} is drawn above the claims"
