@@ -323,3 +323,32 @@ def test_plain_56_trains_worse_than_plain_20_on_real_images(tmp_path):
     result = degrade("report", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "figures" / "degradation.png").exists()
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def test_degrade_claims_and_gradients_on_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from degradation.cli import app
+
+    write_grid(tmp_path, seeds=(0,))
+    result = CliRunner().invoke(app, ["claims", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# The claims of Sec. 4.2: 4 reproduced, 4 not enough runs")
+    assert result.output.rstrip().endswith(str(tmp_path / "figures" / "claims.csv"))
+    result = CliRunner().invoke(app, ["gradients", str(tmp_path)])
+    assert result.exit_code == 0
+    assert result.output.startswith("no gradient logs (grad_norms.csv) in the finished runs")
+    assert not (tmp_path / "figures" / "gradients.png").exists()
+
+
+def test_degrade_claims_of_a_missing_folder_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from degradation.cli import app
+
+    result = CliRunner().invoke(app, ["claims", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} does not exist"]
