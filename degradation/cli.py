@@ -17,7 +17,7 @@ app = typer.Typer(
     help="Reproduce the CIFAR-10 degradation study of He et al. 2016 (plain vs residual "
     "nets, Sec. 4.2). Configuration keys are given as Hydra overrides, e.g. "
     "`degrade train depth=56 arch=plain`; presets with `experiment=NAME` "
-    "(smoke, fig6, table6, shortcuts, resnet1202).",
+    "(smoke, quick, demo, fig6, table6, shortcuts, resnet1202).",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
