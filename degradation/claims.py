@@ -530,14 +530,15 @@ def _gradients(study: Study) -> Claim:
     if missing:
         return _not_enough(8, claim, paper, missing)
     ratios = gradient_ratios(gradient_norms(study))
-    have = {(a, d) for a, d in zip(ratios["arch"], ratios["depth"], strict=True)}
+    have = set(zip(ratios["arch"], ratios["depth"], strict=True))
     lacking = [key for key in (("plain", 56), ("resnet", 56)) if key not in have]
     if lacking:
         return _not_enough(8, claim, paper, "no gradient logs (grad_norms.csv) in the runs of "
                            + ", ".join(network_label(*key) for key in lacking)
                            + ": they were trained before gradient logging; retrain them with "
                            + run_command(study, lacking, "--force"))
-    table = ratios.pivot_table(index="iteration", columns="arch", values="ratio")
+    table = ratios[ratios["depth"] == 56].pivot(index="iteration", columns="arch",
+                                                values="ratio")
     logged = table.dropna().index.tolist()
     chosen = gradient_iterations(logged, study.iterations) if logged else []
     if not chosen:
