@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from degradation import claims
 from degradation.analysis import (
@@ -293,7 +294,7 @@ def degradation_figure(study: claims.Study) -> Figure:
             "diamonds: the paper (Table 6 for ResNets, Figure 6 read-offs for plain nets)")
     if study.short:
         note += f"; ours on a {study.schedule_note()}"
-    fig.suptitle(textwrap.fill(note, width=int(fig.get_figwidth() * 15)), fontsize="medium")
+    fig.suptitle(textwrap.fill(note, width=int(fig.get_figwidth() * 12)), fontsize="medium")
     return fig
 
 
@@ -331,6 +332,7 @@ def gradients_figure(norms: pd.DataFrame, iterations: int) -> Figure:
                     linestyle="--" if arch == "plain" else "-", marker=".", markersize=3,
                     linewidth=1.3, label=label, gid=f"{arch} {iteration}")
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"depth {depth}: gradient norm per conv layer")
         ax.set_xlabel("conv layer (network order)")
         ax.set_ylabel("L2 norm of the weight gradient")
