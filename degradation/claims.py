@@ -211,8 +211,10 @@ def _missing(study: Study, errors: pd.DataFrame, wanted: Sequence[tuple[str, int
 def run_command(study: Study, networks: Sequence[tuple[str, int]], flags: str = "") -> str:
     """The `degrade` command(s) that train `networks` with the study's recipe, in its folder."""
     extra = _recipe_overrides(study.reference) if study.reference is not None else []
-    if study.root != Path("outputs"):
-        extra.append(f"output_dir={study.root}")
+    # Where the study's runs were written (PATH may be a folder above or below that).
+    output_dir = Path(study.reference.output_dir) if study.reference is not None else study.root
+    if output_dir != Path("outputs"):
+        extra.append(f"output_dir={output_dir}")
     if study.reference is not None and study.reference.data.root != "data":
         extra.append(f"data.root={study.reference.data.root}")
     tail = "".join(f" {item}" for item in [*extra, *([flags] if flags else [])])
