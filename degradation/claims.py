@@ -246,7 +246,7 @@ def _not_enough(number: int, claim: str, paper: str, note: str, ours: str = "") 
     return Claim(number, claim, paper, ours or "-", NOT_ENOUGH, note)
 
 
-def _ordered(study: Study, errors: pd.DataFrame, arch: str, depths: list[int], metric: str,
+def _ordered(errors: pd.DataFrame, arch: str, depths: list[int], metric: str,
              deeper_higher: bool) -> tuple[list[str], list[str]]:
     """(comparisons as text, those that fail) for every pair of depths present."""
     texts, failures = [], []
@@ -272,9 +272,9 @@ def _plain_deeper_worse(study: Study, errors: pd.DataFrame) -> Claim:
     if missing:
         return _not_enough(1, claim, paper, missing)
     depths = _present(errors, "plain")
-    texts, failures = _ordered(study, errors, "plain", depths, "train_error", True)
+    texts, failures = _ordered(errors, "plain", depths, "train_error", True)
     ours = "training error (%): " + "; ".join(texts)
-    key = _ordered(study, errors, "plain", [20, 56], "train_error", True)[1]
+    key = _ordered(errors, "plain", [20, 56], "train_error", True)[1]
     verdict = NOT_REPRODUCED if failures else REPRODUCED
     note = f"key pair plain-56 vs plain-20 {'fails' if key else 'holds'}"
     if failures:
@@ -290,8 +290,8 @@ def _resnet_deeper_better(study: Study, errors: pd.DataFrame) -> Claim:
     if missing:
         return _not_enough(2, claim, paper, missing)
     depths = [d for d in _present(errors, "resnet") if d in RESNET_DEPTHS]
-    train, train_fail = _ordered(study, errors, "resnet", depths, "train_error", False)
-    test, test_fail = _ordered(study, errors, "resnet", depths, "test_error", False)
+    train, train_fail = _ordered(errors, "resnet", depths, "train_error", False)
+    test, test_fail = _ordered(errors, "resnet", depths, "test_error", False)
     ours = "training error (%): " + "; ".join(train) + ". test error (%): " + "; ".join(test)
     unchecked = [d for d in RESNET_DEPTHS if d not in depths]
     note = "fails: " + "; ".join(train_fail + test_fail) if train_fail or test_fail else ""
