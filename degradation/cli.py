@@ -20,7 +20,7 @@ app = typer.Typer(
     help="Reproduce the CIFAR-10 degradation study of He et al. 2016 (plain vs residual "
     "nets, Sec. 4.2). Configuration keys are given as Hydra overrides, e.g. "
     "`degrade train depth=56 arch=plain`; presets with `experiment=NAME` "
-    "(smoke, fig6, table6, shortcuts, resnet1202).",
+    "(smoke, quick, demo, fig6, table6, shortcuts, resnet1202).",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -382,6 +382,44 @@ def responses(
 
     for written in _analysis(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
+
+
+@app.command()
+def claims(
+    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+) -> None:
+    """The claims of Sec. 4.2, each with our numbers and a verdict: reproduced, not
+    reproduced, or not enough runs (naming the missing runs and the command that makes them).
+
+    Prints Markdown and writes claims.md and claims.csv beside the figures.
+    """
+    from degradation.claims import claims_command
+
+    text, written = _analysis(claims_command, path, out)
+    typer.echo(text)
+    for file in written:
+        typer.echo(file)
+
+
+@app.command()
+def gradients(
+    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+) -> None:
+    """Per-layer gradient norms (grad_norms.csv) in network order at a few iterations, plain
+    and ResNet at each depth: the evidence on vanishing gradients (claim 8).
+
+    Writes gradients.png and .pdf; runs trained before gradient logging have none.
+    """
+    from degradation.figures import gradients_command
+
+    written = _analysis(gradients_command, path, out)
+    if not written:
+        typer.echo(f"no gradient logs (grad_norms.csv) in the finished runs under {path}: "
+                   "runs trained before gradient logging have none; nothing to draw")
+    for file in written:
+        typer.echo(file)
 
 
 @app.command()
