@@ -321,9 +321,14 @@ def test_plain_56_trains_worse_than_plain_20_on_real_images(tmp_path):
     assert "short schedule (200 of the paper's 64,000 iterations)" in table.loc[1, "note"]
     assert table.loc[2, "verdict"] == NOT_ENOUGH  # no ResNets: named, with their command
     assert "degrade sweep arch=resnet depth=20,56" in table.loc[2, "note"]
-    # The rest of the chain runs on the same runs, with no gradient logs and no ResNets.
+    # Claim 8 has the plain nets' gradient logs, written by training, but no ResNet-56.
+    assert table.loc[8, "verdict"] == NOT_ENOUGH
+    layers = read_grad_norms(next(tmp_path.rglob("plain-56/*/" + GRAD_NORMS_FILE)).parent)
+    assert sorted(set(layers["iteration"])) == [50, 100, 150, 200]
+    assert len(set(layers["layer"])) == 55  # 6n+1 3x3 convs for n = 9
     result = degrade("gradients", tmp_path)
-    assert result.returncode == 0 and "no gradient logs" in result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "figures" / "gradients.png").exists()
     result = degrade("report", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "figures" / "degradation.png").exists()
