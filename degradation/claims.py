@@ -591,10 +591,11 @@ def render_markdown(study: Study, claims: Sequence[Claim]) -> str:
             + markdown_table(["#", "claim", "paper", "ours", "verdict", "note"], rows))
 
 
-def claims_command(path: Path, out: Path | None) -> tuple[str, list[Path]]:
+def claims_command(path: Path, out: Path | None, recursive: bool = False
+                   ) -> tuple[str, list[Path]]:
     """`degrade claims`: judge every claim, write claims.md and claims.csv; the text, paths."""
     path = Path(path)
-    study = select_study(load_runs(path), path)
+    study = select_study(load_runs(path, recursive), path)
     claims = judge(study)
     markdown = render_markdown(study, claims)
     folder = figures_dir(path, out)

@@ -409,10 +409,10 @@ def plot_command(path: Path, out: Path | None, linear: bool, recursive: bool = F
     return written
 
 
-def gradients_command(path: Path, out: Path | None) -> list[Path]:
+def gradients_command(path: Path, out: Path | None, recursive: bool = False) -> list[Path]:
     """`degrade gradients`: the per-layer gradient norms figure; no paths when no run logged
     gradients (runs trained before gradient logging have none)."""
-    study = claims.select_study(load_runs(Path(path)), Path(path))
+    study = claims.select_study(load_runs(Path(path), recursive), Path(path))
     norms = claims.gradient_norms(study)
     if norms.empty:
         return []
