@@ -368,6 +368,7 @@ def export(
     path: Path = typer.Option(Path("outputs"), "--from", help="Folder to search for runs."),
     fmt: str | None = typer.Option(None, "--format", help="csv or parquet (needs pyarrow); "
                                    "default: parquet for a .parquet file, else csv."),
+    recursive: bool = RECURSIVE,
 ) -> None:
     """Every logged point of every run as one table: a row per run and iteration, with the
     run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*, ...) and
@@ -378,7 +379,7 @@ def export(
     refusal = format_refusal(fmt)
     if refusal:
         fail(refusal)
-    typer.echo(_analysis(export_command, path, out, fmt))
+    typer.echo(_analysis(export_command, path, out, fmt, recursive))
 
 
 @app.command()
@@ -399,6 +400,46 @@ def responses(
 
     for written in _analysis(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
+
+
+@app.command()
+def claims(
+    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    recursive: bool = RECURSIVE,
+) -> None:
+    """The claims of Sec. 4.2, each with our numbers and a verdict: reproduced, not
+    reproduced, or not enough runs (naming the missing runs and the command that makes them).
+
+    Prints Markdown and writes claims.md and claims.csv beside the figures.
+    """
+    from degradation.analysis.claims import claims_command
+
+    text, written = _analysis(claims_command, path, out, recursive)
+    typer.echo(text)
+    for file in written:
+        typer.echo(file)
+
+
+@app.command()
+def gradients(
+    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    recursive: bool = RECURSIVE,
+) -> None:
+    """Per-layer gradient norms (grad_norms.csv) in network order at a few iterations, plain
+    and ResNet at each depth: the evidence on vanishing gradients (claim 8).
+
+    Writes gradients.png and .pdf; runs trained before gradient logging have none.
+    """
+    from degradation.analysis.figures import gradients_command
+
+    written = _analysis(gradients_command, path, out, recursive)
+    if not written:
+        typer.echo(f"no gradient logs (grad_norms.csv) in the finished runs under {path}: "
+                   "runs trained before gradient logging have none; nothing to draw")
+    for file in written:
+        typer.echo(file)
 
 
 @app.command()

@@ -81,3 +81,13 @@ def test_milestones_beyond_the_iterations_suggest_the_papers_proportions() -> No
     assert str(caught.value).endswith("did you mean train.milestones=[1000,1500]?")
     # The suggestion itself is accepted.
     assert compose_config(["train.iterations=2000", "train.milestones=[1000,1500]"])
+
+
+def test_quick_preset_is_plain_and_resnet_at_20_and_56_on_a_short_schedule() -> None:
+    jobs = [dict(item.split("=") for item in job) for job in expand(["experiment=quick"])]
+    assert {(job["arch"], job["depth"]) for job in jobs} == {
+        (arch, depth) for arch in ("plain", "resnet") for depth in ("20", "56")}
+    train = compose_config(["experiment=quick"]).train
+    # The paper's proportions: lr divided at 1/2 and 3/4 of the schedule (32k, 48k of 64k).
+    assert train.milestones == [train.iterations // 2, train.iterations * 3 // 4]
+    assert train.iterations < 64000 and train.batch_size == 128

@@ -191,7 +191,8 @@ def test_figure7_network_order_on_top_sorted_below():
 def test_plot_command_writes_png_and_pdf(tmp_path):
     write_study(tmp_path, depths=(20,), seeds=(0,), iterations=4000)
     written = figures.plot_command(tmp_path, None, linear=False)
-    assert written == [tmp_path / "figures" / "figure6.png", tmp_path / "figures" / "figure6.pdf"]
+    assert written == [tmp_path / "figures" / f"{name}.{kind}"
+                       for name in ("figure6", "degradation") for kind in ("png", "pdf")]
     assert written[0].read_bytes()[:4] == b"\x89PNG" and written[1].read_bytes()[:4] == b"%PDF"
     out = figures.plot_command(tmp_path, tmp_path / "elsewhere", linear=True)
     assert all(path.parent == tmp_path / "elsewhere" for path in out)

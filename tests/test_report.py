@@ -21,10 +21,14 @@ class _Page(HTMLParser):
         self.images: list[str] = []
         self.cells: list[str] = []
         self.details = 0
+        self.headings: list[str] = []
         self._cell: list[str] | None = None
+        self._heading: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
-        if tag == "img":
+        if tag == "h2":
+            self._heading = []
+        elif tag == "img":
             self.images.append(dict(attrs)["src"])
         elif tag in ("td", "th"):
             self._cell = []
@@ -32,11 +36,16 @@ class _Page(HTMLParser):
             self.details += 1
 
     def handle_endtag(self, tag):
+        if tag == "h2" and self._heading is not None:
+            self.headings.append("".join(self._heading).strip())
+            self._heading = None
         if tag in ("td", "th") and self._cell is not None:
             self.cells.append("".join(self._cell).strip())
             self._cell = None
 
     def handle_data(self, data):
+        if self._heading is not None:
+            self._heading.append(data)
         if self._cell is not None:
             self._cell.append(data)
 
@@ -69,8 +78,9 @@ def built(tmp_path_factory):
 def test_report_embeds_the_figures_and_the_table(built):
     out, path, text, page = built
     assert path == out / "report.html"
-    assert len(page.images) == 3  # Figure 6, shortcuts, Figure 7
-    for src, name in zip(page.images, ("figure6", "shortcuts", "figure7"), strict=True):
+    assert len(page.images) == 4  # error against depth, Figure 6, shortcuts, Figure 7
+    names = ("degradation", "figure6", "shortcuts", "figure7")
+    for src, name in zip(page.images, names, strict=True):
         png = base64.b64decode(src.removeprefix("data:image/png;base64,"))
         assert png == (out / f"{name}.png").read_bytes()
         assert (out / f"{name}.pdf").exists()
@@ -78,6 +88,27 @@ def test_report_embeds_the_figures_and_the_table(built):
                  "best, chosen on the test set", "paper (Table 6): mean", "≈13 / ≈6"):
         assert name in page.cells, name
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+
+
+def test_report_puts_the_claims_first_then_the_figures_and_tables_in_order(built):
+    _, _, _, page = built
+    assert page.headings == [
+        "The claims of Sec. 4.2", "Error against depth", "Figure 6: training and test error",
+        "Shortcut options A / B / C", "Table 6: ours beside the paper",
+        "Figure 7: layer responses", "Runs"]
+    assert "not enough runs" in page.cells  # plain-56 diverged, ResNet-56 never ran
+
+
+def test_report_draws_the_gradients_when_runs_logged_them(tmp_path):
+    from tests.test_claims import write_grad_norms
+
+    for folder in write_study(tmp_path, depths=(20,), seeds=(0,), iterations=8000):
+        write_grad_norms(folder, 0.5, iterations=range(1000, 8001, 1000))
+    page = _Page()
+    page.feed(report.report_command(tmp_path, None).read_text(encoding="utf-8"))
+    assert page.headings[0] == "The claims of Sec. 4.2"
+    assert page.headings[-2:] == ["Gradient norms per layer", "Runs"]
+    assert (tmp_path / "figures" / "gradients.png").exists()
 
 
 def test_report_lists_every_run_with_its_state_and_config(built):
@@ -102,3 +133,53 @@ def test_report_of_runs_without_curves_still_renders(tmp_path):
 def test_report_of_nothing_says_so(tmp_path):
     with pytest.raises(AnalysisError, match="no runs under"):
         report.report_command(tmp_path, None)
+
+
+# Reads the page as a browser laid it out: every heading in order with its position, and for
+# every image whether it decoded (naturalWidth > 0).
+_BROWSER_CHECK = """<script>
+window.addEventListener("load", () => {
+  const top = (el) => el.getBoundingClientRect().top + window.scrollY;
+  const out = {
+    headings: [...document.querySelectorAll("h2")].map((h) => [h.textContent, top(h)]),
+    images: [...document.images].map((i) => [i.alt, i.complete && i.naturalWidth > 0, top(i)]),
+  };
+  const pre = document.createElement("pre");
+  pre.id = "browser-check";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser_claims_first_images_loaded(built, tmp_path):
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    browser = next((found for name in _BROWSERS if (found := shutil.which(name))), None)
+    if browser is None:
+        pytest.skip("no headless browser (chromium or google-chrome) on PATH")
+    text = built[2]
+    page = tmp_path / "report.html"
+    page.write_text(text.replace("</body>", _BROWSER_CHECK + "</body>"), encoding="utf-8")
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+         "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="browser-check">(.*?)</pre>', result.stdout, re.S)
+    assert found, result.stderr[-2000:]
+    rendered = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    headings = [name for name, _ in rendered["headings"]]
+    assert headings[0] == "The claims of Sec. 4.2"
+    assert headings.index("Table 6: ours beside the paper") < headings.index(
+        "Figure 7: layer responses")
+    claims_top = rendered["headings"][0][1]
+    assert [alt for alt, _, _ in rendered["images"]] == ["degradation", "figure6", "shortcuts",
+                                                         "figure7"]
+    for alt, loaded, top in rendered["images"]:
+        assert loaded, f"{alt} did not load"
+        assert top > claims_top, f"{alt} is drawn above the claims"

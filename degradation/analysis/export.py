@@ -40,11 +40,11 @@ def run_columns(record: RunRecord, root: Path) -> dict[str, Any]:
     return columns
 
 
-def points_table(path: Path) -> pd.DataFrame:
+def points_table(path: Path, recursive: bool = False) -> pd.DataFrame:
     """One row per logged iteration of every run under `path`: config columns, then tags."""
     path = Path(path)
     frames = []
-    for record in load_runs(path):
+    for record in load_runs(path, recursive):
         points = read_run_scalars(record.path)
         if points.empty:
             continue
@@ -71,12 +71,12 @@ def format_refusal(fmt: str) -> str | None:
     return None
 
 
-def export_command(path: Path, out: Path, fmt: str) -> Path:
+def export_command(path: Path, out: Path, fmt: str, recursive: bool = False) -> Path:
     """`degrade export`: write the points table to `out` as CSV or parquet; the path."""
     refusal = format_refusal(fmt)
     if refusal:
         raise AnalysisError(refusal)
-    table = points_table(path)
+    table = points_table(path, recursive)
     buffer = io.BytesIO()
     if fmt == "parquet":
         table.to_parquet(buffer, index=False)

@@ -1,10 +1,12 @@
-"""Figure 6 (error vs iterations), the shortcut-option comparison, and Figure 7 (responses).
+"""Figure 6 (error vs iterations), error against depth, the shortcut-option comparison, the
+gradient norms, and Figure 7 (responses).
 
 Usage: `degrade plot outputs/` writes `outputs/figures/figure6.{png,pdf}` (and
 `shortcuts.*` when a sweep has several shortcut options, `figure7.*` when responses exist).
 
 Figures are built as `matplotlib.figure.Figure` objects without pyplot, so the Agg canvas is
 used, no global figure list grows, and tests can inspect axes and lines before saving.
+Over 400 lines because the figures share their colours, axes and notes (one look for all).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from degradation.analysis import claims
 from degradation.analysis.results import (
     GROUP,
+    PAPER_FIGURE6_PLAIN,
+    PAPER_TABLE6,
     PLAIN_SHORTCUT,
     STATE_ORDER,
     AnalysisError,
@@ -275,6 +280,107 @@ def figure7(responses: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
+DEGRADATION_STYLE = {"error/train": ("training error", "#0072B2", "--", "o"),
+                     "error/test": ("test error", "#D55E00", "-", "s")}
+
+
+def degradation_figure(study: claims.Study) -> Figure:
+    """Final training and test error against depth, plain and ResNet side by side: mean over
+    seeds with min-max bars, the paper's values as hollow markers."""
+    errors = claims.final_errors(study)
+    if errors.empty:
+        raise AnalysisError("no finished runs to plot error against depth yet")
+    panels = [arch for arch in ("plain", "resnet") if (errors["arch"] == arch).any()]
+    fig = _figure(len(panels))
+    top = 0.0
+    for ax, arch in zip(fig.axes, panels, strict=True):
+        part = errors[errors["arch"] == arch].sort_values("depth")
+        depths = part["depth"].to_numpy()
+        paper = _paper_errors(arch, int(depths.min()), int(depths.max()))
+        for metric, column in (("error/train", "train_error"), ("error/test", "test_error")):
+            name, colour, linestyle, marker = DEGRADATION_STYLE[metric]
+            mean = part[f"{column}_mean"].to_numpy()
+            spread = np.vstack([mean - part[f"{column}_min"].to_numpy(),
+                                part[f"{column}_max"].to_numpy() - mean])
+            ax.errorbar(depths, mean, yerr=spread, color=colour, linestyle=linestyle,
+                        marker=marker, linewidth=TEST_STYLE["linewidth"] if metric ==
+                        "error/test" else 1.4, capsize=3, label=f"ours: {name}", gid=metric)
+            points = paper[metric]
+            if points:
+                ax.plot(list(points), list(points.values()), linestyle="none", marker="D",
+                        markersize=8, markerfacecolor="none", markeredgecolor=colour,
+                        markeredgewidth=1.5, label=f"paper: {name}", gid=f"paper {metric}")
+            top = max(top, float(np.nanmax(part[f"{column}_max"])),
+                      max(points.values(), default=0.0))
+        ax.set_xscale("log")
+        ticks = sorted(set(depths) | {d for points in paper.values() for d in points})
+        ax.set_xticks(ticks, [str(d) for d in ticks])
+        ax.minorticks_off()
+        ax.set_title("plain" if arch == "plain" else "ResNet (shortcut A)")
+        ax.set_xlabel("depth (layers)")
+        ax.set_ylabel("final error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in fig.axes:
+        ax.set_ylim(0, top * 1.08 + 0.5)
+    note = ("Final error against depth: mean over seeds, bars min-max over seeds; hollow "
+            "diamonds: the paper (Table 6 for ResNets, Figure 6 read-offs for plain nets)")
+    if study.short:
+        note += f"; ours on a {study.schedule_note()}"
+    fig.suptitle(textwrap.fill(note, width=int(fig.get_figwidth() * 12)), fontsize="medium")
+    return fig
+
+
+def _paper_errors(arch: str, low: int, high: int) -> dict[str, dict[int, float]]:
+    """The paper's final errors within [low, high] layers: midpoints of the published cells."""
+    points: dict[str, dict[int, float]] = {"error/train": {}, "error/test": {}}
+    if arch == "plain":
+        for depth, (test, train) in PAPER_FIGURE6_PLAIN.items():
+            if low <= depth <= high:
+                points["error/test"][depth] = float(np.mean(claims.parse_paper_number(test)))
+                points["error/train"][depth] = float(np.mean(claims.parse_paper_number(train)))
+    else:
+        points["error/test"] = {d: e for d, e in PAPER_TABLE6.items() if low <= d <= high}
+    return points
+
+
+def gradients_figure(norms: pd.DataFrame, iterations: int) -> Figure:
+    """Per-layer gradient norms in network order at a few iterations, one panel per depth:
+    plain dashed, ResNet solid, one colour per iteration (mean over seeds)."""
+    if norms.empty:
+        raise AnalysisError("no gradient logs (grad_norms.csv) to plot")
+    chosen = claims.gradient_iterations(norms["iteration"].unique().tolist(), iterations)
+    depths = sorted(norms["depth"].unique())
+    fig = _figure(len(depths))
+    colours = {it: GRADIENT_COLOURS[i % len(GRADIENT_COLOURS)] for i, it in enumerate(chosen)}
+    for ax, depth in zip(fig.axes, depths, strict=True):
+        part = norms[(norms["depth"] == depth) & norms["iteration"].isin(chosen)]
+        means = part.groupby(["arch", "iteration", "layer"])["grad_norm"].agg(["mean", "count"])
+        for (arch, iteration), curve in means.groupby(level=["arch", "iteration"]):
+            layers = curve.index.get_level_values("layer").to_numpy() + 1
+            seeds = int(curve["count"].max())
+            label = f"{network_label(arch, depth)}, it {iteration:,}" + (
+                f" ({seeds} seeds)" if seeds > 1 else "")
+            ax.plot(layers, curve["mean"].to_numpy(), color=colours[iteration],
+                    linestyle="--" if arch == "plain" else "-", marker=".", markersize=3,
+                    linewidth=1.3, label=label, gid=f"{arch} {iteration}")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"depth {depth}: gradient norm per conv layer")
+        ax.set_xlabel("conv layer (network order)")
+        ax.set_ylabel("L2 norm of the weight gradient")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="x-small")
+    fig.suptitle("Gradient norm of each conv layer's weight at iterations "
+                 + ", ".join(f"{it:,}" for it in chosen)
+                 + "; dashed: plain, solid: ResNet; mean over seeds", fontsize="medium")
+    return fig
+
+
+# One colour per iteration shown, early to late (Okabe-Ito, as the depth colours).
+GRADIENT_COLOURS = ("#56B4E9", "#009E73", "#E69F00", "#CC79A7", "#000000")
+
+
 def save_figure(fig: Figure, folder: Path, name: str) -> list[Path]:
     """Write `name.png` and `name.pdf` into `folder`; return both paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -299,5 +405,19 @@ def plot_command(path: Path, out: Path | None, linear: bool, recursive: bool = F
     responses = read_responses(records)
     if responses:
         written += save_figure(figure7(responses), folder, "figure7")
+    study = claims.select_study(records, Path(path))
+    if not study.finals.empty:
+        written += save_figure(degradation_figure(study), folder, "degradation")
     return written
+
+
+def gradients_command(path: Path, out: Path | None, recursive: bool = False) -> list[Path]:
+    """`degrade gradients`: the per-layer gradient norms figure; no paths when no run logged
+    gradients (runs trained before gradient logging have none)."""
+    study = claims.select_study(load_runs(Path(path), recursive), Path(path))
+    norms = claims.gradient_norms(study)
+    if norms.empty:
+        return []
+    return save_figure(gradients_figure(norms, study.iterations), figures_dir(path, out),
+                       "gradients")
 

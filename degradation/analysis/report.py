@@ -15,8 +15,9 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from degradation.analysis import figures
+from degradation.analysis import claims, figures
 from degradation.analysis.results import (
+    REPRODUCTIONS,
     AnalysisError,
     data_line,
     eval_set_of,
@@ -36,17 +37,6 @@ from degradation.storage import atomic_write_text
 
 REPORT_FILE = "report.html"
 
-# PAPER.md, "What independent reproductions measured": context for our numbers, not a target.
-REPRODUCTIONS = (
-    ("source", "schedule", "R-20", "R-32", "R-44", "R-56", "R-110", "P-20", "P-56"),
-    ("akamaster/pytorch_resnet_cifar10", "200 epochs, best", "8.27", "7.37", "6.90", "6.61",
-     "6.32", "", ""),
-    ("gcr/torch-residual-networks", "Torch", "8.29", "7.63", "7.14", "6.94", "6.73", "", ""),
-    ("nabla0001/resnet, 5 seeds, 45k/5k split", "paper", "8.51 ± 0.22", "", "", "7.40 ± 0.27",
-     "7.14 ± 0.20", "9.78 ± 0.13", "12.95 ± 0.22"),
-    ("a-martyn/resnet, best", "paper", "8.0", "7.51", "7.38", "7.33", "", "9.5", "12.76"),
-)
-
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222; }
 h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; }
@@ -56,6 +46,8 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.55em; text-align: left; verti
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .state-done { color: #1a7f37; } .state-diverged, .state-failed { color: #b42318; }
 .state-running { color: #0b61a4; } .note { color: #555; font-size: 0.9em; }
+.verdict-reproduced { color: #1a7f37; } .verdict-not-reproduced { color: #b42318; }
+.verdict-not-enough-runs { color: #8a6d00; }
 pre { background: #f7f7f7; padding: 0.6em; font-size: 0.85em; }
 """
 
@@ -71,6 +63,18 @@ def write_report(path: Path, out_dir: Path | None = None, recursive: bool = Fals
             f"<p class='note'>{len(records)} runs under <code>{html.escape(str(path))}</code>. "
             "He et al. 2016, Sec. 4.2: Figure 6, Table 6 and Figure 7.</p>"]
 
+    study = claims.select_study(records, path)
+    verdicts = claims.judge(study)
+    body.append("<h2 id='claims'>The claims of Sec. 4.2</h2>"
+                f"<p class='note'>{html.escape(claims.header(study))}</p>"
+                + _html_table(["#", "claim", "paper", "ours", "verdict", "note"],
+                              [[str(c.number), c.claim, c.paper, c.ours, _verdict(c.verdict),
+                                c.note] for c in verdicts]))
+    if not study.finals.empty:
+        body.append(_figure_section(
+            "Error against depth", figures.degradation_figure(study), folder, "degradation",
+            "In the paper, plain error rises with depth and ResNet error falls. Final errors, "
+            "mean over seeds with min-max bars; hollow diamonds: the paper."))
     try:
         fig6 = figures.figure6(scalars, xmax_iterations=planned)
     except AnalysisError as error:
@@ -84,17 +88,22 @@ def write_report(path: Path, out_dir: Path | None = None, recursive: bool = Fals
         body.append(_figure_section("Shortcut options A / B / C", shortcuts, folder, "shortcuts",
                                     "The paper compares the options on ImageNet only; these "
                                     "CIFAR-10 curves have no published counterpart."))
-    responses = read_responses(records)
-    if responses:
-        body.append(_figure_section("Figure 7: layer responses", figures.figure7(responses),
-                                    folder, "figure7", "Top: network order; bottom: sorted."))
-
     headers, rows, notes = table_cells(results_table(records))
     body.append("<h2>Table 6: ours beside the paper</h2>" + _html_table(headers, rows)
                 + "".join(f"<p class='note'>{html.escape(note)}</p>"
                           for note in [*notes, data_line(records)]))
     body.append("<h3>Independent reproductions (test error %, for context)</h3>"
                 + _html_table(REPRODUCTIONS[0], REPRODUCTIONS[1:]))
+    responses = read_responses(records)
+    if responses:
+        body.append(_figure_section("Figure 7: layer responses", figures.figure7(responses),
+                                    folder, "figure7", "Top: network order; bottom: sorted."))
+
+    norms = claims.gradient_norms(study)
+    if not norms.empty:
+        body.append(_figure_section("Gradient norms per layer", figures.gradients_figure(
+            norms, study.iterations), folder, "gradients", "The L2 norm of each conv layer's "
+            "weight gradient, in network order, at a few iterations (claim 8)."))
     body.append("<h2>Runs</h2>" + _runs_table(records, scalars, path))
 
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -111,6 +120,11 @@ def _figure_section(title: str, fig: Figure, folder: Path, name: str, caption: s
     return (f"<h2>{html.escape(title)}</h2><img alt='{name}' src='data:image/png;base64,{data}'>"
             f"<p class='note'>{html.escape(caption)} Files: <a href='{png.name}'>{png.name}</a>, "
             f"<a href='{pdf.name}'>{pdf.name}</a>.</p>")
+
+
+def _verdict(verdict: str) -> _Html:
+    css = verdict.replace(" ", "-")
+    return _Html(f"<strong class='verdict-{css}'>{html.escape(verdict)}</strong>")
 
 
 def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -57,6 +57,19 @@ PAPER_TABLE6_NOTES = {110: "mean ± std of 5 runs"}
 PAPER_FIGURE6_PLAIN = {20: ("≈9.6", "≈1"), 32: ("≈10", "≈1"), 44: ("≈11-12", "≈3"),
                        56: ("≈13", "≈6")}
 
+# PAPER.md, "What independent reproductions measured": context for our numbers, not a target.
+REPRODUCTIONS = (
+    ("source", "schedule", "R-20", "R-32", "R-44", "R-56", "R-110", "P-20", "P-56"),
+    ("akamaster/pytorch_resnet_cifar10", "200 epochs, best", "8.27", "7.37", "6.90", "6.61",
+     "6.32", "", ""),
+    ("its users' reruns (issue 18, 6 runs of R-56, best)", "200 epochs, best", "", "", "",
+     "6.89-8.42", "", "", ""),
+    ("gcr/torch-residual-networks", "Torch", "8.29", "7.63", "7.14", "6.94", "6.73", "", ""),
+    ("nabla0001/resnet, 5 seeds, 45k/5k split", "paper", "8.51 ± 0.22", "", "", "7.40 ± 0.27",
+     "7.14 ± 0.20", "9.78 ± 0.13", "12.95 ± 0.22"),
+    ("a-martyn/resnet, best", "paper", "8.0", "7.51", "7.38", "7.33", "", "9.5", "12.76"),
+)
+
 PLAIN_SHORTCUT = "-"  # plain nets have no shortcut; "-" (not None) so pandas never drops them
 FIGURES_DIR = "figures"
 RESPONSES_FILE = "responses.json"

@@ -15,13 +15,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from torch.utils.tensorboard import SummaryWriter
 
 from degradation.errors import error_line
 from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, TENSORBOARD_DIR
 from degradation.storage import DamagedFile, atomic_write_text
+
+if TYPE_CHECKING:  # pandas is imported only by the readers, not by every training process
+    import pandas as pd
 
 TAGS = ("lr", "error/train", "loss/train", "error/test", "loss/test")
 GRAD_NORM_COLUMNS = ("iteration", "layer", "name", "grad_norm")
@@ -127,6 +130,32 @@ def _read_grad_norm_rows(path: Path) -> dict[int, dict[str, float]]:
             rows.setdefault(int(record["iteration"]), {})[record["name"]] = float(
                 record["grad_norm"])
     return rows
+
+
+# `grad_norms.csv`, one row per (iteration, conv layer): `layer` is the conv's 0-based index
+# in network order, `name` its qualified module name, `grad_norm` the L2 norm of the gradient
+# of its weight at that iteration. Runs trained before gradient logging have no file.
+_GRAD_NORM_DTYPES = {"iteration": "int64", "layer": "int64", "name": object,
+                     "grad_norm": "float64"}
+
+
+def read_grad_norms(folder: Path) -> pd.DataFrame:
+    """A run's `grad_norms.csv` (columns `GRAD_NORM_COLUMNS`); an empty frame when it has none."""
+    import pandas as pd
+
+    path = Path(folder) / GRAD_NORMS_FILE
+    if not path.exists():
+        return pd.DataFrame({column: pd.Series(dtype=dtype)
+                             for column, dtype in _GRAD_NORM_DTYPES.items()})
+    frame = pd.read_csv(path, dtype={"name": str})
+    missing = set(GRAD_NORM_COLUMNS) - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path} lacks the columns {sorted(missing)} "
+                         f"(expected {','.join(GRAD_NORM_COLUMNS)})")
+    # A resumed run may log an iteration again: the row written last wins.
+    frame = frame[list(GRAD_NORM_COLUMNS)].drop_duplicates(["iteration", "layer"], keep="last")
+    return frame.astype(_GRAD_NORM_DTYPES).sort_values(["iteration", "layer"],
+                                                       ignore_index=True)
 
 
 def _csv_cell(value: float | None) -> str:
