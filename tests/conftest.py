@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -101,3 +102,13 @@ def help_commands(text: str) -> list[str]:
     """The command names listed in the Commands panel of a `--help` text, in order."""
     panel = text.split("Commands")[1]
     return re.findall(r"^\W (\S+) {2,}\S", panel, flags=re.MULTILINE)
+
+
+def no_space(*_args: object) -> None:
+    """Stands in for a write that fails because the disk is full."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files a writer left behind."""
+    return sorted(path.name for path in folder.iterdir() if path.name.endswith(".tmp"))

@@ -80,7 +80,7 @@ def train(config: Config, splits: CifarSplits | None = None) -> Outcome:
 def train_all(config: Config, splits: CifarSplits | None = None) -> list[Outcome]:
     """Train `config` and the run of each seed in `trainer.fuse_with`: one outcome per run,
     `config`'s first. Finished runs are skipped; the others train as one fused model
-    (degradation/training/fused.py) when their checkpoints stand at one iteration, else one by one.
+    (fused.py) when their checkpoints stand at one iteration, else one by one.
     """
     configs = members(config)
     outcomes = {seed: Outcome("skipped", folder, read_json(folder / SUMMARY_FILE))
