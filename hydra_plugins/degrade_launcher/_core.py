@@ -2,8 +2,9 @@
 
 Hydra's plugin scan executes every public module under `hydra_plugins` again (new copies of
 their classes), and before registering it in sys.modules (which breaks dataclasses with
-postponed annotations). Modules whose name starts with `_` are never scanned: the slots,
-jobs and exceptions here stay the same objects for everyone who imports them.
+postponed annotations). Modules whose name starts with `_` are never scanned: the jobs and
+exceptions here stay the same objects for everyone who imports them. The machine's slots,
+cores and GPUs are the package's (degradation/hardware.py).
 """
 
 from __future__ import annotations
