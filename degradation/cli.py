@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 
+from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
 from degradation.package import presets
 
 app = typer.Typer(
@@ -115,7 +116,7 @@ def _options(
     """Reproduce the CIFAR-10 degradation study of He et al. 2016."""
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = BAD_INPUT_EXIT) -> None:
     """Print a one-line error and exit non-zero (no traceback for bad input)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -157,7 +158,7 @@ def train(
         return
     if planned.action == "running":
         lock = RunLock(planned.folder)
-        fail(str(lock.refusal(lock.holder() or "unknown")), code=1)
+        fail(str(lock.refusal(lock.holder() or "unknown")), code=FAILED_EXIT)
     try:
         resolve_device(planned.config.device)  # checked here only: sweeps may run elsewhere
     except ConfigError as error:
@@ -238,7 +239,7 @@ def sweep(
         reason = error.read_text().strip() if error.exists() else "did not finish"
         typer.echo(f"  failed: {run.folder}: {reason}", err=True)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(FAILED_EXIT)
 
 
 @app.command()
@@ -311,7 +312,7 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
             views = [view_of(record) for record in load_runs(root, recursive)]
         except AnalysisError as error:
             if not unstarted:
-                fail(str(error), code=1)
+                fail(str(error), code=FAILED_EXIT)
             views = []
         found = {view.path for view in views}
         return views + [view for view in asked() if view.path not in found]
@@ -532,7 +533,7 @@ def check(device: str = typer.Option("auto", help="auto (CUDA when present), cpu
     skipped = sum(row.result == "skipped" for row in rows)
     typer.echo(f"{len(rows) - failed - skipped} passed, {failed} failed, {skipped} skipped")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(FAILED_EXIT)
 
 
 def _analysis(command, *args, **kwargs):
@@ -545,7 +546,7 @@ def _analysis(command, *args, **kwargs):
         try:
             return command(*args, **kwargs)
         except (AnalysisError, *USER_ERRORS) as error:
-            fail(str(error), code=1)
+            fail(str(error), code=FAILED_EXIT)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ from degradation.config import (
     members,
 )
 from degradation.data.cifar import DataError, check_batch_size, check_split, ensure_cifar10
-from degradation.errors import INTERRUPTED_EXIT, Interrupted, one_line
+from degradation.errors import FAILED_EXIT, INTERRUPTED_EXIT, Interrupted, one_line
 from degradation.launch.compose import (
     compose_config,
     expand_for_launch,
@@ -285,7 +285,7 @@ def _record_error(error: Exception, folders: list[Path], in_sweep: bool) -> None
                 atomic_write_text(folder / ERROR_FILE, f"{message}\n")
     log.error("error: %s", message)
     if not in_sweep:
-        raise SystemExit(1) from None
+        raise SystemExit(FAILED_EXIT) from None
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from degradation.errors import INTERRUPTED_EXIT
+from degradation.errors import FAILED_EXIT, INTERRUPTED_EXIT
 from degradation.hardware import parse_cores, pin_to
 
 log = logging.getLogger("degrade")
@@ -55,7 +55,7 @@ def main(spec_path: str, error_path: str, cores: str) -> int:
             Path(error_path).write_bytes(pickle.dumps(error))
         if not isinstance(error, Interrupted):
             log.exception("training failed")
-        return INTERRUPTED_EXIT if isinstance(error, Interrupted) else 1
+        return INTERRUPTED_EXIT if isinstance(error, Interrupted) else FAILED_EXIT
     return 0
 
 
