@@ -34,6 +34,12 @@ def small_cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          test_size=32)
 
 
+@pytest.fixture
+def generated(tmp_path: Path) -> Path:
+    """A generated CIFAR-10 copy: 5 train batches of 7 images, a test batch of 5."""
+    return write_cifar10(tmp_path, train_per_batch=7, test_size=5, seed=3)
+
+
 def tiny_overrides(cifar_root: Path, output_dir: Path, **extra: object) -> list[str]:
     """Overrides for a depth-8 run of a dozen iterations on CPU (a second or two)."""
     values: dict[str, object] = {
