@@ -28,6 +28,7 @@ from degradation.storage import DamagedFile, RunLock, read_json
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
+PLAIN_SHORTCUT = "-"  # plain nets have no shortcut; "-" (not None) so pandas never drops them
 GRAD_NORMS_FILE = "grad_norms.csv"  # per log point, each 3x3 conv weight's gradient norm
 TENSORBOARD_DIR = "tensorboard"
 ERROR_FILE = "error.txt"

@@ -1,8 +1,7 @@
 """TensorBoard opened on the study: `tensorboard --logdir outputs` shows Figure 6 and HParams.
 
-- Each finished run writes `<run>/tensorboard/hparams/`: its arch, depth, shortcut and seed
-  as hyperparameters and its final and best errors as metrics, so the HParams tab compares
-  every run. (A folder of its own: the run's training curves stay one stream of points.)
+- Each finished run writes `<run>/tensorboard/hparams/` (`training.logs.write_hparams`), so
+  the HParams tab compares every run.
 - `degrade plot` and the end of `degrade sweep` write `<output_dir>/study/`: each network's
   error curves averaged over seeds (`plain-20/error/train`, ...) and a custom-scalars layout
   with Figure 6's panels, one chart per family for training error and one for test error.
@@ -14,44 +13,15 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
-from degradation.analysis.results import PLAIN_SHORTCUT, aggregate, read_scalars
-from degradation.config import Config
-from degradation.runs import TENSORBOARD_DIR
+from degradation.analysis.results import aggregate, read_scalars
 
-HPARAMS_DIR = "hparams"
 STUDY_DIR = "study"
-# The HParams tab's metrics: tag -> the summary.json entry it is read from.
-METRICS = {"final/test_error": "final_test_error", "final/train_error": "final_train_error",
-           "best/test_error": "best_test_error"}
-DOMAINS = {"arch": ["plain", "resnet"], "shortcut": ["A", "B", "C", PLAIN_SHORTCUT]}
 FIGURE6 = "Figure 6"
 ERRORS = {"error/train": "training error", "error/test": "test error"}
-
-
-def write_hparams(run_dir: Path, config: Config, summary: dict[str, Any]) -> Path:
-    """The run's hyperparameters and final/best errors for TensorBoard's HParams tab."""
-    folder = Path(run_dir) / TENSORBOARD_DIR / HPARAMS_DIR
-    shutil.rmtree(folder, ignore_errors=True)  # a run ends once; what is here is stale
-    values = {"arch": config.arch, "depth": config.depth,
-              "shortcut": PLAIN_SHORTCUT if config.arch == "plain" else config.shortcut,
-              "seed": config.seed}
-    # Every metric is declared, so runs that diverged before an evaluation still compare.
-    experiment, start, end = hparams(values, dict.fromkeys(METRICS, 0.0), DOMAINS)
-    writer = SummaryWriter(log_dir=str(folder))
-    for proto in (experiment, start, end):
-        writer.file_writer.add_summary(proto)
-    step = summary.get("iterations_done") or config.train.iterations
-    for tag, key in METRICS.items():
-        if summary.get(key) is not None:
-            writer.add_scalar(tag, float(summary[key]), step)
-    writer.close()
-    return folder
 
 
 def study_tag(arch: str, depth: int, shortcut: str, metric: str) -> str:

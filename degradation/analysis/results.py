@@ -33,6 +33,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from degradation.errors import DegradeError, error_line
 from degradation.runs import (
     METRICS_FILE,
+    PLAIN_SHORTCUT,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
     RunRecord,
@@ -70,7 +71,6 @@ REPRODUCTIONS = (
     ("a-martyn/resnet, best", "paper", "8.0", "7.51", "7.38", "7.33", "", "9.5", "12.76"),
 )
 
-PLAIN_SHORTCUT = "-"  # plain nets have no shortcut; "-" (not None) so pandas never drops them
 FIGURES_DIR = "figures"
 RESPONSES_FILE = "responses.json"
 STATE_ORDER = ("done", "running", "interrupted", "pending", "failed", "diverged")

@@ -12,15 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
+from degradation.config import Config
 from degradation.errors import error_line
-from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, TENSORBOARD_DIR
+from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, PLAIN_SHORTCUT, TENSORBOARD_DIR
 from degradation.storage import DamagedFile, atomic_write_text
 
 if TYPE_CHECKING:  # pandas is imported only by the readers, not by every training process
@@ -234,3 +237,32 @@ def let_new_event_file_sort_last(tensorboard: Path) -> None:
                if len(part) > 3 and part[3].isdigit()]
     if started:
         time.sleep(max(0.0, max(started) + 1 - time.time()))
+
+
+HPARAMS_DIR = "hparams"  # <run>/tensorboard/hparams/: a folder of its own, so the training
+# curves stay one stream of points
+# The HParams tab's metrics: tag -> the summary.json entry it is read from.
+HPARAMS_METRICS = {"final/test_error": "final_test_error",
+                   "final/train_error": "final_train_error", "best/test_error": "best_test_error"}
+HPARAMS_DOMAINS = {"arch": ["plain", "resnet"], "shortcut": ["A", "B", "C", PLAIN_SHORTCUT]}
+
+
+def write_hparams(run_dir: Path, config: Config, summary: dict[str, Any]) -> Path:
+    """The run's hyperparameters (arch, depth, shortcut, seed) and final/best errors for
+    TensorBoard's HParams tab, so `tensorboard --logdir outputs` compares every run."""
+    folder = Path(run_dir) / TENSORBOARD_DIR / HPARAMS_DIR
+    shutil.rmtree(folder, ignore_errors=True)  # a run ends once; what is here is stale
+    values = {"arch": config.arch, "depth": config.depth,
+              "shortcut": PLAIN_SHORTCUT if config.arch == "plain" else config.shortcut,
+              "seed": config.seed}
+    # Every metric is declared, so runs that diverged before an evaluation still compare.
+    experiment, start, end = hparams(values, dict.fromkeys(HPARAMS_METRICS, 0.0), HPARAMS_DOMAINS)
+    writer = SummaryWriter(log_dir=str(folder))
+    for proto in (experiment, start, end):
+        writer.file_writer.add_summary(proto)
+    step = summary.get("iterations_done") or config.train.iterations
+    for tag, key in HPARAMS_METRICS.items():
+        if summary.get(key) is not None:
+            writer.add_scalar(tag, float(summary[key]), step)
+    writer.close()
+    return folder

@@ -19,6 +19,7 @@ from degradation.config import Config
 from degradation.package import code_version
 from degradation.runs import SUMMARY_FILE, data_of
 from degradation.storage import write_json
+from degradation.training.logs import write_hparams
 
 
 @dataclass
@@ -85,8 +86,6 @@ def summary_of(config: Config, ending: Ending, eval_set: str, device: torch.devi
 def write_summary(folder: Path, config: Config, summary: dict[str, Any]) -> None:
     """Write summary.json and the run's TensorBoard hyperparameters (its HParams entry)."""
     write_json(folder / SUMMARY_FILE, summary)
-    from degradation.analysis.board import write_hparams  # pandas: only once a run has ended
-
     write_hparams(folder, config, summary)
 
 
