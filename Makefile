@@ -26,8 +26,8 @@ lint: setup ## ruff over the package and the tests
 test: setup lint ## Run the test suite (CPU, offline, a few minutes)
 	$(BIN)/python -m pytest -q
 
-test-fast: setup ## The quick tests only (not the `slow` end-to-end ones): the edit loop
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: setup ## The quick tests (not `slow`, not training networks), under a minute: the edit loop
+	$(BIN)/python -m pytest -q -m "not slow and not trains"
 
 smoke: setup ## Offline end to end: a 4-run sweep on the real-image subset (or generated data), then plots
 	@if [ -d $(SUBSET)/cifar-10-batches-py ]; then root=$(SUBSET); \

@@ -21,6 +21,18 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED_SUBSET = PROJECT.parent / "shared" / "cifar10-subset"
 
 
+# Fixtures that only tests that train networks on data ask for: what `make test-fast` leaves
+# out for the edit loop (`make test` runs everything, as CI does).
+TRAINING_FIXTURES = {"cifar_root", "small_cifar_root"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that train on data `trains`, so `-m "not trains"` selects the rest."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.trains)
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated data set: 5 x 40 training images, 60 test images."""

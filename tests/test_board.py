@@ -75,6 +75,7 @@ def test_a_diverged_run_without_a_test_error_still_declares_every_metric(tmp_pat
     assert len(board["metrics"]) == 3 and list(board["scalars"]) == ["final/train_error"]
 
 
+@pytest.mark.slow
 def test_plot_writes_the_figure6_layout_and_mean_curves(tmp_path: Path) -> None:
     write_study(tmp_path, iterations=4000)  # plain and resnet-A, depths 20 and 56, 2 seeds
     result = degrade_here("plot", str(tmp_path))

@@ -260,6 +260,7 @@ def test_degradation_figure_plain_and_resnet_with_spread_and_the_paper(tmp_path)
     assert "bars min-max over seeds" in fig._suptitle.get_text()
 
 
+@pytest.mark.slow
 def test_plot_writes_the_degradation_figure(tmp_path):
     from degradation.analysis.figures import plot_command
     from tests.analysis_fixtures import write_study
@@ -270,6 +271,7 @@ def test_plot_writes_the_degradation_figure(tmp_path):
     assert (tmp_path / "figures" / "degradation.pdf").exists()
 
 
+@pytest.mark.slow
 def test_gradients_figure_and_command(tmp_path):
     from degradation.analysis import figures
 

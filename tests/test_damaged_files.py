@@ -63,6 +63,7 @@ def _responses(folder: Path) -> Path:
     return folder / RESPONSES_FILE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, warned", [
     (_garble(SUMMARY_FILE), COMMANDS),
     (_garble(SUMMARY_FILE, b"[1, 2]"), COMMANDS),

@@ -188,6 +188,7 @@ def test_figure7_network_order_on_top_sorted_below():
     assert "POOLING TEXT" in fig._suptitle.get_text()
 
 
+@pytest.mark.slow
 def test_plot_command_writes_png_and_pdf(tmp_path):
     write_study(tmp_path, depths=(20,), seeds=(0,), iterations=4000)
     written = figures.plot_command(tmp_path, None, linear=False)

@@ -93,6 +93,7 @@ def test_plain_nets_under_several_options_are_one_run(tmp_path: Path) -> None:
     assert [run.action for run in planned] == ["start"] * 3
 
 
+@pytest.mark.slow
 def test_runs_that_differ_only_in_seed_share_fused_jobs(tmp_path: Path) -> None:
     planned = plan(["arch=plain,resnet", "seed=0,1,2", "depth=8,110", "trainer.fuse=2",
                     f"output_dir={tmp_path}"], sweep=True)

@@ -75,6 +75,7 @@ def built(tmp_path_factory):
     return out, path, text, page
 
 
+@pytest.mark.slow
 def test_report_embeds_the_figures_and_the_table(built):
     out, path, text, page = built
     assert path == out / "report.html"
@@ -99,6 +100,7 @@ def test_report_puts_the_claims_first_then_the_figures_and_tables_in_order(built
     assert "not enough runs" in page.cells  # plain-56 diverged, ResNet-56 never ran
 
 
+@pytest.mark.slow
 def test_report_draws_the_gradients_when_runs_logged_them(tmp_path):
     from tests.test_claims import write_grad_norms
 
