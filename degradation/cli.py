@@ -66,6 +66,8 @@ def _config_keys() -> list[str]:
     values = OmegaConf.load(data_dir("conf") / "config.yaml")
     return walk(values, "") if isinstance(values, DictConfig) else []
 
+RUNS_PATH = typer.Argument(Path("outputs"), help="Folder to search for runs.")
+OUT = typer.Option(None, "--out", help="Where to write (default PATH/figures).")
 RECURSIVE = typer.Option(False, "--recursive", help="Also read the output trees nested inside "
                          "PATH (folders holding their own runs/, e.g. a backup copy); a run "
                          "found in several folders is still counted once.")
@@ -322,8 +324,8 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
 
 @app.command()
 def plot(
-    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
-    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    path: Path = RUNS_PATH,
+    out: Path | None = OUT,
     linear: bool = typer.Option(False, "--linear", help="Full linear error axis instead of the "
                                 "paper's 0-20% range."),
     recursive: bool = RECURSIVE,
@@ -347,8 +349,8 @@ def plot(
 
 @app.command()
 def table(
-    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
-    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    path: Path = RUNS_PATH,
+    out: Path | None = OUT,
     recursive: bool = RECURSIVE,
 ) -> None:
     """Table 6: final and best test error per network (mean +- std over seeds), beside the paper.
@@ -385,8 +387,8 @@ def export(
 
 @app.command()
 def responses(
-    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
-    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    path: Path = RUNS_PATH,
+    out: Path | None = OUT,
     data_root: Path | None = typer.Option(None, "--data-root", help="CIFAR-10 folder, if not the "
                                           "one each run was trained on."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -405,8 +407,8 @@ def responses(
 
 @app.command()
 def claims(
-    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
-    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    path: Path = RUNS_PATH,
+    out: Path | None = OUT,
     recursive: bool = RECURSIVE,
 ) -> None:
     """The claims of Sec. 4.2, each with our numbers and a verdict: reproduced, not
@@ -424,8 +426,8 @@ def claims(
 
 @app.command()
 def gradients(
-    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
-    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    path: Path = RUNS_PATH,
+    out: Path | None = OUT,
     recursive: bool = RECURSIVE,
 ) -> None:
     """Per-layer gradient norms (grad_norms.csv) in network order at a few iterations, plain
@@ -445,8 +447,8 @@ def gradients(
 
 @app.command()
 def report(
-    path: Path = typer.Argument(Path("outputs"), help="Folder to search for runs."),
-    out: Path | None = typer.Option(None, "--out", help="Where to write (default PATH/figures)."),
+    path: Path = RUNS_PATH,
+    out: Path | None = OUT,
     recursive: bool = RECURSIVE,
 ) -> None:
     """One HTML page with the figures, the tables and every run's config, code version, time."""
