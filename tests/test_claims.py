@@ -9,7 +9,7 @@ from degradation.analysis import claims
 from degradation.analysis.claims import NOT_ENOUGH, NOT_REPRODUCED, REPRODUCED
 from degradation.analysis.results import RESPONSES_FILE
 from degradation.runs import GRAD_NORMS_FILE, find_runs
-from degradation.storage import write_json
+from degradation.storage import DamagedFile, write_json
 from degradation.training.logs import GRAD_NORM_COLUMNS, read_grad_norms
 from tests.analysis_fixtures import make_config, make_summary, write_run
 
@@ -171,13 +171,11 @@ def test_a_run_without_gradient_logs_reads_as_an_empty_frame(tmp_path):
     assert str(frame["grad_norm"].dtype) == "float64"
 
 
-def test_gradient_logs_read_back_in_order_the_last_of_a_repeat_kept(tmp_path):
+def test_gradient_logs_out_of_the_writers_order_are_damage_not_data(tmp_path):
     (tmp_path / GRAD_NORMS_FILE).write_text(
-        "iteration,layer,name,grad_norm\n200,1,stage1.0.conv1,0.5\n100,0,conv1,1.25\n"
-        "100,1,stage1.0.conv1,0.75\n200,0,conv1,2.0\n200,1,stage1.0.conv1,0.25\n")
-    frame = read_grad_norms(tmp_path)
-    assert frame.values.tolist() == [[100, 0, "conv1", 1.25], [100, 1, "stage1.0.conv1", 0.75],
-                                     [200, 0, "conv1", 2.0], [200, 1, "stage1.0.conv1", 0.25]]
+        "iteration,layer,name,grad_norm\n200,1,stage1.0.conv1,0.5\n100,0,conv1,1.25\n")
+    with pytest.raises(DamagedFile, match=r"line 2: layer 1 \('stage1.0.conv1'\) where "):
+        read_grad_norms(tmp_path)
 
 
 def test_gradient_iterations_follow_the_papers_proportions():
@@ -363,3 +361,17 @@ def test_degrade_claims_of_a_missing_folder_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["claims", str(tmp_path / "nowhere")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} does not exist"]
+
+
+def test_a_damaged_gradient_log_is_named_in_a_warning_and_left_out(tmp_path, caplog):
+    folders = write_grid(tmp_path)
+    for (arch, _, _), folder in folders.items():
+        write_grad_norms(folder, 0.5 if arch == "plain" else 0.8)
+    damaged = next(iter(folders.values())) / GRAD_NORMS_FILE
+    damaged.write_text(damaged.read_text()[:-20])  # cut mid-row, as a torn copy leaves it
+    study = claims.select_study(find_runs(tmp_path), tmp_path)
+    norms = claims.gradient_norms(study)
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(f"warning: {damaged} is damaged (line ")
+    assert warning.endswith("; its gradient norms are left out")
+    assert len(norms.groupby(["arch", "depth", "seed"])) == len(folders) - 1

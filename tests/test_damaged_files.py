@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from degradation.analysis.results import RESPONSES_FILE
@@ -109,3 +110,29 @@ def test_a_run_found_twice_is_one_line_of_status_and_one_warning(study: list[Pat
     assert len(warnings) == 3 and all("is in 2 folders" in line for line in warnings)
     assert "3 done" in next(line for line in both.stdout.splitlines()
                             if line.startswith("| ResNet-20"))
+
+
+def test_a_cut_event_file_gives_way_to_the_complete_metrics_csv(tmp_path: Path) -> None:
+    from degradation.training.logs import MetricsLog, read_metrics
+    from tests.analysis_fixtures import make_config, make_summary, write_run
+
+    recipe = {"train.iterations": 4000, "train.milestones": [2000, 3000]}
+    folder = write_run(tmp_path, recipe, summary=make_summary(make_config(tmp_path, recipe)))
+    metrics = MetricsLog(folder)
+    for iteration in range(100, 4001, 100):
+        metrics.log(iteration, {"lr": 0.1, "error/train": 50.0 - iteration / 100,
+                                "error/test": 60.0 - iteration / 100})
+    metrics.close()
+    (event,) = (folder / TENSORBOARD_DIR).glob("events.out.tfevents.*")
+    event.write_bytes(event.read_bytes()[:200])  # a few points left of 120
+    out = tmp_path / "points.csv"
+    for command in (("export", out, "--from", tmp_path), ("plot", tmp_path),
+                    ("report", tmp_path)):
+        result = degrade_here(*command)
+        assert result.exit_code == 0, (command, result.stderr)
+        (warning,) = result.stderr.splitlines()
+        assert warning.startswith(f"warning: {event} is damaged (its TensorBoard events hold ")
+        assert warning.endswith("the curves are read from metrics.csv"), warning
+    exported = pd.read_csv(out)
+    assert len(exported) == len(read_metrics(folder / METRICS_FILE)) == 40
+    assert exported["error/train"].tolist()[-1] == 10.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -40,8 +41,9 @@ from degradation.analysis.results import (
     read_responses,
 )
 from degradation.config import Config, load_config, yaml_defaults
+from degradation.errors import error_line
 from degradation.runs import RunRecord, hashed_identity
-from degradation.storage import atomic_write_text
+from degradation.storage import DamagedFile, atomic_write_text
 from degradation.training.logs import read_grad_norms
 
 PAPER_ITERATIONS = 64000
@@ -61,6 +63,7 @@ GRADIENT_FRACTIONS = (1 / 64, 1 / 4, 3 / 4, 1.0)
 # Warm-up is not part of a recipe here: the paper warms up ResNet-110 only (and not 1202).
 _NOT_RECIPE = ("train.warmup", "train.warmup_lr", "train.warmup_until_error")
 CLAIM_COLUMNS = ["number", "claim", "paper", "ours", "verdict", "note"]
+log = logging.getLogger("degrade")
 
 
 @dataclass
@@ -485,7 +488,9 @@ def gradient_norms(study: Study) -> pd.DataFrame:
             continue
         try:
             norms = read_grad_norms(record.path)
-        except (OSError, ValueError):  # a damaged file must not stop the analysis
+        except (OSError, DamagedFile) as error:  # named, and must not stop the analysis
+            log.warning("warning: %s; its gradient norms are left out",
+                        error_line(error, with_type=False))
             continue
         if not norms.empty:
             frames.append(norms.assign(arch=record.config.arch, depth=record.config.depth,

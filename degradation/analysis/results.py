@@ -45,7 +45,7 @@ from degradation.runs import (
     network_name,
 )
 from degradation.storage import DamagedFile, atomic_write_text, read_json
-from degradation.training.logs import read_metrics
+from degradation.training.logs import TAGS, read_metrics_prefix
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
 # For most depths the paper prints one number, which our mean is compared with; for ResNet-110
@@ -218,11 +218,49 @@ def run_label(record: RunRecord, root: Path) -> str:
 
 
 def read_run_scalars(run_dir: Path) -> pd.DataFrame:
-    """One run's scalars (iteration, metric, value) from TensorBoard, else from metrics.csv."""
-    files = sorted((Path(run_dir) / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    """One run's scalars (iteration, metric, value), from whichever of its two logs is complete.
+
+    metrics.csv is the run's record and TensorBoard's events a copy (which alone holds the
+    gradient norms). The events are read where they hold every point of metrics.csv; where
+    they lack some (a damaged or cut event file, or events not yet flushed by a run in
+    training) the CSV's points are; a damaged CSV gives only its valid rows, unless the events
+    hold more. A damaged log of a finished run is named in a `warning:` line.
+    """
+    run_dir = Path(run_dir)
+    files = sorted((run_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    events = _read_events(files)
+    path = run_dir / METRICS_FILE
+    try:
+        rows, damage = read_metrics_prefix(path)
+    except OSError:  # no metrics.csv: a run from before it, or one that has logged nothing yet
+        return events
+    logged = _points(rows)
+    in_events = set(zip(events["iteration"], events["metric"], strict=True))
+    in_csv = set(zip(logged["iteration"], logged["metric"], strict=True))
+    if in_csv <= in_events and (damage is None or len(_tags(in_events)) > len(in_csv)):
+        if damage is not None:
+            log.warning("warning: %s; its points are read from the TensorBoard events", damage)
+        return events
+    if damage is not None:
+        log.warning("warning: %s; its points after that line are left out", damage)
+    elif files and (run_dir / SUMMARY_FILE).exists():  # a finished run's events are whole
+        where = files[0] if len(files) == 1 else run_dir / TENSORBOARD_DIR
+        log.warning("warning: %s is damaged (its TensorBoard events hold %d of the %d points "
+                    "of %s); the curves are read from %s", where, len(in_csv & in_events),
+                    len(in_csv), METRICS_FILE, METRICS_FILE)
+    others = events[~events["metric"].isin(TAGS)]  # the gradient norms: in the events only
+    return pd.concat([logged, others], ignore_index=True).sort_values(
+        ["metric", "iteration"], ignore_index=True)
+
+
+def _tags(points: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """The points of `metrics.csv`'s metrics (`TAGS`) among `points`."""
+    return {point for point in points if point[1] in TAGS}
+
+
+def _read_events(files: Sequence[Path]) -> pd.DataFrame:
+    """The scalars of a run's event files, merged as TensorBoard shows them after restarts."""
     per_file = [rows for rows in map(_read_event_file, files) if rows]
-    if not per_file:
-        return _read_metrics_csv(Path(run_dir) / METRICS_FILE)
     # A resumed run restarts from its last checkpoint: a file that starts at step s supersedes
     # everything written earlier at steps >= s (what SummaryWriter's purge_step means), even if
     # the writer did not purge. Files are taken in the order they were written.
@@ -235,7 +273,8 @@ def read_run_scalars(run_dir: Path) -> pd.DataFrame:
     # A (tag, step) written twice keeps the value written last.
     frame = frame.sort_values("wall_time", kind="stable")
     frame = frame.drop_duplicates(["metric", "iteration"], keep="last")
-    return frame.sort_values(["metric", "iteration"]).drop(columns="wall_time")
+    return frame.sort_values(["metric", "iteration"]).drop(columns="wall_time").astype(
+        _POINT_DTYPES)
 
 
 def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
@@ -258,18 +297,14 @@ def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
             for tag in accumulator.Tags()["scalars"] for event in accumulator.Scalars(tag)]
 
 
-def _read_metrics_csv(path: Path) -> pd.DataFrame:
-    try:
-        rows = read_metrics(path)
-    except OSError:  # no metrics.csv: the run has logged nothing yet
-        rows = {}
-    except DamagedFile as error:
-        log.warning("warning: %s; its points are left out", error)
-        rows = {}
+_POINT_DTYPES = {"iteration": "int64", "metric": object, "value": "float64"}
+
+
+def _points(rows: dict[int, dict[str, float]]) -> pd.DataFrame:
+    """metrics.csv's rows as points (iteration, metric, value)."""
     points = [(iteration, metric, value) for iteration, values in rows.items()
               for metric, value in values.items()]
-    return pd.DataFrame(points, columns=["iteration", "metric", "value"]).astype(
-        {"iteration": "int64", "metric": object, "value": "float64"})
+    return pd.DataFrame(points, columns=list(_POINT_DTYPES)).astype(_POINT_DTYPES)
 
 
 def _dtype(column: str) -> str:

@@ -15,6 +15,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -46,17 +47,14 @@ class MetricsLog:
         self.grad_norms_path = run_dir / GRAD_NORMS_FILE
         self.rows: dict[int, dict[str, float]] = {}
         self.grad_norms: dict[int, dict[str, float]] = {}
-        if resume_from is not None and self.csv_path.exists():
-            try:
-                rows = read_metrics(self.csv_path)
-            except DamagedFile as error:
-                raise DamagedFile(f"{error}; move it away and run the same command again "
-                                  "(the new metrics.csv starts at the checkpoint's iteration; "
-                                  "the TensorBoard events keep every point)") from None
-            self.rows = {it: row for it, row in rows.items() if it <= resume_from}
-        if resume_from is not None and self.grad_norms_path.exists():
-            self.grad_norms = {it: norms for it, norms in _read_grad_norm_rows(
-                self.grad_norms_path).items() if it <= resume_from}
+        if resume_from is not None:
+            self.rows, damaged = _resumed_rows(self.csv_path, read_metrics_prefix, resume_from)
+            if damaged:  # repaired at once: a run stopped before its next log leaves none
+                self._write_csv()
+            self.grad_norms, damaged = _resumed_rows(self.grad_norms_path,
+                                                     read_grad_norm_prefix, resume_from)
+            if damaged:
+                self._write_grad_norms()
         purge_step = None if resume_from is None else resume_from + 1
         self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
                                     purge_step=purge_step, flush_secs=30)
@@ -108,32 +106,168 @@ class MetricsLog:
         atomic_write_text(self.csv_path, buffer.getvalue())
 
 
+DAMAGED = ".damaged"  # `<log>.damaged`: a damaged log set aside on resume, kept as evidence
+
+
+def _resumed_rows(path: Path, read_prefix: Callable[[Path], tuple[dict[int, Any], str | None]],
+                  resume_from: int) -> tuple[dict[int, Any], bool]:
+    """A log's rows up to the checkpoint's iteration `resume_from`, from its longest valid
+    prefix. A damaged log is named in a `warning:` and set aside as `<name>.damaged` (the
+    caller writes the repaired one; True says so), so no damaged row is read back as a value.
+    """
+    if not path.exists():
+        return {}, False
+    rows, damage = read_prefix(path)
+    kept = {iteration: row for iteration, row in rows.items() if iteration <= resume_from}
+    if damage is not None:
+        read_to = max(rows, default=None)
+        short = "" if read_to is not None and read_to >= resume_from else (
+            f"; it reads only up to iteration {read_to}" if read_to is not None else
+            "; none of its rows reads") + f", short of the checkpoint's {resume_from}"
+        aside = path.with_name(path.name + DAMAGED)
+        path.replace(aside)
+        log.warning("warning: %s; kept its %d valid log points up to iteration %d%s (the "
+                    "damaged file is kept as %s)", damage, len(kept), resume_from, short, aside)
+    return kept, damage is not None
+
+
 def read_metrics(path: Path) -> dict[int, dict[str, float]]:
     """Rows of a `metrics.csv`, keyed by iteration, blank cells left out; `DamagedFile` when
-    it is not such a file (an `OSError` when it cannot be read at all)."""
-    rows = {}
-    with path.open(newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        try:
-            for record in reader:
-                values = {tag: float(record[tag]) for tag in TAGS if record.get(tag)}
-                rows[int(record["iteration"])] = values
-        except (ValueError, KeyError, TypeError, csv.Error) as error:  # UTF-8 errors too
-            where = f"line {reader.line_num}: " if reader.line_num else ""
-            raise DamagedFile(f"{path} is damaged ({where}{error_line(error)})") from None
+    any of it is not such a file (an `OSError` when it cannot be read at all)."""
+    rows, damage = read_metrics_prefix(path)
+    if damage is not None:
+        raise DamagedFile(damage)
     return rows
+
+
+def read_metrics_prefix(path: Path) -> tuple[dict[int, dict[str, float]], str | None]:
+    """The rows of a `metrics.csv` up to its first damaged line, and what is wrong there
+    (`<path> is damaged (line N: ...)`; None when the whole file is good).
+
+    Strict, because a damaged row must never pass as a value: a row cut to `15,0.0` would
+    otherwise read as lr = 0.0 at iteration 15. A row has exactly the header's fields, an
+    iteration above the row before, numbers or blanks in the other cells, and its line
+    break (the writer ends every row with one: a last line without it was cut short).
+    """
+    rows: dict[int, dict[str, float]] = {}
+    header: tuple[str, ...] = ()
+    for number, fields, damage in _csv_lines(path):
+        if damage is None and number == 1:
+            header = tuple(fields)
+            if header[:1] != ("iteration",) or not set(header[1:]) <= set(TAGS) \
+                    or len(set(header)) < len(header):
+                damage = (f"its header is {','.join(header)!r}, not iteration and columns "
+                          f"of {','.join(TAGS)}")
+        elif damage is None:
+            damage = _field_count(fields, len(header))
+            if damage is None:
+                try:
+                    iteration = int(fields[0])
+                    values = {tag: float(cell) for tag, cell in zip(header[1:], fields[1:],
+                                                                    strict=True) if cell}
+                except ValueError as error:
+                    damage = error_line(error, with_type=False)
+                else:
+                    damage = _order(iteration, max(rows, default=None))
+        if damage is not None:
+            return rows, f"{path} is damaged (line {number}: {damage})"
+        if number > 1:
+            rows[iteration] = values
+    return rows, None
+
+
+def read_grad_norm_prefix(path: Path) -> tuple[dict[int, dict[str, float]], str | None]:
+    """A `grad_norms.csv` as {iteration: {layer name: norm}} (layers in network order) up to
+    its first damaged line, and what is wrong there (None when the whole file is good).
+
+    Strict as `read_metrics_prefix`, and whole log points only: every iteration lists the
+    same layers as the first, in order (a point cut short at a line break is damage too).
+    """
+    rows: dict[int, dict[str, float]] = {}
+    layers: list[str] = []  # the first log point's layers: every point has them all
+    current: dict[str, float] = {}
+    iteration = None
+    for number, fields, damage in _csv_lines(path):
+        if damage is None and number == 1 and tuple(fields) != GRAD_NORM_COLUMNS:
+            damage = f"its header is {','.join(fields)!r}, not {','.join(GRAD_NORM_COLUMNS)}"
+        if damage is None and number > 1:
+            damage = _field_count(fields, len(GRAD_NORM_COLUMNS))
+        if damage is None and number > 1:
+            try:
+                at, layer, name = int(fields[0]), int(fields[1]), fields[2]
+                norm = float(fields[3])
+            except ValueError as error:
+                damage = error_line(error, with_type=False)
+        if damage is None and number > 1 and at != iteration:  # a new log point begins
+            damage = _whole_point(current, layers)
+            if damage is None and current:
+                rows[iteration] = current
+                layers = layers or list(current)
+            damage = damage or _order(at, iteration)
+            iteration, current = at, {}
+        if damage is None and number > 1 and (layer != len(current) or name in current
+                                              or not name):
+            damage = f"layer {layer} ({name!r}) where layer {len(current)} was due"
+        if damage is not None:
+            return rows, f"{path} is damaged (line {number}: {damage})"
+        if number > 1:
+            current[name] = norm
+    damage = _whole_point(current, layers)
+    if damage is not None:
+        return rows, f"{path} is damaged (iteration {iteration}, its last: {damage})"
+    if current:
+        rows[iteration] = current
+    return rows, None
+
+
+def _csv_lines(path: Path) -> Iterator[tuple[int, list[str], str | None]]:
+    """(line number, fields, None) for each line of a CSV file as its writer wrote it, or
+    (line number, [], why) for a line that is not text or lacks its line break; `OSError`
+    when the file cannot be read. The writer's cells are numbers and module names: no quotes,
+    no commas, no line breaks inside a cell."""
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    if not data:
+        yield 1, [], "it is empty"
+        return
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            yield number, [], "not UTF-8 text"
+            return
+        yield number, next(csv.reader([text])) if text else [], None
+    if lines[-1]:
+        yield len(lines), [], "cut short (no line break at its end)"
+
+
+def _field_count(fields: list[str], expected: int) -> str | None:
+    """Why a row does not have the header's `expected` fields; None when it has."""
+    if len(fields) == expected:
+        return None
+    return f"{len(fields)} fields where the header has {expected}"
+
+
+def _order(iteration: int, previous: int | None) -> str | None:
+    """Why `iteration` cannot follow `previous` in a log (rows go up); None when it can."""
+    if iteration < 0 or (previous is not None and iteration <= previous):
+        return f"iteration {iteration} after iteration {previous}"
+    return None
+
+
+def _whole_point(norms: dict[str, float], layers: list[str]) -> str | None:
+    """Why a log point's layers differ from the first point's; None when they match."""
+    if not norms or not layers or list(norms) == layers:
+        return None
+    return f"{len(norms)} of its {len(layers)} layers"
 
 
 def _read_grad_norm_rows(path: Path) -> dict[int, dict[str, float]]:
-    """A `grad_norms.csv` as {iteration: {layer name: norm}}, layers in network order."""
-    rows: dict[int, dict[str, float]] = {}
-    with path.open(newline="", encoding="utf-8") as file:
-        for record in sorted(csv.DictReader(file),
-                             key=lambda r: (int(r["iteration"]), int(r["layer"]))):
-            rows.setdefault(int(record["iteration"]), {})[record["name"]] = float(
-                record["grad_norm"])
+    """A `grad_norms.csv` as {iteration: {layer name: norm}}; `DamagedFile` for any damage."""
+    rows, damage = read_grad_norm_prefix(path)
+    if damage is not None:
+        raise DamagedFile(damage)
     return rows
-
 
 # `grad_norms.csv`, one row per (iteration, conv layer): `layer` is the conv's 0-based index
 # in network order, `name` its qualified module name, `grad_norm` the L2 norm of the gradient
@@ -143,22 +277,15 @@ _GRAD_NORM_DTYPES = {"iteration": "int64", "layer": "int64", "name": object,
 
 
 def read_grad_norms(folder: Path) -> pd.DataFrame:
-    """A run's `grad_norms.csv` (columns `GRAD_NORM_COLUMNS`); an empty frame when it has none."""
+    """A run's `grad_norms.csv` (columns `GRAD_NORM_COLUMNS`); an empty frame when it has none;
+    `DamagedFile` when any of it is damaged (`read_grad_norm_prefix`)."""
     import pandas as pd
 
     path = Path(folder) / GRAD_NORMS_FILE
-    if not path.exists():
-        return pd.DataFrame({column: pd.Series(dtype=dtype)
-                             for column, dtype in _GRAD_NORM_DTYPES.items()})
-    frame = pd.read_csv(path, dtype={"name": str})
-    missing = set(GRAD_NORM_COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the columns {sorted(missing)} "
-                         f"(expected {','.join(GRAD_NORM_COLUMNS)})")
-    # A resumed run may log an iteration again: the row written last wins.
-    frame = frame[list(GRAD_NORM_COLUMNS)].drop_duplicates(["iteration", "layer"], keep="last")
-    return frame.astype(_GRAD_NORM_DTYPES).sort_values(["iteration", "layer"],
-                                                       ignore_index=True)
+    rows = _read_grad_norm_rows(path) if path.exists() else {}
+    records = [(iteration, layer, name, norm) for iteration, norms in rows.items()
+               for layer, (name, norm) in enumerate(norms.items())]
+    return pd.DataFrame(records, columns=list(GRAD_NORM_COLUMNS)).astype(_GRAD_NORM_DTYPES)
 
 
 def _csv_cell(value: float | None) -> str:
