@@ -311,7 +311,8 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
 
     def snapshot():
         try:
-            views = [view_of(record) for record in load_runs(root, recursive)]
+            views = [view_of(record) for record in load_runs(root, recursive,
+                                                             inconsistent=True)]
         except AnalysisError as error:
             if not unstarted:
                 fail(str(error), code=FAILED_EXIT)

@@ -12,7 +12,9 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,13 +83,15 @@ def data_of(config: Config) -> DataFingerprint:
     return fingerprint(Path(config.data.root), config.data.val_split)
 
 
-def identity_hash(config: Config) -> str:
-    """Eight hex digits over `hashed_identity(config)` and the fingerprint of the run's data.
+def identity_hash(config: Config, data_digest: str | None = None) -> str:
+    """Eight hex digits over `hashed_identity(config)` and the fingerprint of the run's data
+    (`data_digest`, or that of the data under data.root now).
 
     data.root is not part of the identity, the data's content is: two folders that hold the
     same files share runs, two data sets never do.
     """
-    values = {**hashed_identity(config), "data": data_of(config).digest}
+    digest = data_of(config).digest if data_digest is None else data_digest
+    values = {**hashed_identity(config), "data": digest}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -111,6 +115,12 @@ class RunRecord:
     damaged: str | None = None  # why its summary.json cannot be read (state `damaged`)
 
     @functools.cached_property
+    def inconsistency(self) -> str | None:
+        """Why its folder's name, config.yaml and summary.json do not describe one run (one
+        line); None when they agree (`check_consistency`)."""
+        return check_consistency(self)
+
+    @functools.cached_property
     def state(self) -> str:
         """done, diverged, damaged (a summary.json that cannot be read), running (a live
         process holds the lock), failed, interrupted (a checkpoint to resume from) or pending
@@ -128,6 +138,54 @@ class RunRecord:
         if (self.path / ERROR_FILE).exists():
             return "failed"
         return "interrupted" if (self.path / CHECKPOINT).exists() else "pending"
+
+
+RUN_FOLDER = re.compile(r"seed-(?P<seed>-?\d+)-(?P<hash>[0-9a-f]{8})")
+
+
+def check_consistency(record: RunRecord) -> str | None:
+    """Why a run's folder name, config.yaml and summary.json do not describe the same run (one
+    line); None when they agree.
+
+    The run's identity is recomputed from its config.yaml: its network and seed must be the
+    folder's, its settings and data must hash to the folder's hash, and its summary must name
+    the same network, seed and schedule. The data is the summary's fingerprint for a finished
+    run (the data under data.root may have changed since), else the data under data.root when
+    it is there (a run copied from another machine may not have it: then only the name is
+    checked). Otherwise a hand-edited config.yaml, or a summary.json copied from another run,
+    would file one run's numbers under another's name.
+    """
+    config, path = record.config, record.path
+    network = network_name(config)
+    if path.parent.name != network:
+        return f"its folder is {path.parent.name}, its config.yaml describes {network}"
+    named = RUN_FOLDER.fullmatch(path.name)
+    if named is None or int(named["seed"]) != config.seed:
+        return f"its folder {path.name} is not seed-{config.seed}-<hash> of its config.yaml"
+    summary = record.summary or {}
+    ours = {"arch": config.arch, "depth": config.depth,
+            "shortcut": None if config.arch == "plain" else config.shortcut,
+            "seed": config.seed, "iterations": config.train.iterations}
+    for key, value in ours.items():
+        if key in summary and summary[key] != value:
+            return (f"its summary.json has {key}={summary[key]!r}, its config.yaml "
+                    f"{key}={value!r}")
+    digest = summary.get("data_fingerprint") or _data_digest_here(config)
+    if digest is not None and identity_hash(config, digest) != named["hash"]:
+        return (f"its config.yaml's settings and data hash to {identity_hash(config, digest)}, "
+                f"not to its folder's {named['hash']}")
+    return None
+
+
+def _data_digest_here(config: Config) -> str | None:
+    """The fingerprint of the data under the run's data.root; None when none is there or it
+    cannot be read."""
+    if not (Path(config.data.root) / BATCH_DIR).is_dir():
+        return None
+    try:
+        return data_of(config).digest
+    except DataError:
+        return None
 
 
 def data_description(record: RunRecord) -> str | None:
@@ -224,13 +282,53 @@ def _read_record(path: Path) -> RunRecord | None:
 
 
 FINISHED = ("done", "diverged")
-# The summary's numbers the analysis computes with (each may also be null).
-SUMMARY_NUMBERS = ("iterations_done", "final_test_error", "final_train_error",
-                   "best_test_error", "best_test_iteration", "parameters", "wall_time_s")
+# What each field of a summary.json holds (degradation/training/summary.py writes them); a
+# field may be missing (summaries of older versions hold fewer), never of another type. A
+# number is finite: JSON's NaN is damage, never a result.
+SUMMARY_SCHEMA = {
+    "status": "text", "arch": "text", "depth": "integer", "shortcut": "text or null",
+    "seed": "integer", "iterations": "integer", "iterations_done": "integer or null",
+    "final_test_error": "number or null", "final_test_loss": "number or null",
+    "final_train_error": "number or null", "final_train_loss": "number or null",
+    "best_test_error": "number or null", "best_test_iteration": "integer or null",
+    "eval_set": "text", "data": "text or null", "data_fingerprint": "text or null",
+    "parameters": "integer or null", "wall_time_s": "number or null",
+    "device": "text or null", "versions": "object", "code_version": "text or null",
+    "diverged": "object or null", "finished_at": "text", "fused_with": "list",
+}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    """Whether `value` (read from JSON) is of `kind`, a value of `SUMMARY_SCHEMA`."""
+    if value is None:
+        return kind.endswith(" or null")
+    if isinstance(value, bool):  # a JSON true is no number
+        return False
+    checks = {"text": str, "integer": int, "number": (int, float), "object": dict,
+              "list": list}
+    wanted = checks[kind.removesuffix(" or null")]
+    return isinstance(value, wanted) and not (isinstance(value, float) and not math.isfinite(
+        value))
+
+
+def summary_problem(summary: dict[str, Any]) -> str | None:
+    """Why a summary.json's fields do not fit `SUMMARY_SCHEMA`; None when they do."""
+    for key, kind in SUMMARY_SCHEMA.items():
+        if key in summary and not _is_kind(summary[key], kind):
+            value = summary[key]
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{key}={value} is not a finite number"  # nan, inf: never a result
+            article = "an" if kind[0] in "aeiou" else "a"
+            return f"{key}={value!r} is not {article} {kind}"
+    status = summary.get("status", "done")
+    if status not in FINISHED:
+        return f"status {status!r}, expected one of: {', '.join(FINISHED)}"
+    return None
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
-    """A finished run's summary.json, or `DamagedFile` naming what is wrong with it."""
+    """A finished run's summary.json, or `DamagedFile` naming what is wrong with it (JSON that
+    does not parse, or fields that do not fit `SUMMARY_SCHEMA`)."""
     path = Path(folder) / SUMMARY_FILE
     try:
         summary = read_json(path)
@@ -239,14 +337,9 @@ def read_summary(folder: Path) -> dict[str, Any]:
     if not isinstance(summary, dict):
         raise DamagedFile(f"{path} is damaged (it holds a JSON {type(summary).__name__}, not "
                           "an object)")
-    status = summary.get("status", "done")
-    if status not in FINISHED:
-        raise DamagedFile(f"{path} is damaged (status {status!r}, expected one of: "
-                          f"{', '.join(FINISHED)})")
-    for key in SUMMARY_NUMBERS:
-        value = summary.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise DamagedFile(f"{path} is damaged ({key}={value!r} is not a number)")
+    problem = summary_problem(summary)
+    if problem is not None:
+        raise DamagedFile(f"{path} is damaged ({problem})")
     return summary
 
 

@@ -334,3 +334,30 @@ def test_a_checkpoint_that_does_not_fit_ends_in_one_line(
     result = degrade_here("train", *overrides(cifar_root, outputs))
     assert_refused(result, str(path), named, "move", code=1)
     assert path.read_bytes() == before  # left for the user to move away
+
+
+@pytest.mark.parametrize("field, text, named", [
+    ("final_test_error", "NaN", "final_test_error=nan is not a finite number"),
+    ("final_train_error", "Infinity", "final_train_error=inf is not a finite number"),
+    ("depth", '"20"', "depth='20' is not an integer"),
+    ("seed", "true", "seed=True is not an integer"),
+    ("versions", "[]", "versions=[] is not an object"),
+], ids=["NaN", "Infinity", "depth text", "seed bool", "versions list"])
+def test_a_summary_of_valid_json_with_fields_of_the_wrong_type_is_damage(
+        tmp_path: Path, field: str, text: str, named: str) -> None:
+    from tests.analysis_fixtures import write_study
+
+    folders = write_study(tmp_path, depths=(20,), archs=("resnet",), seeds=(0, 1),
+                          iterations=4000)
+    summary = folders[1] / SUMMARY_FILE
+    values = json.loads(summary.read_text())
+    values[field] = "PLACEHOLDER"
+    summary.write_text(json.dumps(values).replace('"PLACEHOLDER"', text))
+    for command in ("status", "table"):
+        result = degrade_here(command, tmp_path)
+        assert result.exit_code == 0, result.stderr
+        (warning,) = result.stderr.splitlines()
+        assert warning.startswith(f"warning: {summary} is damaged ({named})"), warning
+        assert "nan" not in result.stdout.lower() and "inf%" not in result.stdout
+    assert "1 done" in next(line for line in result.stdout.splitlines()
+                            if line.startswith("| ResNet-20"))

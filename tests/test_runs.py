@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,67 @@ def test_find_runs_skips_hydra_copies_and_replaced_runs(tmp_path: Path) -> None:
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / CONFIG_FILE).write_text("not: a run\n")
     assert [record.path.name for record in find_runs(tmp_path)] == ["seed-0-aaaaaaaa"]
+
+
+@pytest.fixture
+def two_depths(tmp_path: Path) -> list[Path]:
+    """Finished ResNet-8 and ResNet-20 runs (seeds 0 and 1), whose summaries name their data."""
+    from degradation.data.fingerprint import official_fingerprint
+    from tests.analysis_fixtures import write_study
+
+    folders = write_study(tmp_path / "outputs", depths=(8, 20), archs=("resnet",),
+                          seeds=(0, 1), iterations=4000)
+    for folder in folders:  # as training writes them: with the data's fingerprint
+        summary = read_json(folder / SUMMARY_FILE)
+        summary["data_fingerprint"] = official_fingerprint(0).digest
+        (folder / SUMMARY_FILE).write_text(json.dumps(summary))
+    return folders
+
+
+def left_out(result, folder: Path, reason: str) -> None:
+    """`result` names `folder` as inconsistent, for `reason`, in its one warning line."""
+    assert result.exit_code == 0, result.stderr
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith(f"warning: {folder} is inconsistent (its "), warning
+    assert reason in warning and warning.endswith("; that run is left out"), warning
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda folder, _: sed(folder / CONFIG_FILE, "depth: 8", "depth: 20"),
+     "its folder is resnet-8-A, its config.yaml describes resnet-20-A"),
+    (lambda folder, _: sed(folder / CONFIG_FILE, "lr: 0.1", "lr: 0.2"),
+     "its config.yaml's settings and data hash to "),
+    (lambda folder, others: shutil.copy(others["resnet-20-A", 0] / SUMMARY_FILE, folder),
+     "its summary.json has depth=20, its config.yaml depth=8"),
+    (lambda folder, others: shutil.copy(others["resnet-8-A", 1] / SUMMARY_FILE, folder),
+     "its summary.json has seed=1, its config.yaml seed=0"),
+], ids=["depth in config.yaml", "lr in config.yaml", "summary of another depth",
+        "summary of another seed"])
+def test_a_run_whose_files_disagree_is_set_apart(two_depths: list[Path], edit, reason: str
+                                                 ) -> None:
+    runs = {(folder.parent.name, int(folder.name.split("-")[1])): folder
+            for folder in two_depths}
+    outputs = two_depths[0].parents[2]
+    edited = runs["resnet-8-A", 0]
+    edit(edited, runs)
+    table = degrade_here("table", outputs)
+    left_out(table, edited, reason)
+    rows = {line.split("|")[1].strip(): line for line in table.stdout.splitlines()
+            if line.startswith("| ResNet-")}
+    assert "2 done" in rows["ResNet-20"] and "1 done" in rows["ResNet-8"], table.stdout
+    export = degrade_here("export", outputs / "points.csv", "--from", outputs)
+    left_out(export, edited, reason)
+    assert str(edited.relative_to(outputs)) not in (outputs / "points.csv").read_text()
+    status = degrade_here("status", outputs)
+    assert status.exit_code == 0 and status.stderr == ""
+    (line,) = [line for line in status.stdout.splitlines() if str(edited) in line]
+    assert " inconsistent " in line and f"  inconsistent ({reason}" in line
+    assert status.stdout.strip().endswith("4 runs: 3 done, 1 inconsistent")
+
+
+def sed(path: Path, old: str, new: str) -> None:
+    """`sed -i 's/^old/new/' path`: one setting edited by hand."""
+    text = path.read_text()
+    assert f"\n  {old}\n" in text or f"\n{old}\n" in text, (old, text)
+    path.write_text(text.replace(f"\n{old}\n", f"\n{new}\n").replace(f"\n  {old}\n",
+                                                                      f"\n  {new}\n"))

@@ -87,13 +87,28 @@ class AnalysisError(DegradeError, ValueError):
     """Nothing to analyse, or nothing of the kind asked for; the message is one line."""
 
 
-def load_runs(path: Path, recursive: bool = False) -> list[RunRecord]:
+def load_runs(path: Path, recursive: bool = False, inconsistent: bool = False
+              ) -> list[RunRecord]:
     """Every run of the output tree `path`, each once (`find_runs`, `distinct_runs`), or
-    `AnalysisError` saying why there is none."""
+    `AnalysisError` saying why there is none.
+
+    A run whose folder, config.yaml and summary.json disagree (`RunRecord.inconsistency`) is
+    named in a `warning:` line and left out, so no table, figure, verdict or export files its
+    numbers under another run's name; with `inconsistent` it is kept (`degrade status`
+    lists it as such).
+    """
     path = Path(path)
     if not path.exists():
         raise AnalysisError(f"{path} does not exist")
-    records = distinct_runs(find_runs(path, recursive), path)
+    found = find_runs(path, recursive)
+    apart = [record for record in found if record.inconsistency is not None]
+    records = distinct_runs([record for record in found if record.inconsistency is None], path)
+    if inconsistent:  # in the order found, never counted as a copy of a consistent run
+        order = {id(record): index for index, record in enumerate(found)}
+        records = sorted(records + apart, key=lambda record: order[id(record)])
+    for record in [] if inconsistent else apart:
+        log.warning("warning: %s is inconsistent (%s); that run is left out", record.path,
+                    record.inconsistency)
     if not records:
         raise AnalysisError(f"no runs under {path} (no run folder with a config.yaml written "
                             "by `degrade train`"

@@ -33,6 +33,7 @@ from degradation.storage import DamagedFile
 from degradation.training.logs import format_duration, read_metrics
 
 NOT_STARTED = "not started"
+INCONSISTENT = "inconsistent"  # its folder, config.yaml and summary.json disagree
 ENDED = ("done", "diverged")
 LONG_SWEEP_S = 3600.0  # CPU-only sweeps longer than this say so before they start
 # Slower than any CPU trains a CIFAR net of the paper's depths (<= 110) at batch 128: fewer
@@ -142,10 +143,14 @@ def view_of(record: RunRecord) -> RunView:
     """What the run in `record`'s folder shows now."""
     where = progress(record)
     rate = where.iterations_per_s
-    return RunView(network_name(record.config), record.config.seed, record.state, where.iteration,
-                   where.total, where.lr, where.train_error, where.test_error,
+    state, error = record.state, where.error
+    errors = where.train_error, where.test_error
+    if record.inconsistency is not None:  # whose numbers these are is not known
+        state, error, errors = INCONSISTENT, record.inconsistency, (None, None)
+    return RunView(network_name(record.config), record.config.seed, state, where.iteration,
+                   where.total, where.lr, *errors,
                    None if rate is None else rate * record.config.train.batch_size, rate,
-                   where.eta_s, where.error, record.path, data_name(record))
+                   where.eta_s, error, record.path, data_name(record))
 
 
 def view_of_config(config: Config) -> RunView:
@@ -181,7 +186,8 @@ def sweep_line(views: Sequence[RunView]) -> str:
 
 def status_line(views: Sequence[RunView]) -> str:
     """`6 runs: 1 done, 1 running, 4 not started`: the runs counted by state."""
-    states = ("done", "diverged", "running", "failed", "interrupted", "pending", NOT_STARTED)
+    states = ("done", "diverged", "running", "failed", "interrupted", "pending", INCONSISTENT,
+              NOT_STARTED)
     counts = {state: sum(view.state == state for view in views) for state in states}
     return f"{len(views)} runs: " + ", ".join(f"{count} {state}"
                                               for state, count in counts.items() if count)
@@ -200,6 +206,8 @@ def run_line(view: RunView) -> str:
     note = ""
     if view.state == "running" and view.eta_s is not None:
         note = f"  ETA {format_duration(view.eta_s)}"
+    elif view.state == INCONSISTENT:
+        note = f"  {INCONSISTENT} ({view.error})"
     elif view.error:
         note = f"  error: {view.error}"
     data = "" if view.data is None else f"  [{view.data}]"
@@ -221,7 +229,7 @@ def table(views: Sequence[RunView]):
                      _percent(view.train_error).strip(), _percent(view.test_error).strip(),
                      "-" if view.images_per_s is None else f"{view.images_per_s:,.0f}",
                      format_duration(view.eta_s) if view.eta_s is not None else
-                     (view.error or "-") if view.state == "failed" else "-")
+                     (view.error or "-") if view.state in ("failed", INCONSISTENT) else "-")
     return grid
 
 
