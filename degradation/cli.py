@@ -144,7 +144,7 @@ def train(
     """
     from degradation.config import ConfigError
     from degradation.launch import plan
-    from degradation.runs import SUMMARY_FILE, read_run
+    from degradation.runs import SUMMARY_FILE
     from degradation.storage import RunLock
     from degradation.training.device import resolve_device
 
@@ -168,8 +168,7 @@ def train(
     if planned.action == "skip" and not planned.config.trainer.fuse_with:
         # (With fuse_with the runs fused with it may be unfinished: training skips each
         # finished one and says so.)
-        record = read_run(planned.folder)
-        typer.echo(plan.finished_line(record, "skipped") + "; --force retrains it")
+        typer.echo(plan.skipped_line(planned) + "; --force retrains it")
         return
     if force:  # the runs fused with it (trainer.fuse_with) are retrained too
         for folder in plan.member_folders(planned.config):
@@ -198,7 +197,7 @@ def sweep(
     does not stop the others.
     """
     from degradation.launch import plan
-    from degradation.runs import ERROR_FILE, read_run
+    from degradation.runs import ERROR_FILE, last_line, read_run
 
     overrides = overrides or []
     if _inspect(overrides, True, cfg, resolve, package, info, config_dir):
@@ -237,8 +236,9 @@ def sweep(
     failed = [run for run, state in zip(planned, states, strict=True)
               if state not in ("done", "diverged")]
     for run in failed:
-        error = run.folder / ERROR_FILE
-        reason = error.read_text().strip() if error.exists() else "did not finish"
+        # error.txt as far as it reads: a binary file or a folder in its place is no reason
+        # to end in a traceback
+        reason = last_line(run.folder / ERROR_FILE) or "did not finish"
         typer.echo(f"  failed: {run.folder}: {reason}", err=True)
     if failed:
         raise typer.Exit(FAILED_EXIT)

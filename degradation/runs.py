@@ -254,11 +254,14 @@ SUMMARY_RECOVERY = ("delete the file and run `degrade train` with the run's sett
 RUN_FILES = (SUMMARY_FILE, METRICS_FILE, TENSORBOARD_DIR, CHECKPOINT)
 
 
-def read_run(path: Path) -> RunRecord | None:
-    """The run in `path`, or None when it holds no readable run config."""
+def read_run(path: Path, strict: bool = False) -> RunRecord | None:
+    """The run in `path`, or None when it holds no readable run config (with `strict`,
+    `DamagedFile` saying why when the folder holds a run's files)."""
     try:
         return _read_record(Path(path))
     except DamagedFile:
+        if strict:
+            raise
         return None
 
 

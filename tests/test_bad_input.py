@@ -361,3 +361,44 @@ def test_a_summary_of_valid_json_with_fields_of_the_wrong_type_is_damage(
         assert "nan" not in result.stdout.lower() and "inf%" not in result.stdout
     assert "1 done" in next(line for line in result.stdout.splitlines()
                             if line.startswith("| ResNet-20"))
+
+
+def test_a_finished_run_with_a_damaged_config_is_skipped_naming_the_file_and_why(
+        cifar_root: Path, outputs: Path) -> None:
+    (summary,) = outputs.rglob(SUMMARY_FILE)
+    config = summary.parent / "config.yaml"
+    config.write_text("arch: [resnet\n  depth: {")
+    before = snapshot(outputs)
+    result = degrade_here("train", *overrides(cifar_root, outputs))
+    assert result.exit_code == 0 and "Traceback" not in result.stdout + result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith(f"resnet-8-A seed 0: already finished, but {config} is damaged (")
+    assert line.endswith(f"({config.parent}); --force retrains it"), line
+    assert_intact(before, snapshot(outputs), exactly=True)
+
+
+@pytest.mark.parametrize("error_txt", ["binary", "folder"])
+def test_an_unreadable_error_txt_is_no_traceback_in_the_sweeps_report(
+        cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        error_txt: str) -> None:
+    from degradation.launch import plan
+    from degradation.runs import CONFIG_FILE, ERROR_FILE
+
+    def failing(overrides: list[str], sweep: bool, config_dir: Path | None = None) -> None:
+        # Each run fails, leaving an error.txt that cannot be read as text.
+        for run in planned:
+            run.folder.mkdir(parents=True)
+            (run.folder / CONFIG_FILE).write_text("depth: 8\n")
+            if error_txt == "binary":
+                (run.folder / ERROR_FILE).write_bytes(b"\xff\xfe\x00\x80 out of memory\n\x9c")
+            else:
+                (run.folder / ERROR_FILE).mkdir()
+
+    planned = plan.plan(overrides(cifar_root, tmp_path, "seed=0,1"), sweep=True)
+    monkeypatch.setattr(plan, "launch", failing)
+    result = degrade_here("sweep", *overrides(cifar_root, tmp_path, "seed=0,1"))
+    assert result.exit_code == 1 and "Traceback" not in result.stdout + result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("  failed: ")]
+    assert len(failed) == 2, result.stderr
+    if error_txt == "folder":
+        assert all(line.endswith(": did not finish") for line in failed)

@@ -322,6 +322,16 @@ def _report(outcome: Outcome, config: Config) -> None:
     log.info("%s", finished_line(read_run(outcome.run_dir), outcome.status))
 
 
+def skipped_line(run: PlannedRun) -> str:
+    """What `train` says of a finished run it leaves alone: its errors, or, when its folder
+    cannot be read back, which file is damaged and how."""
+    try:
+        record = read_run(run.folder, strict=True)
+    except DamagedFile as error:
+        return f"{_title(run.config)}: already finished, but {error} ({run.folder})"
+    return finished_line(record, "skipped")
+
+
 def finished_line(record: RunRecord | None, status: str) -> str:
     """`resnet-20-A seed 0: done, test error 8.61%, training error 0.71% (path)`."""
     if record is None or record.summary is None:
