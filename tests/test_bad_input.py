@@ -334,3 +334,28 @@ def test_a_checkpoint_that_does_not_fit_ends_in_one_line(
     result = degrade_here("train", *overrides(cifar_root, outputs))
     assert_refused(result, str(path), named, "move", code=1)
     assert path.read_bytes() == before  # left for the user to move away
+
+
+# Nothing a file holds runs code ---------------------------------------------------------------
+
+class _ShellPayload:
+    """Pickled, runs `touch MARKER` when read by an unpickler that allows any callable."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("command", [["sweep", "--dry-run"], ["train"]])
+def test_a_batch_file_that_would_run_code_is_refused_naming_it(
+        data: Path, outputs: Path, tmp_path: Path, command: list[str]) -> None:
+    marker = tmp_path / "PWN"
+    path = data / BATCH_DIR / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": _ShellPayload(marker), "labels": [0]}, protocol=2))
+    before = snapshot(outputs, data)
+    result = degrade_here(*command, *overrides(data, outputs, "seed=3"))
+    assert_refused(result, str(path), "is refused", code=2)
+    assert not marker.exists()
+    assert_intact(before, snapshot(outputs, data), exactly=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from degradation.data.cifar import (
     TEST_FILE,
     TRAIN_FILES,
     DataError,
+    RefusedPickle,
+    load_data_pickle,
     read_batch,
 )
 from degradation.errors import error_line
@@ -134,10 +135,13 @@ def _describe_file(path: Path, key: list[int]) -> dict[str, Any]:
         raise DataError(f"cannot read {path} ({error_line(e)})") from e
     entry: dict[str, Any] = {"key": key, "md5": digest}
     if path.name == "batches.meta":
-        with contextlib.suppress(Exception):  # the meta file is optional and never trusted
-            with path.open("rb") as f:
-                meta = pickle.load(f, encoding="latin1")
-            entry["generated"] = isinstance(meta, dict) and meta.get("generator") == GENERATOR_MARK
+        try:
+            meta = load_data_pickle(path)
+        except RefusedPickle:  # a crafted file is refused, as a crafted batch is
+            raise
+        except Exception:  # otherwise the meta file is optional and never trusted
+            meta = None
+        entry["generated"] = isinstance(meta, dict) and meta.get("generator") == GENERATOR_MARK
     elif digest == OFFICIAL_MD5.get(path.name):
         entry["images"] = 10_000  # the official batches hold 10,000 images each
     else:
