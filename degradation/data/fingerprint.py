@@ -54,7 +54,7 @@ class DataFingerprint:
     train_images: int  # in the training batches, before any validation split
 
 
-# The fingerprints computed in this process, by folder and the files' size and time.
+# The fingerprints computed in this process, by folder and the files' `_stat_key`s.
 _FINGERPRINTS: dict[tuple[str, str], DataFingerprint] = {}
 
 
@@ -73,7 +73,8 @@ def fingerprint(root: Path, val_split: int) -> DataFingerprint:
     """The fingerprint of the data under root/cifar-10-batches-py/ that a run would use.
 
     MD5 sums are computed once per file and cached beside the batches (keyed by each file's
-    name, size and modification time, so a changed file is hashed again); a folder that cannot
+    name, size, modification and inode change times, inode and device, so a changed file is
+    hashed again even when its modification time was put back); a folder that cannot
     be written keeps its cache in the user's cache folder, or in this process only. Missing
     data is what a download would bring: the official set (`ensure_cifar10` refuses it where
     nothing may be downloaded).
@@ -154,7 +155,9 @@ def _stat_key(path: Path) -> list[int] | None:
         stat = path.stat()
     except OSError:
         return None
-    return [stat.st_size, stat.st_mtime_ns]
+    # A rewrite can restore a file's size and modification time (`touch -r`, `os.utime`), but
+    # not its inode change time, nor its inode when it replaces the file.
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
 
 
 def _user_cache(folder: Path) -> Path:
