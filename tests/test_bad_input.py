@@ -359,3 +359,16 @@ def test_a_batch_file_that_would_run_code_is_refused_naming_it(
     assert_refused(result, str(path), "is refused", code=2)
     assert not marker.exists()
     assert_intact(before, snapshot(outputs, data), exactly=True)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_kept(
+        cifar_root: Path, outputs: Path, tmp_path: Path) -> None:
+    path = checkpoint_in(cifar_root, outputs, "seed=4")
+    marker = tmp_path / "PWN"
+    torch.save({"iteration": 3, "model": _ShellPayload(marker)}, path)
+    before = snapshot(outputs)
+    result = degrade_here("train", *overrides(cifar_root, outputs, "seed=4"))
+    assert_refused(result, str(path), "is refused", "posix.system")
+    assert not marker.exists()
+    assert not list(outputs.rglob("*.damaged"))  # refused, not taken for damage and replaced
+    assert_intact(before, snapshot(outputs), exactly=False)
