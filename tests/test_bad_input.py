@@ -372,3 +372,20 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_kept(
     assert not marker.exists()
     assert not list(outputs.rglob("*.damaged"))  # refused, not taken for damage and replaced
     assert_intact(before, snapshot(outputs), exactly=False)
+
+
+def test_data_changed_with_its_modification_time_put_back_is_not_the_finished_runs(
+        data: Path, outputs: Path) -> None:
+    command = ["sweep", "--dry-run", *overrides(data, outputs)]
+    first = degrade_here(*command)
+    assert first.exit_code == 0 and "1 finished" in first.stdout, first.stdout + first.stderr
+    path = data / BATCH_DIR / "data_batch_1"
+    times = path.stat()
+    batch = pickle.loads(path.read_bytes())
+    batch["data"] = batch["data"][::-1].copy()  # other images, the same size of file
+    with path.open("r+b") as f:
+        f.write(pickle.dumps(batch, protocol=2))
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (times.st_size, times.st_mtime_ns)
+    second = degrade_here(*command)
+    assert second.exit_code == 0 and "1 to start" in second.stdout, second.stdout + second.stderr
