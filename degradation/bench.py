@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from degradation.config import Config, ConfigError, TrainConfig, from_dict
+from degradation.console import shell_command
 from degradation.data.cifar import NUM_CLASSES, SIZE, pixel_mean
 from degradation.data.stream import TrainBatches
 from degradation.hardware import Slot, assign_slots, pin_to, usable_cores, visible_gpus
@@ -672,13 +673,13 @@ def command_line(archs: list[str], depths: list[int], batch_size: int, device: s
                  warmup_steps: int, repeats: int, workers: int, images: int, eval_steps: int,
                  overrides: Sequence[str], runs: int = 1) -> str:
     """The `degrade bench` command that measures the same thing again."""
-    parts = ["degrade bench", *(f"--arch {arch}" for arch in archs),
-             *(f"--depth {depth}" for depth in depths), f"--batch-size {batch_size}",
-             f"--device {device}", f"--steps {steps}", f"--warmup-steps {warmup_steps}",
-             f"--repeats {repeats}", f"--workers {workers}", f"--images {images}",
-             f"--eval-steps {eval_steps}", *([f"--runs {runs}"] if runs > 1 else []),
-             *overrides, "--record"]
-    return " ".join(parts)
+    options = [*(("--arch", arch) for arch in archs), *(("--depth", depth) for depth in depths),
+               ("--batch-size", batch_size), ("--device", device), ("--steps", steps),
+               ("--warmup-steps", warmup_steps), ("--repeats", repeats), ("--workers", workers),
+               ("--images", images), ("--eval-steps", eval_steps),
+               *([("--runs", runs)] if runs > 1 else [])]
+    return shell_command("degrade", "bench", *(word for option in options for word in option),
+                         *overrides, "--record")
 
 
 def markdown_row(cells: Sequence[str]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from degradation.console import shell_command
 from degradation.errors import DegradeError
 from degradation.models import ARCHS, SHORTCUTS, ModelConfigError, blocks_per_stage
 from degradation.package import data_dir
@@ -209,7 +210,7 @@ def _milestone_hint(iterations: int) -> str:
     suggestion = suggested_milestones(iterations)
     if not 0 < suggestion[0] < suggestion[1] < iterations:
         return ""  # too few iterations for two distinct drops
-    return f"; did you mean train.milestones=[{suggestion[0]},{suggestion[1]}]?"
+    return f"; did you mean {shell_command(f'train.milestones=[{suggestion[0]},{suggestion[1]}]')}?"
 
 
 def _check_fusion(config: Config) -> None:

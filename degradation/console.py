@@ -1,9 +1,16 @@
 """The console handlers of `degrade`'s logging (conf/hydra/job_logging/degrade.yaml and
-conf/hydra/hydra_logging/degrade.yaml)."""
+conf/hydra/hydra_logging/degrade.yaml), and the commands `degrade` prints for a user to paste.
+
+Every such command is built by `shell_command` (each word quoted for the shell) from
+overrides built by `override` (each string value quoted for Hydra), so a folder named
+`x $(touch PWN)` reaches `degrade` as itself, never a shell.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 import sys
 from typing import TextIO
 
@@ -33,3 +40,38 @@ class ConsoleHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _value: TextIO) -> None:
         """Ignored: the handler always writes to the current stream it was made for."""
+
+
+# A value Hydra may read back as the same string without quotes: no whitespace, no `$`, `~`,
+# quote, comma, bracket, brace, parenthesis or `=` (its grammar gives each a meaning).
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_/.:@%+-]+")
+_NOT_STRINGS = ("true", "false", "null", "inf", "nan")  # what Hydra reads as other types
+
+
+def shell_command(*words: object) -> str:
+    """A command for a user to paste into a POSIX shell: each word quoted where it needs it
+    (`shlex.quote`), so a word holding spaces, `$(...)` or quotes stays one word, run nowhere."""
+    return " ".join(shlex.quote(str(word)) for word in words)
+
+
+def override(key: str, value: object) -> str:
+    """`key=value` that Hydra reads back as `value`: a string that Hydra would read as
+    something else is put in Hydra's quotes (other values are written as they are)."""
+    text = str(value)
+    if isinstance(value, str) and not _reads_as_itself(text):
+        # In Hydra's quotes a backslash is literal except in a run before a quote or at the
+        # end; OmegaConf then reads `${` as an interpolation unless a backslash escapes it.
+        text = "'" + re.sub(r"(\\*)('|\$\{|$)",
+                            lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), text) + "'"
+    return f"{key}={text}"
+
+
+def _reads_as_itself(text: str) -> bool:
+    """Whether Hydra reads `text`, unquoted, as this string."""
+    if not _PLAIN_VALUE.fullmatch(text) or text.lower().lstrip("+-") in _NOT_STRINGS:
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False  # a number

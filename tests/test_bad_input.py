@@ -92,6 +92,7 @@ def assert_intact(before: dict[Path, str], after: dict[Path, str], exactly: bool
 
 # Refused before the run starts: exit 2, nothing written anywhere ------------------------------
 
+
 @pytest.mark.parametrize("bad, named", [
     ("depth=9", ["depth=9", "6n+2", "20, 32, 44, 56, 110"]),
     ("depth=0", ["depth=0", "6n+2"]),
@@ -270,6 +271,7 @@ def test_cuda_on_a_machine_without_it_is_refused(cifar_root: Path, outputs: Path
 
 # Refused once the run has started: exit 1, earlier files untouched -----------------------------
 
+
 def test_a_full_disk_is_one_line_and_leaves_no_half_files(
         cifar_root: Path, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = snapshot(outputs)
@@ -402,3 +404,58 @@ def test_an_unreadable_error_txt_is_no_traceback_in_the_sweeps_report(
     assert len(failed) == 2, result.stderr
     if error_txt == "folder":
         assert all(line.endswith(": did not finish") for line in failed)
+
+# Nothing a file holds runs code ---------------------------------------------------------------
+
+
+class _ShellPayload:
+    """Pickled, runs `touch MARKER` when read by an unpickler that allows any callable."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("command", [["sweep", "--dry-run"], ["train"]])
+def test_a_batch_file_that_would_run_code_is_refused_naming_it(
+        data: Path, outputs: Path, tmp_path: Path, command: list[str]) -> None:
+    marker = tmp_path / "PWN"
+    path = data / BATCH_DIR / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": _ShellPayload(marker), "labels": [0]}, protocol=2))
+    before = snapshot(outputs, data)
+    result = degrade_here(*command, *overrides(data, outputs, "seed=3"))
+    assert_refused(result, str(path), "is refused", code=2)
+    assert not marker.exists()
+    assert_intact(before, snapshot(outputs, data), exactly=True)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_kept(
+        cifar_root: Path, outputs: Path, tmp_path: Path) -> None:
+    path = checkpoint_in(cifar_root, outputs, "seed=4")
+    marker = tmp_path / "PWN"
+    torch.save({"iteration": 3, "model": _ShellPayload(marker)}, path)
+    before = snapshot(outputs)
+    result = degrade_here("train", *overrides(cifar_root, outputs, "seed=4"))
+    assert_refused(result, str(path), "is refused", "posix.system")
+    assert not marker.exists()
+    assert not list(outputs.rglob("*.damaged"))  # refused, not taken for damage and replaced
+    assert_intact(before, snapshot(outputs), exactly=False)
+
+
+def test_data_changed_with_its_modification_time_put_back_is_not_the_finished_runs(
+        data: Path, outputs: Path) -> None:
+    command = ["sweep", "--dry-run", *overrides(data, outputs)]
+    first = degrade_here(*command)
+    assert first.exit_code == 0 and "1 finished" in first.stdout, first.stdout + first.stderr
+    path = data / BATCH_DIR / "data_batch_1"
+    times = path.stat()
+    batch = pickle.loads(path.read_bytes())
+    batch["data"] = batch["data"][::-1].copy()  # other images, the same size of file
+    with path.open("r+b") as f:
+        f.write(pickle.dumps(batch, protocol=2))
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (times.st_size, times.st_mtime_ns)
+    second = degrade_here(*command)
+    assert second.exit_code == 0 and "1 to start" in second.stdout, second.stdout + second.stderr

@@ -106,3 +106,41 @@ def test_a_damaged_checkpoint_is_set_aside_not_deleted(tmp_path: Path) -> None:
     kept = set_aside_damaged(tmp_path / CHECKPOINT)
     assert kept.name == "checkpoint.pt.damaged" and kept.read_bytes() == b"half"
     assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_numpy_random_state_loads_with_weights_only(tmp_path: Path) -> None:
+    import numpy as np
+
+    numpy_state = np.random.get_state()
+    save_checkpoint(tmp_path, {**state(6), "rng": {"numpy": numpy_state}})
+    loaded = read_checkpoint(tmp_path / CHECKPOINT)["rng"]["numpy"]
+    assert loaded[0] == numpy_state[0] and (loaded[1] == numpy_state[1]).all()
+    assert loaded[1].dtype == numpy_state[1].dtype and loaded[2:] == numpy_state[2:]
+
+
+class _ShellPayload:
+    """Pickled, runs `touch MARKER` when loaded without `weights_only`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_not_set_aside(tmp_path: Path) -> None:
+    from degradation.training.checkpoint import RefusedCheckpoint, newest_checkpoint
+
+    save_checkpoint(tmp_path, state(6))
+    save_checkpoint(tmp_path, state(12))
+    marker = tmp_path / "PWN"
+    newest = tmp_path / CHECKPOINT
+    torch.save({**state(18), "model": _ShellPayload(marker)}, newest)
+    crafted = newest.read_bytes()
+    with pytest.raises(RefusedCheckpoint) as refused:
+        newest_checkpoint(tmp_path, set_aside=True)
+    message = str(refused.value)
+    assert "\n" not in message and str(newest) in message and "posix.system" in message
+    assert not isinstance(refused.value, DamagedCheckpoint)  # never replaced by the one before
+    assert newest.read_bytes() == crafted and not list(tmp_path.glob("*.damaged"))
+    assert not marker.exists()

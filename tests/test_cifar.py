@@ -303,3 +303,50 @@ def test_a_failed_download_leaves_no_partial_folder(tmp_path: Path) -> None:
     assert_data_error(error, "connection reset", "data.download=false")
     assert not (tmp_path / BATCH_DIR).exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == [".cifar-10-download.lock"]
+
+
+# --- a crafted pickle ---------------------------------------------------------------------
+
+
+class _Payload:
+    """A pickle that runs a shell command while it is read (unless the unpickler refuses)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["the whole file", "inside 'data'", "batches.meta"])
+def test_a_pickle_that_would_run_code_is_refused(generated: Path, tmp_path: Path,
+                                                 where: str) -> None:
+    from degradation.data.fingerprint import fingerprint
+
+    marker = tmp_path / "PWNED"
+    folder = generated / BATCH_DIR
+    name = "batches.meta" if where == "batches.meta" else "data_batch_1"
+    rewrite(folder / name, _Payload(marker) if where == "the whole file"
+            else {**raw(folder / name), "data": _Payload(marker)})
+    reads = [lambda: fingerprint(generated, val_split=0)]
+    if name != "batches.meta":  # training reads only the batches
+        reads.append(lambda: load_cifar10(generated, download=False))
+    for read in reads:
+        with pytest.raises(DataError) as error:
+            read()
+        assert_data_error(error, name, "is refused", "posix.system")
+    assert not marker.exists()
+
+
+def test_the_unpickler_reads_numpy_arrays_of_both_numpy_module_names(generated: Path) -> None:
+    # NumPy 1 pickles name numpy.core.multiarray, NumPy 2 numpy._core.multiarray.
+    path = generated / BATCH_DIR / "data_batch_1"
+    expected = read_batch(path)
+    text = path.read_bytes()
+    for module in (b"numpy.core.multiarray", b"numpy._core.multiarray"):
+        other = text.replace(b"numpy._core.multiarray", module)
+        path.write_bytes(other)
+        images, labels = read_batch(path)
+        assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])

@@ -375,3 +375,27 @@ def test_a_damaged_gradient_log_is_named_in_a_warning_and_left_out(tmp_path, cap
     assert warning.startswith(f"warning: {damaged} is damaged (line ")
     assert warning.endswith("; its gradient norms are left out")
     assert len(norms.groupby(["arch", "depth", "seed"])) == len(folders) - 1
+
+
+def test_a_suggested_command_pasted_into_a_shell_runs_nothing_else(tmp_path):
+    import re
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from degradation.cli import app
+    from degradation.launch.compose import compose_config
+
+    root = tmp_path / "x $(touch PWN)"
+    finished(root, "plain", 20, 30.0, 32.0, iterations=2000)
+    result = CliRunner().invoke(app, ["claims", str(root)])
+    assert result.exit_code == 0, result.output
+    (command,) = set(re.findall(r"`(degrade sweep arch=plain depth=56 [^`]*)`", result.output))
+    # Pasted into bash, with `degrade` standing for a program that prints its arguments.
+    pasted = subprocess.run(["bash", "-c", f"degrade() {{ printf '%s\\n' \"$@\"; }}; {command}"],
+                            cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert not (tmp_path / "PWN").exists()
+    words = pasted.stdout.splitlines()
+    assert words[:3] == ["sweep", "arch=plain", "depth=56"]
+    config = compose_config(words[1:])  # and Hydra reads back the folder's name
+    assert config.output_dir == str(root) and config.train.milestones == [1000, 1500]

@@ -78,7 +78,7 @@ def test_bad_values_are_refused_in_one_line(override: str, fragment: str) -> Non
 def test_milestones_beyond_the_iterations_suggest_the_papers_proportions() -> None:
     with pytest.raises(ConfigError) as caught:
         compose_config(["train.iterations=2000"])  # the default milestones are 32k and 48k
-    assert str(caught.value).endswith("did you mean train.milestones=[1000,1500]?")
+    assert str(caught.value).endswith("did you mean 'train.milestones=[1000,1500]'?")
     # The suggestion itself is accepted.
     assert compose_config(["train.iterations=2000", "train.milestones=[1000,1500]"])
 

@@ -36,3 +36,38 @@ def test_hydras_console_handlers_are_ours() -> None:
         console = hydra[part].handlers.console
         assert console["class"] == "degradation.console.ConsoleHandler", part
         assert console.get("to", "stderr") == stream, part
+
+
+# --- commands for a user to paste ---------------------------------------------------------------
+
+AWKWARD = ["x $(touch PWN)", "it's", "a\\", "a\\b", "a\\'b", "a${b}", "a\\${b}", "~/data",
+           "a,b", "[1,2]", "a=b", "true", "null", "123", "1e5", "-inf", "", " lead", "'",
+           "x\ty", "C:\\data\\", "ünï", "/plain/path-1_2.3", "a:b"]
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_an_override_reads_back_as_its_value_after_the_shell_and_hydra(
+        value: str, tmp_path) -> None:
+    import subprocess
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from degradation.console import override, shell_command
+
+    command = shell_command("printf", "%s\\0", override("output_dir", value))
+    pasted = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
+                            check=True).stdout.decode()
+    assert list(tmp_path.iterdir()) == []  # nothing ran
+    (word,) = pasted.split("\0")[:-1]
+    parsed = OverridesParser.create().parse_override(word)
+    assert parsed.key_or_group == "output_dir"
+    assert OmegaConf.create({"value": parsed.value()}).value == value  # interpolations too
+
+
+def test_plain_words_are_left_as_they_are() -> None:
+    from degradation.console import override, shell_command
+
+    assert shell_command("degrade", "sweep", "depth=20,56", override("output_dir", "outputs"),
+                         "train.milestones=[1,2]") == (
+        "degrade sweep depth=20,56 output_dir=outputs 'train.milestones=[1,2]'")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import stat
 from pathlib import Path
 
@@ -82,3 +83,27 @@ def test_a_read_only_data_folder_is_fingerprinted_without_writing_to_it(
 @pytest.mark.skipif(not (SUBSET / BATCH_DIR).is_dir(), reason="no real CIFAR-10 subset")
 def test_the_real_subset_is_named_a_subset() -> None:
     assert fingerprint(SUBSET, 0).description == "subset of 3805 training images"
+
+
+@pytest.mark.parametrize("how", ["in place", "replaced"])
+def test_a_changed_file_with_its_modification_time_put_back_is_hashed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    from degradation.data import fingerprint as module
+
+    root = write_cifar10(tmp_path, 8, 4)
+    path = root / BATCH_DIR / "data_batch_1"
+    before = fingerprint(root, 0)
+    times = path.stat()
+    batch = raw(path)
+    batch["data"] = batch["data"][::-1].copy()  # other images, the same size of file
+    if how == "in place":
+        with path.open("r+b") as f:
+            f.write(pickle.dumps(batch, protocol=2))
+    else:
+        rewrite(path.with_name("new"), batch)
+        os.replace(path.with_name("new"), path)
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (times.st_size, times.st_mtime_ns)
+    monkeypatch.setattr(module, "_FINGERPRINTS", {})  # as a new process: the cache file alone
+    after = fingerprint(root, 0)
+    assert after.digest != before.digest

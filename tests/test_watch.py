@@ -136,7 +136,7 @@ def test_a_cpu_sweep_over_an_hour_says_so_with_the_estimate_and_how_to_shorten()
     slow = cpu_estimate(demo, lambda config: 0.1 * config.depth / 20)  # 16000 x 0.76 s
     assert slow is not None and slow.startswith("warning: no GPU: 4 runs need about 3h22m")
     # 3600 s / 0.76 s per iteration of all four: 4700 iterations fit in about an hour.
-    assert "train.iterations=4700 train.milestones=[2350,3525]" in slow
+    assert "train.iterations=4700 'train.milestones=[2350,3525]'" in slow  # quoted for a shell
     assert "experiment=smoke" in slow
     short = [(config, 40) for config, _ in demo]
     assert cpu_estimate(short, lambda config: pytest.fail("short sweeps are not timed")) is None
@@ -153,7 +153,7 @@ def test_sweep_warns_before_starting_on_the_cpu(tmp_path: Path,
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[1].startswith("warning: no GPU: 2 runs need about 4h26m on this CPU")
-    assert "train.iterations=3600 train.milestones=[1800,2700]" in lines[1]
+    assert "train.iterations=3600 'train.milestones=[1800,2700]'" in lines[1]
 
 
 def test_log_lines_during_a_live_table_are_printed_above_it(monkeypatch: pytest.MonkeyPatch

@@ -41,6 +41,7 @@ from degradation.analysis.results import (
     read_responses,
 )
 from degradation.config import Config, load_config, yaml_defaults
+from degradation.console import override, shell_command
 from degradation.errors import error_line
 from degradation.runs import RunRecord, hashed_identity
 from degradation.storage import DamagedFile, atomic_write_text
@@ -221,19 +222,19 @@ def run_command(study: Study, networks: Sequence[tuple[str, int]], flags: str = 
     # Where the study's runs were written (PATH may be a folder above or below that).
     output_dir = Path(study.reference.output_dir) if study.reference is not None else study.root
     if output_dir != Path("outputs"):
-        extra.append(f"output_dir={output_dir}")
+        extra.append(override("output_dir", str(output_dir)))
     if study.reference is not None and study.reference.data.root != "data":
-        extra.append(f"data.root={study.reference.data.root}")
-    tail = "".join(f" {item}" for item in [*extra, *([flags] if flags else [])])
+        extra.append(override("data.root", str(study.reference.data.root)))
+    tail = [*extra, *([flags] if flags else [])]
     commands = []
     for arch in ("plain", "resnet"):
         depths = sorted(d for a, d in networks if a == arch and d != 1202)
         if depths:
-            commands.append(f"`degrade sweep arch={arch} depth={','.join(map(str, depths))}"
-                            f"{tail}`")
+            commands.append(shell_command("degrade", "sweep", f"arch={arch}",
+                                          f"depth={','.join(map(str, depths))}", *tail))
     if ("resnet", 1202) in networks:
-        commands.append(f"`degrade train experiment=resnet1202{tail}`")
-    return " and ".join(commands)
+        commands.append(shell_command("degrade", "train", "experiment=resnet1202", *tail))
+    return " and ".join(f"`{command}`" for command in commands)
 
 
 def _recipe_overrides(config: Config) -> list[str]:
@@ -243,9 +244,10 @@ def _recipe_overrides(config: Config) -> list[str]:
     for key, value in ours.items():
         if key in _NOT_RECIPE or defaults.get(key) == value:
             continue
-        if isinstance(value, list):
-            value = "[" + ",".join(map(str, value)) + "]"
-        overrides.append(f"'{key}={value}'" if "[" in str(value) else f"{key}={value}")
+        if isinstance(value, list):  # a Hydra list, not a string to quote
+            overrides.append(f"{key}=[{','.join(map(str, value))}]")
+        else:
+            overrides.append(override(key, value))
     return overrides
 
 
@@ -434,7 +436,7 @@ def _responses(study: Study) -> Claim:
         if len(untrained) < len(absent):
             note = _join(note, "not measured yet: " + ", ".join(
                 network_label(*key) for key in absent if key not in untrained)
-                + f"; measure them with `degrade responses {study.root}`")
+                + f"; measure them with `{shell_command('degrade', 'responses', study.root)}`")
         return _not_enough(6, claim, paper, note)
     texts, failures = [], []
     for depth in sorted(d for a, d in measured if a == "plain"):

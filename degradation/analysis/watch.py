@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from degradation.config import Config, suggested_milestones
+from degradation.console import shell_command
 from degradation.runs import (
     ERROR_FILE,
     METRICS_FILE,
@@ -359,5 +360,6 @@ def cpu_estimate(runs: Sequence[tuple[Config, int]],
     return (f"warning: no GPU: {len(runs)} run{'s' * (len(runs) != 1)} need about "
             f"{format_duration(total)} on this CPU (estimated from a few timed steps of each "
             f"network: up to {max(timed.values()):.2f} s per step). To shorten: "
-            f"train.iterations={fits} train.milestones=[{milestones}] (about an hour), fewer "
+            f"{shell_command(f'train.iterations={fits}', f'train.milestones=[{milestones}]')} "
+            "(about an hour), fewer "
             "or shallower networks (depth=20), experiment=smoke, or a machine with a GPU.")

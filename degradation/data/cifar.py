@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,44 @@ class DataError(DegradeError, ValueError):
     """A data problem, told in one line that names the bad value or file."""
 
 
+# What the official batches hold besides dicts, lists, strings and ints: NumPy arrays (their
+# reconstructor, under NumPy 1's and NumPy 2's module names, their dtype, and the scalars a
+# subset's labels may be), and `_codecs.encode`, which protocol-2 pickles use for bytes.
+PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+
+class RefusedPickle(DataError):
+    """A pickle that names something besides plain data and NumPy arrays (it could run code)."""
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds plain data and NumPy arrays and refuses any other global.
+
+    A pickle runs whatever callable it names while it is read, so a crafted batch file could
+    run code even in `sweep --dry-run`; only the names in `PICKLE_GLOBALS` are ever looked up.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise RefusedPickle(f"it names {module}.{name}, which a CIFAR-10 file never holds "
+                                "(only dicts, lists, strings, bytes, numbers and NumPy arrays "
+                                "are read)")
+        return super().find_class(module, name)
+
+
+def load_data_pickle(path: Path) -> Any:
+    """Read a CIFAR-10 pickle with `_DataUnpickler` (latin1 reads Python-2 pickles of
+    NumPy arrays); `RefusedPickle`, naming the file, for anything that is not plain data."""
+    try:
+        with Path(path).open("rb") as f:
+            return _DataUnpickler(f, encoding="latin1").load()
+    except RefusedPickle as e:
+        raise RefusedPickle(f"{path} is refused: {e}") from None
+
+
 def read_batch(path: Path) -> tuple[Tensor, Tensor]:
     """Read one CIFAR-10 python batch: images uint8 (N,3,32,32), labels int64 (N,)."""
     path = Path(path)
@@ -46,10 +85,11 @@ def read_batch(path: Path) -> tuple[Tensor, Tensor]:
         raise DataError(f"{path} is missing: a CIFAR-10 folder holds {', '.join(TRAIN_FILES)} "
                         f"and {TEST_FILE}")
     try:
-        with path.open("rb") as f:
-            # latin1 reads Python-2 pickles of numpy arrays; MD5 is deliberately not checked,
-            # because subsets and generated sets differ from the official checksums.
-            batch = pickle.load(f, encoding="latin1")
+        # MD5 is deliberately not checked: subsets and generated sets differ from the
+        # official checksums.
+        batch = load_data_pickle(path)
+    except RefusedPickle:
+        raise
     except Exception as e:  # a corrupt pickle can raise almost any exception type
         raise DataError(f"{path} is truncated or not a CIFAR-10 pickle ({error_line(e)})") from e
     if not isinstance(batch, dict):

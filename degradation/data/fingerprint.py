@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from degradation.data.cifar import (
     TEST_FILE,
     TRAIN_FILES,
     DataError,
+    RefusedPickle,
+    load_data_pickle,
     read_batch,
 )
 from degradation.errors import error_line
@@ -53,7 +54,7 @@ class DataFingerprint:
     train_images: int  # in the training batches, before any validation split
 
 
-# The fingerprints computed in this process, by folder and the files' size and time.
+# The fingerprints computed in this process, by folder and the files' `_stat_key`s.
 _FINGERPRINTS: dict[tuple[str, str], DataFingerprint] = {}
 
 
@@ -72,7 +73,8 @@ def fingerprint(root: Path, val_split: int) -> DataFingerprint:
     """The fingerprint of the data under root/cifar-10-batches-py/ that a run would use.
 
     MD5 sums are computed once per file and cached beside the batches (keyed by each file's
-    name, size and modification time, so a changed file is hashed again); a folder that cannot
+    name, size, modification and inode change times, inode and device, so a changed file is
+    hashed again even when its modification time was put back); a folder that cannot
     be written keeps its cache in the user's cache folder, or in this process only. Missing
     data is what a download would bring: the official set (`ensure_cifar10` refuses it where
     nothing may be downloaded).
@@ -134,10 +136,13 @@ def _describe_file(path: Path, key: list[int]) -> dict[str, Any]:
         raise DataError(f"cannot read {path} ({error_line(e)})") from e
     entry: dict[str, Any] = {"key": key, "md5": digest}
     if path.name == "batches.meta":
-        with contextlib.suppress(Exception):  # the meta file is optional and never trusted
-            with path.open("rb") as f:
-                meta = pickle.load(f, encoding="latin1")
-            entry["generated"] = isinstance(meta, dict) and meta.get("generator") == GENERATOR_MARK
+        try:
+            meta = load_data_pickle(path)
+        except RefusedPickle:  # a crafted file is refused, as a crafted batch is
+            raise
+        except Exception:  # otherwise the meta file is optional and never trusted
+            meta = None
+        entry["generated"] = isinstance(meta, dict) and meta.get("generator") == GENERATOR_MARK
     elif digest == OFFICIAL_MD5.get(path.name):
         entry["images"] = 10_000  # the official batches hold 10,000 images each
     else:
@@ -150,7 +155,9 @@ def _stat_key(path: Path) -> list[int] | None:
         stat = path.stat()
     except OSError:
         return None
-    return [stat.st_size, stat.st_mtime_ns]
+    # A rewrite can restore a file's size and modification time (`touch -r`, `os.utime`), but
+    # not its inode change time, nor its inode when it replaces the file.
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
 
 
 def _user_cache(folder: Path) -> Path:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from degradation.config import Config, ConfigError, from_dict
@@ -31,6 +34,21 @@ DAMAGED_SUFFIX = ".damaged"
 
 class DamagedCheckpoint(StorageError):
     """A checkpoint file that was read but is truncated, corrupt or not a checkpoint."""
+
+
+class RefusedCheckpoint(StorageError):
+    """A checkpoint file whose pickle names something a checkpoint never holds (it could run
+    code): refused, never set aside and replaced as a damaged one would be."""
+
+
+def _numpy_globals() -> list[Any]:
+    """What a checkpoint holds beyond tensors and plain data, for `weights_only` loading:
+    NumPy's RNG state (`np.random.get_state()`), a uint32 array."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # NumPy 2
+    except ImportError:  # NumPy 1
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
@@ -98,8 +116,20 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                                 f"({error_line(error, with_type=False)})") from None
     if bad is not None:
         raise DamagedCheckpoint(f"checkpoint {path} is damaged (checksum mismatch in {bad})")
+    # weights_only: the pickle may build tensors, plain data and NumPy's RNG state, nothing
+    # else, so a crafted file cannot run code. Its CRCs hold, so a refusal is not damage.
     try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise DamagedCheckpoint(f"checkpoint {path} is damaged ({error_line(error)})"
+                                    ) from None
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))  # torch's wording varies by version
+        raise RefusedCheckpoint(f"checkpoint {path} is refused: it holds more than tensors, "
+                                "plain data and NumPy's random state"
+                                + (f" (it names {named[1]})" if named else "")
+                                + "; loading it could run code, so it is never loaded") from None
     except Exception as error:  # an unpicklable payload can raise almost anything
         raise DamagedCheckpoint(f"checkpoint {path} is damaged ({error_line(error)})") from None
     if not (isinstance(state, dict) and "iteration" in state and "model" in state):
