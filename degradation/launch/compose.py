@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
+import math
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -23,6 +25,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -207,12 +210,53 @@ def patched_argv(argv: list[str]) -> Iterator[None]:
         sys.argv = saved
 
 
+# The most runs one sweep may ask for. Each run is composed and checked before any starts
+# (about 0.1 s each), so a sweep of 1000 takes minutes to plan; `seed='range(100000)'` would
+# take hours and is a typo far more often than a plan (the paper's largest grid is 25 runs).
+MAX_SWEEP_RUNS = 1000
+
+
 def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
                parser: OverridesParser | None = None) -> list[list[str]]:
-    """Hydra's basic-sweeper expansion of `hydra.sweeper.params` (presets) and `overrides`."""
+    """Hydra's basic-sweeper expansion of `hydra.sweeper.params` (presets) and `overrides`.
+
+    A sweep of more than `MAX_SWEEP_RUNS` runs is a `ConfigError`, found from the parsed
+    overrides alone, before any run is expanded or composed.
+    """
     from_preset = [f"{key}={value}" for key, value in params.items()]
     parsed = (parser or OverridesParser.create()).parse_overrides(from_preset + overrides)
+    size = sweep_size(parsed)
+    if size > MAX_SWEEP_RUNS:
+        raise ConfigError(f"the sweep asks for {size} runs; at most {MAX_SWEEP_RUNS} runs in "
+                          "one sweep (split it into several sweeps, e.g. by seed ranges)")
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def sweep_size(parsed: list[Override]) -> int:
+    """How many jobs Hydra's basic sweeper makes of `parsed`: the product of each key's
+    number of values (a key given twice counts as its last value, as the sweeper takes it).
+
+    Exact up to `MAX_SWEEP_RUNS`; above it, exact for lists and integer ranges, and at least
+    `MAX_SWEEP_RUNS + 1` otherwise (a float range is never enumerated further).
+    """
+    counts = {override.get_key_element(): _values_count(override) for override in parsed}
+    return math.prod(counts.values())
+
+
+def _values_count(override: Override) -> int:
+    """How many values one override sweeps over (1 when it is no discrete sweep)."""
+    if not (override.is_sweep_override() and override.is_discrete_sweep()):
+        return 1
+    value = override.value()
+    if isinstance(value, RangeSweep):
+        try:
+            values = value.range()
+        except ValueError as error:  # range(0,10,0)
+            raise ConfigError(f"{override.input_line}: {error}") from None
+        if isinstance(values, range):
+            return len(values)  # `range(10**9)` is counted, never listed
+    return sum(1 for _ in itertools.islice(override.sweep_string_iterator(),
+                                           MAX_SWEEP_RUNS + 1))
 
 
 # Every process that resolves a run folder needs the resolver, including launcher workers

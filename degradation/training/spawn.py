@@ -129,10 +129,17 @@ def _start(config: Config, spec: Path, error_file: Path, index: int, port: int
            "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
     worker = subprocess.Popen(
         [sys.executable, "-m", "degradation.training.worker", str(spec), str(error_file),
-         ",".join(map(str, share))],
+         ",".join(map(str, share)), str(os.getpid()), _log_file()],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, errors="replace")
     return worker
+
+
+def _log_file() -> str:
+    """The file this process logs the run into (Hydra's job log), or "" when none: a worker
+    writes there itself if this process ends before it."""
+    return next((handler.baseFilename for handler in logging.getLogger().handlers
+                 if isinstance(handler, logging.FileHandler)), "")
 
 
 def _relay(worker: subprocess.Popen) -> None:

@@ -1,9 +1,11 @@
 """One rank of a run trained over several processes (DDP): `spawn.py` starts one per GPU as
 
-    python -m degradation.training.worker SPEC ERROR_FILE CORES
+    python -m degradation.training.worker SPEC ERROR_FILE CORES PARENT LOG_FILE
 
 with torchrun's environment variables. It joins the process group, trains, leaves, and
-writes its error (if any) to ERROR_FILE for the launching process.
+writes its error (if any) to ERROR_FILE for the launching process, whose pid is PARENT and
+which relays the lines it prints into the run's log. Should that process end (even killed),
+the rank writes to LOG_FILE itself (when given) and stops as SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import torch.distributed as dist
 
 from degradation.errors import FAILED_EXIT, INTERRUPTED_EXIT
 from degradation.hardware import parse_cores, pin_to
+from degradation.training.signals import stop_with_parent
 
 log = logging.getLogger("degrade")
 
 
-def main(spec_path: str, error_path: str, cores: str) -> int:
+def main(spec_path: str, error_path: str, cores: str, parent: str, log_file: str) -> int:
     """One rank: join the process group, train, leave; the error (if any) to `error_path`."""
     pin_to(parse_cores(cores))
     from degradation.config import from_dict
@@ -37,6 +40,7 @@ def main(spec_path: str, error_path: str, cores: str) -> int:
                         format="%(message)s" if index == 0 else f"rank {index}: %(message)s",
                         stream=sys.stdout)
     config = from_dict(pickle.loads(Path(spec_path).read_bytes()))
+    stop_with_parent(int(parent), (lambda: _log_to(Path(log_file))) if log_file else None)
     try:
         device = resolve_device(config.device)
         if device.type == "cuda":
@@ -55,9 +59,21 @@ def main(spec_path: str, error_path: str, cores: str) -> int:
             Path(error_path).write_bytes(pickle.dumps(error))
         if not isinstance(error, Interrupted):
             log.exception("training failed")
+        elif os.getppid() != int(parent):  # no launching process is left to say it
+            log.error("error: %s", error)
         return INTERRUPTED_EXIT if isinstance(error, Interrupted) else FAILED_EXIT
     return 0
 
 
+def _log_to(path: Path) -> None:
+    """Log into `path` instead of stdout: the process that relayed stdout is gone."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(path)
+    for old in list(root.handlers):
+        handler.setFormatter(old.formatter)
+        root.removeHandler(old)
+    root.addHandler(handler)
+
+
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(*sys.argv[1:6]))

@@ -1,11 +1,12 @@
 """One job of `hydra/launcher=local`, in its own interpreter.
 
-    python -m hydra_plugins.degrade_launcher._worker SPEC RESULT CORES
+    python -m hydra_plugins.degrade_launcher._worker SPEC RESULT CORES PARENT
 
 SPEC is a pickle of the task function and the job's composed config; the job runs through
 Hydra's `run_job` exactly as in the basic launcher, and RESULT receives its status. CORES
-(`0,1,2`, may be empty) is the CPU affinity, set before anything else is imported. The name
-starts with `_` so that Hydra's plugin scan does not import it.
+(`0,1,2`, may be empty) is the CPU affinity, set before anything else is imported. PARENT is
+the launching process's pid: when it ends, even killed, the job stops as SIGTERM stops it.
+The name starts with `_` so that Hydra's plugin scan does not import it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import Any
 
 from degradation.errors import INTERRUPTED_EXIT, error_line, one_line
 from degradation.hardware import parse_cores, pin_to
+from degradation.training.signals import stop_with_parent
 
 
-def main(spec_path: str, result_path: str, cores: str) -> int:
+def main(spec_path: str, result_path: str, cores: str, parent: str) -> int:
     """Run the job; write {'status', 'value' | 'message'} to `result_path`; exit status."""
     pin_to(parse_cores(cores))
+    stop_with_parent(int(parent))  # the sweep was killed: checkpoint and stop, as on SIGTERM
     result: dict[str, Any] = {"status": "FAILED"}
     try:
         result = _run(pickle.loads(Path(spec_path).read_bytes()))
@@ -70,4 +73,4 @@ def _context_line(stop: SystemExit) -> str | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(*sys.argv[1:5]))

@@ -124,7 +124,8 @@ class LocalLauncher(Launcher):
                # The child imports what this process imports (as multiprocessing's spawn does).
                "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
         command = [sys.executable, "-m", "hydra_plugins.degrade_launcher._worker",
-                   str(job.spec), str(job.result), ",".join(map(str, slot.cores))]
+                   str(job.spec), str(job.result), ",".join(map(str, slot.cores)),
+                   str(os.getpid())]
         with job.log_file.open("ab") as output:
             job.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                            stdout=output, stderr=subprocess.STDOUT)

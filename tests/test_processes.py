@@ -1,0 +1,150 @@
+"""The processes of runs and sweeps: no orphans, no false failures, no hangs.
+
+A sweep too large to plan is refused before anything is composed; workers whose launching
+process died stop with a checkpoint; a sweep that finds its runs trained by another process
+leaves them to it; a compile that fails falls back to eager training.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from degradation.launch.compose import MAX_SWEEP_RUNS, compose_config, sweep_jobs, sweep_size
+from degradation.runs import CHECKPOINT, SUMMARY_FILE, run_dir
+from degradation.storage import LOCK, read_json
+from degradation.training.checkpoint import load_checkpoint
+from tests.conftest import degrade, degrade_here, tiny_overrides
+
+
+def test_sweep_size_is_the_count_of_hydras_jobs() -> None:
+    overrides = ["depth=20,56", "arch=plain,resnet", "seed=range(3)", "depth=20,32,44"]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    assert sweep_size(parsed) == len(sweep_jobs({}, overrides)) == 18
+
+
+def test_a_sweep_too_large_to_plan_is_refused_before_composing(generated: Path,
+                                                                tmp_path: Path) -> None:
+    # Composing 100000 runs took minutes without a word; the size is known from the
+    # overrides alone.
+    result = degrade_here("sweep", "--dry-run", "seed=range(100000)",
+                          *tiny_overrides(generated, tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: the sweep asks for 100000 runs; at most "
+                                     f"{MAX_SWEEP_RUNS} runs in one sweep (split it into "
+                                     "several sweeps, e.g. by seed ranges)")
+    assert not (tmp_path / "out").exists()
+    zero_step = degrade_here("sweep", "--dry-run", "seed=range(0,10,0)",
+                             *tiny_overrides(generated, tmp_path / "out"))
+    assert zero_step.exit_code == 2
+    assert zero_step.output.strip() == ("error: seed=range(0,10,0): range() arg 3 must not "
+                                        "be zero")
+
+
+# --- no orphans: workers stop when their launching process is killed ----------------------
+
+# Long enough never to end before the test kills it, short enough to finish on resume.
+LONG_RUN = {"train.iterations": 60, "train.milestones": "[30,45]", "train.batch_size": 8,
+            "train.eval_every": 10}
+# Bounds a wait that should take seconds, so that a regression fails instead of hanging.
+DEADLINE_S = 300
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (an orphan's may be left unreaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def start_and_kill_when_checkpointed(args: list[str], folder: Path) -> list[int]:
+    """Start `degrade ARGS`, SIGKILL it once the run has a checkpoint; its worker pids."""
+    launcher = subprocess.Popen([sys.executable, "-m", "degradation", *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + DEADLINE_S
+        while not ((folder / CHECKPOINT).exists() and (folder / LOCK).exists()):
+            assert launcher.poll() is None and time.time() < deadline, "no checkpoint"
+            time.sleep(0.05)
+        workers = children(launcher.pid)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert workers
+    return workers
+
+
+def wait_gone(pids: list[int]) -> None:
+    deadline = time.time() + DEADLINE_S
+    while any(alive(pid) for pid in pids):
+        assert time.time() < deadline, f"still running after their launcher was killed: {pids}"
+        time.sleep(0.2)
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+
+
+@linux_only
+@pytest.mark.slow
+def test_a_killed_sweeps_workers_stop_with_a_checkpoint_and_resume(
+        small_cifar_root: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(small_cifar_root, tmp_path, **LONG_RUN)
+    folder = run_dir(compose_config(overrides))
+    workers = start_and_kill_when_checkpointed(["sweep", *overrides], folder)
+    wait_gone(workers)  # before: re-parented to init, training on, holding the run's lock
+    state, _ = load_checkpoint(folder)
+    assert state["iteration"] < LONG_RUN["train.iterations"]
+    assert not (folder / SUMMARY_FILE).exists()
+    log = (folder / "train.log").read_text()
+    assert "has ended; stopping with a checkpoint" in log
+    assert f"stopped by SIGTERM at iteration {state['iteration']}" in log
+
+    again = degrade("sweep", *overrides)  # not "being trained elsewhere"
+    assert again.returncode == 0, again.stderr
+    assert "1 to resume" in again.stdout
+    assert f"resumed from iteration {state['iteration']}" in (folder / "train.log").read_text()
+    assert read_json(folder / SUMMARY_FILE)["iterations_done"] == LONG_RUN["train.iterations"]
+
+
+@linux_only
+@pytest.mark.slow
+def test_a_killed_multi_process_launchers_ranks_stop_with_a_checkpoint_and_resume(
+        small_cifar_root: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(small_cifar_root, tmp_path, **LONG_RUN, **{"trainer.gpus": 2})
+    folder = run_dir(compose_config(overrides))
+    ranks = start_and_kill_when_checkpointed(["train", *overrides], folder)
+    assert len(ranks) == 2
+    wait_gone(ranks)
+    state, _ = load_checkpoint(folder)
+    assert state["iteration"] < LONG_RUN["train.iterations"]
+    # Rank 0 logged its stop into the run's log itself: the process relaying it is gone.
+    log = (folder / "train.log").read_text()
+    assert "has ended; stopping with a checkpoint" in log
+    assert f"error: stopped by SIGTERM at iteration {state['iteration']}" in log
+
+    again = degrade("train", *overrides)
+    assert again.returncode == 0, again.stderr
+    summary = read_json(folder / SUMMARY_FILE)
+    assert summary["status"] == "done"
+    assert summary["iterations_done"] == LONG_RUN["train.iterations"]
