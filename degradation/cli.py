@@ -407,13 +407,50 @@ def responses(
 
 
 @app.command()
+def evaluate(
+    path: Path = RUNS_PATH,
+    split: str = typer.Option("train", "--split", help="train (the images each run trained "
+                              "on), test, or val (the held-out part, data.val_split > 0)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="CIFAR-10 folder, if not the "
+                                          "one each run was trained on."),
+    recursive: bool = RECURSIVE,
+) -> None:
+    """The final weights of each finished run on a whole split, in eval mode, without
+    augmentation: the clean training error that claim 1 is judged on where it exists.
+
+    Writes evaluation.json into each run's folder (keyed by the checkpoint's SHA-256 and the
+    split, so nothing is evaluated twice) and prints one row per run.
+    """
+    from degradation.analysis.evaluate import SPLITS, evaluate_command
+    from degradation.config import ConfigError
+    from degradation.training.device import resolve_device
+
+    if split not in SPLITS:
+        fail(f"--split {split!r} is not a split (allowed: {', '.join(SPLITS)})")
+    try:
+        resolve_device(device)
+    except (ConfigError, RuntimeError) as error:
+        fail(f"--device {device!r} is not a device (allowed: auto, cpu, cuda)"
+             if isinstance(error, RuntimeError) else str(error))
+    if not path.exists():
+        fail(f"{path} does not exist")
+    rows = _analysis(evaluate_command, path, split, device, recursive, data_root)
+    for row in rows:
+        typer.echo(row.text())
+    if not any(row.entry for row in rows):
+        fail(f"no finished run under {path} could be evaluated on {split}", code=FAILED_EXIT)
+
+
+@app.command()
 def claims(
     path: Path = RUNS_PATH,
     out: Path | None = OUT,
     recursive: bool = RECURSIVE,
 ) -> None:
     """The claims of Sec. 4.2, each with our numbers and a verdict: reproduced, not
-    reproduced, or not enough runs (naming the missing runs and the command that makes them).
+    reproduced, inconclusive (within the seeds' noise: a 95% Welch interval of each difference),
+    or not enough runs (naming the missing runs and the command that makes them).
 
     Prints Markdown and writes claims.md and claims.csv beside the figures.
     """

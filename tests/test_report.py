@@ -185,3 +185,13 @@ def test_report_renders_in_a_headless_browser_claims_first_images_loaded(built, 
     for alt, loaded, top in rendered["images"]:
         assert loaded, f"{alt} did not load"
         assert top > claims_top, f"{alt} is drawn above the claims"
+
+
+def test_report_counts_each_verdict_apart(tmp_path):
+    from degradation.analysis.report import write_report
+    from tests.test_claims import write_grid
+
+    write_grid(tmp_path, seeds=(0,))
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "<strong>2 reproduced, 2 inconclusive, 4 not enough runs</strong>" in page
+    assert "class='verdict-inconclusive'>inconclusive (one seed)</strong>" in page

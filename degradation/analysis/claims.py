@@ -1,5 +1,6 @@
-"""The claims of Sec. 4.2, each checked against the runs: reproduced, not reproduced, or not
-enough runs (naming the runs that are missing and the command that makes them).
+"""The claims of Sec. 4.2, each checked against the runs: reproduced, not reproduced,
+inconclusive (within the seeds' noise), or not enough runs (naming the runs that are missing
+and the command that makes them).
 
 Usage: `degrade claims outputs/` prints the verdicts and writes `outputs/figures/claims.md`
 and `claims.csv`.
@@ -7,7 +8,9 @@ and `claims.csv`.
 The claims are judged on one recipe: the longest schedule among the finished runs (settings
 that differ only in warm-up count as one recipe, as the paper warms up ResNet-110 alone), plain
 nets and ResNets with the paper's shortcut option A. Errors are means over the finished seeds;
-a verdict judged on a schedule shorter than the paper's 64k iterations says so.
+a verdict judged on a schedule shorter than the paper's 64k iterations says so. Every ordering
+a claim makes (claims 1, 2, 3, 5 and 6) is judged on the difference of the two means and its
+interval over seeds (`stats.RULE`); a network with one seed takes a stated floor for its spread.
 
 Over 400 lines because each of the paper's claims is a small judgement of its own (what it
 compares, the runs it needs, the command that makes them) and they share the choice of runs;
@@ -27,11 +30,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from degradation.analysis import stats
 from degradation.analysis.results import (
     PAPER_FIGURE6_PLAIN,
     PAPER_TABLE6,
     PAPER_TABLE6_NOTES,
     REPRODUCTIONS,
+    clean_error,
     describe_states,
     eval_set_of,
     figures_dir,
@@ -48,10 +53,9 @@ from degradation.storage import DamagedFile, atomic_write_text
 from degradation.training.logs import read_grad_norms
 
 PAPER_ITERATIONS = 64000
-REPRODUCED = "reproduced"
-NOT_REPRODUCED = "not reproduced"
-NOT_ENOUGH = "not enough runs"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_ENOUGH)
+REPRODUCED, NOT_REPRODUCED = stats.REPRODUCED, stats.NOT_REPRODUCED
+INCONCLUSIVE, NOT_ENOUGH = stats.INCONCLUSIVE, stats.NOT_ENOUGH
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_ENOUGH)
 RESNET_DEPTHS = (20, 32, 44, 56, 110)  # Figure 6 (middle) and Table 6 up to 110
 PLAIN_110_ERROR = 60.0  # "plain-110 ... has error above 60%"
 # Vanishing gradients would starve the first layers: the plain net's first-to-last layer
@@ -63,7 +67,7 @@ GRADIENT_FACTOR = 0.1
 GRADIENT_FRACTIONS = (1 / 64, 1 / 4, 3 / 4, 1.0)
 # Warm-up is not part of a recipe here: the paper warms up ResNet-110 only (and not 1202).
 _NOT_RECIPE = ("train.warmup", "train.warmup_lr", "train.warmup_until_error")
-CLAIM_COLUMNS = ["number", "claim", "paper", "ours", "verdict", "note"]
+CLAIM_COLUMNS = ["number", "claim", "paper", "ours", "verdict", "note", "interval", "seeds"]
 log = logging.getLogger("degrade")
 
 
@@ -77,6 +81,13 @@ class Claim:
     ours: str
     verdict: str
     note: str = ""
+    interval: str = ""  # each compared difference with its interval (`stats.RULE`)
+    seeds: int | None = None  # the fewest seeds of a compared network
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict, and `one seed` where it rests on single runs."""
+        return f"{self.verdict} (one seed)" if self.seeds == 1 else self.verdict
 
 
 @dataclass
@@ -90,6 +101,7 @@ class Study:
     reference: Config | None
     left_out: int = 0  # runs of other recipes or shortcut options
     responses: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    diverged: dict[tuple[str, int], int] = field(default_factory=dict)  # per network
 
     @property
     def short(self) -> bool:
@@ -104,7 +116,10 @@ class Study:
                 "iterations)")
 
 
-FINAL_COLUMNS = ["arch", "depth", "seed", "run", "train_error", "test_error", "eval_set"]
+# clean_train_error: `degrade evaluate --split train` (eval mode, no augmentation), NaN where
+# the run's current checkpoint has not been evaluated.
+FINAL_COLUMNS = ["arch", "depth", "seed", "run", "train_error", "test_error", "eval_set",
+                 "clean_train_error"]
 
 
 def _recipe_key(config: Config) -> str:
@@ -142,23 +157,31 @@ def select_study(records: Sequence[RunRecord], root: Path) -> Study:
                          "seed": record.config.seed, "run": str(record.path),
                          "train_error": summary.get("final_train_error", math.nan),
                          "test_error": summary["final_test_error"],
-                         "eval_set": eval_set_of(record)})
+                         "eval_set": eval_set_of(record),
+                         "clean_train_error": clean_error(record, "train")})
     finals = pd.DataFrame(rows, columns=FINAL_COLUMNS).astype(
-        {"depth": "int64", "seed": "int64", "train_error": "float64", "test_error": "float64"})
+        {"depth": "int64", "seed": "int64", "train_error": "float64", "test_error": "float64",
+         "clean_train_error": "float64"})
     responses: dict[tuple[str, int], list[float]] = {}
     for record in chosen:
         for measured in read_responses([record]) if record.state == "done" else []:
             if measured.get("std"):
                 responses.setdefault((record.config.arch, record.config.depth), []).append(
                     sum(measured["std"]) / len(measured["std"]))
+    diverged: dict[tuple[str, int], int] = {}
+    for record in chosen:
+        if record.state == "diverged":
+            key = (record.config.arch, record.config.depth)
+            diverged[key] = diverged.get(key, 0) + 1
     return Study(Path(root), chosen, finals, chosen[0].config.train.iterations,
-                 chosen[0].config, len(records) - len(chosen), responses)
+                 chosen[0].config, len(records) - len(chosen), responses, diverged)
 
 
 def final_errors(study: Study) -> pd.DataFrame:
-    """Per network: n and mean/min/max of the final training and test error over seeds."""
-    stats = study.finals.groupby(["arch", "depth"])[["train_error", "test_error"]].agg(
-        ["mean", "min", "max", "std"])
+    """Per network: n and mean/min/max/std of the final training and test error over seeds
+    (and of the clean training error, NaN where it was not measured)."""
+    stats = study.finals.groupby(["arch", "depth"])[
+        ["train_error", "test_error", "clean_train_error"]].agg(["mean", "min", "max", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats["n"] = study.finals.groupby(["arch", "depth"]).size()
     return stats.reset_index()
@@ -255,21 +278,150 @@ def _not_enough(number: int, claim: str, paper: str, note: str, ours: str = "") 
     return Claim(number, claim, paper, ours or "-", NOT_ENOUGH, note)
 
 
-def _ordered(errors: pd.DataFrame, arch: str, depths: list[int], metric: str,
-             deeper_higher: bool) -> tuple[list[str], list[str]]:
-    """(comparisons as text, those that fail) for every pair of depths present."""
-    texts, failures = [], []
+# --- judging an ordering against the seeds' noise -----------------------------------------
+
+
+METRIC_NAMES = {"train_error": "training error", "test_error": "test error",
+                "clean_train_error": "clean training error", "response": "layer response"}
+MEASURES = {
+    "train_error": "the running training error of the last mini-batches, under augmentation "
+                   "and train-mode BatchNorm, as the paper plots it",
+    "clean_train_error": "the clean training error: the final weights on the whole training "
+                         "set in eval mode, without augmentation (`degrade evaluate`)",
+}
+
+
+def training_measure(study: Study, networks: Sequence[tuple[str, int]]) -> str:
+    """`clean_train_error` where every finished run of `networks` has one, else `train_error`:
+    never a mix of the two measures in one comparison."""
+    finals = study.finals
+    chosen = finals[[(arch, depth) in networks for arch, depth in
+                     zip(finals["arch"], finals["depth"], strict=True)]]
+    if len(chosen) and chosen["clean_train_error"].notna().all():
+        return "clean_train_error"
+    return "train_error"
+
+
+@dataclass
+class Ordering:
+    """One ordering a claim makes, judged: `b` is claimed `claimed` than `a` in `metric`."""
+
+    a: tuple[str, int]
+    b: tuple[str, int]
+    metric: str
+    result: stats.Comparison
+    floor: stats.Floor | None = None  # the spread a one-seed side was given
+
+    def label(self) -> str:
+        """`plain-56 - plain-20 (training error)`."""
+        return (f"{network_label(*self.b)} - {network_label(*self.a)} "
+                f"({METRIC_NAMES[self.metric]})")
+
+
+def _values(study: Study, network: tuple[str, int], metric: str) -> list[float]:
+    """A network's finals over seeds, NaN for each diverged seed (left out, and named)."""
+    if metric == "response":
+        values = list(study.responses.get(network, []))
+    else:
+        finals = study.finals
+        chosen = finals[(finals["arch"] == network[0]) & (finals["depth"] == network[1])]
+        values = chosen[metric].astype(float).tolist()
+    return values + [math.nan] * study.diverged.get(network, 0)
+
+
+def floor_of(study: Study, metric: str) -> stats.Floor | None:
+    """The spread a one-seed network is given: the pooled spread of the study's networks that
+    have seeds, else the paper's ±0.16 (errors only: a layer response has no published one)."""
+    if metric == "response":
+        groups = list(study.responses.values())
+    else:
+        groups = [part[metric].astype(float).tolist()
+                  for _, part in study.finals.groupby(["arch", "depth"])]
+    pooled = stats.pooled_floor(groups, METRIC_NAMES[metric])
+    if pooled is not None or metric == "response":
+        return pooled
+    return stats.PAPER_FLOOR
+
+
+def order(study: Study, a: tuple[str, int], b: tuple[str, int], metric: str,
+          claimed: str) -> Ordering:
+    """Judge "`b`'s `metric` is `claimed` ("lower"/"higher") than `a`'s" by `stats.RULE`."""
+    floor = floor_of(study, metric)
+    result = stats.compare(_values(study, a, metric), _values(study, b, metric), claimed, floor)
+    return Ordering(a, b, metric, result, floor)
+
+
+def _ordered(study: Study, errors: pd.DataFrame, arch: str, depths: list[int], metric: str,
+             deeper_higher: bool) -> tuple[list[str], list[Ordering]]:
+    """(comparisons of the means as text, each pair judged) for every pair of depths present."""
+    texts, judged = [], []
     for i, shallow in enumerate(depths):
         for deep in depths[i + 1:]:
             a, b = _mean(errors, arch, shallow, metric), _mean(errors, arch, deep, metric)
-            holds = b > a if deeper_higher else b < a
             sign = ">" if b > a else "<" if b < a else "="
-            text = f"{network_label(arch, deep)} {b:.2f} {sign} {network_label(arch, shallow)} " \
-                   f"{a:.2f}"
-            texts.append(text)
-            if not holds:
-                failures.append(text)
-    return texts, failures
+            texts.append(f"{network_label(arch, deep)} {b:.2f} {sign} "
+                         f"{network_label(arch, shallow)} {a:.2f}")
+            judged.append(order(study, (arch, shallow), (arch, deep), metric,
+                                "higher" if deeper_higher else "lower"))
+    return texts, judged
+
+
+def _judged_claim(number: int, claim: str, paper: str, ours: str, orderings: list[Ordering],
+                  *notes: str) -> Claim:
+    """A claim whose verdict is `stats.combine` of its orderings; the note says which fail,
+    which are within the noise (and the seeds that would resolve them), and the floors used."""
+    verdict = stats.combine(ordering.result.verdict for ordering in orderings)
+    groups: dict[str, list[str]] = {}
+    for ordering in orderings:
+        groups.setdefault(ordering.result.verdict, []).append(_ordering_text(ordering))
+    parts = [*notes,
+             "fails: " + "; ".join(groups[NOT_REPRODUCED]) if NOT_REPRODUCED in groups else "",
+             "within the noise: " + "; ".join(groups[INCONCLUSIVE])
+             if INCONCLUSIVE in groups else "",
+             "no finite value: " + "; ".join(groups[NOT_ENOUGH]) if NOT_ENOUGH in groups else "",
+             _floor_note(orderings), _diverged_note(orderings)]
+    seeds = min((min(o.result.a.n, o.result.b.n) for o in orderings), default=None)
+    interval = "; ".join(f"{o.label()}: {o.result.interval()}" for o in orderings)
+    return Claim(number, f"{claim} [{stats.RULE}]", paper, ours, verdict, _join(*parts),
+                 interval, seeds)
+
+
+def _ordering_text(ordering: Ordering) -> str:
+    result = ordering.result
+    text = f"{ordering.label()} {result.interval()}"
+    if result.verdict == INCONCLUSIVE:
+        text += (f", {result.seeds_needed} seeds per network would resolve a difference of "
+                 "this size at this spread" if result.seeds_needed else
+                 f", more than {stats.MAX_SEEDS} seeds per network would not resolve it")
+    elif result.verdict == NOT_ENOUGH:
+        text += ": no spread to judge it by (one seed each; a second seed gives one)" if (
+            result.a.n and result.b.n) else ": every seed of a network diverged"
+    return text
+
+
+def _floor_note(orderings: list[Ordering]) -> str:
+    """`one seed: plain-20, plain-56 take the training error floor ±0.16 (source)`."""
+    floored: dict[tuple[str, stats.Floor], list[str]] = {}
+    for ordering in orderings:
+        floor = ordering.floor
+        for network, side in ((ordering.a, ordering.result.a), (ordering.b, ordering.result.b)):
+            if side.floored and floor is not None:
+                names = floored.setdefault((METRIC_NAMES[ordering.metric], floor), [])
+                if network_label(*network) not in names:
+                    names.append(network_label(*network))
+    return "; ".join(f"one seed: {', '.join(names)} take the {metric} floor ±{floor.std:.3g} "
+                     f"({floor.source})" for (metric, floor), names in floored.items())
+
+
+def _diverged_note(orderings: list[Ordering]) -> str:
+    dropped = {}
+    for ordering in orderings:
+        for network, side in ((ordering.a, ordering.result.a), (ordering.b, ordering.result.b)):
+            if side.dropped:
+                dropped[network_label(*network)] = side.dropped
+    return ("diverged, left out: " + ", ".join(f"{count} seed{'s' if count > 1 else ''} of "
+                                               f"{name}" for name, count in dropped.items())
+            if dropped else "")
 
 
 def _plain_deeper_worse(study: Study, errors: pd.DataFrame) -> Claim:
@@ -281,14 +433,17 @@ def _plain_deeper_worse(study: Study, errors: pd.DataFrame) -> Claim:
     if missing:
         return _not_enough(1, claim, paper, missing)
     depths = _present(errors, "plain")
-    texts, failures = _ordered(errors, "plain", depths, "train_error", True)
-    ours = "training error (%): " + "; ".join(texts)
-    key = _ordered(errors, "plain", [20, 56], "train_error", True)[1]
-    verdict = NOT_REPRODUCED if failures else REPRODUCED
-    note = f"key pair plain-56 vs plain-20 {'fails' if key else 'holds'}"
-    if failures:
-        note += "; fails: " + "; ".join(failures)
-    return Claim(1, claim, paper, ours, verdict, note)
+    metric = training_measure(study, [("plain", depth) for depth in depths])
+    texts, judged = _ordered(study, errors, "plain", depths, metric, True)
+    ours = f"{METRIC_NAMES[metric]} (%): " + "; ".join(texts)
+    key = next(o for o in judged if (o.a, o.b) == (("plain", 20), ("plain", 56)))
+    held = {REPRODUCED: "holds", NOT_REPRODUCED: "fails"}.get(key.result.verdict,
+                                                              key.result.verdict)
+    measured = f"measured on {MEASURES[metric]}"
+    if metric == "train_error":
+        measured += f"; `degrade evaluate {study.root} --split train` measures the clean one"
+    return _judged_claim(1, claim, paper, ours, judged, f"key pair plain-56 vs plain-20 {held}",
+                         measured)
 
 
 def _resnet_deeper_better(study: Study, errors: pd.DataFrame) -> Claim:
@@ -299,16 +454,13 @@ def _resnet_deeper_better(study: Study, errors: pd.DataFrame) -> Claim:
     if missing:
         return _not_enough(2, claim, paper, missing)
     depths = [d for d in _present(errors, "resnet") if d in RESNET_DEPTHS]
-    train, train_fail = _ordered(errors, "resnet", depths, "train_error", False)
-    test, test_fail = _ordered(errors, "resnet", depths, "test_error", False)
+    train, train_judged = _ordered(study, errors, "resnet", depths, "train_error", False)
+    test, test_judged = _ordered(study, errors, "resnet", depths, "test_error", False)
     ours = "training error (%): " + "; ".join(train) + ". test error (%): " + "; ".join(test)
     unchecked = [d for d in RESNET_DEPTHS if d not in depths]
-    note = "fails: " + "; ".join(train_fail + test_fail) if train_fail or test_fail else ""
-    if unchecked:
-        note = _join(note, "not checked: " + ", ".join(f"ResNet-{d}" for d in unchecked)
-                     + f" ({run_command(study, [('resnet', d) for d in unchecked])})")
-    return Claim(2, claim, paper, ours, NOT_REPRODUCED if train_fail or test_fail else REPRODUCED,
-                 note)
+    note = ("not checked: " + ", ".join(f"ResNet-{d}" for d in unchecked)
+            + f" ({run_command(study, [('resnet', d) for d in unchecked])})") if unchecked else ""
+    return _judged_claim(2, claim, paper, ours, train_judged + test_judged, note)
 
 
 def _resnet_below_plain(study: Study, errors: pd.DataFrame) -> Claim:
@@ -319,18 +471,14 @@ def _resnet_below_plain(study: Study, errors: pd.DataFrame) -> Claim:
         wanted = [(arch, d) for d in (20, 56) for arch in ("plain", "resnet")]
         return _not_enough(3, claim, paper, _missing(study, errors, wanted)
                            or "no depth with both a plain net and a ResNet")
-    texts, failures = [], []
+    texts, judged = [], []
     for depth in depths:
         plain = _mean(errors, "plain", depth, "train_error")
         resnet = _mean(errors, "resnet", depth, "train_error")
-        text = (f"ResNet-{depth} {resnet:.2f} {'<' if resnet < plain else '>='} "
-                f"plain-{depth} {plain:.2f}")
-        texts.append(text)
-        if not resnet < plain:
-            failures.append(text)
-    return Claim(3, claim, paper, "training error (%): " + "; ".join(texts),
-                 NOT_REPRODUCED if failures else REPRODUCED,
-                 "fails: " + "; ".join(failures) if failures else "")
+        texts.append(f"ResNet-{depth} {resnet:.2f} {'<' if resnet < plain else '>='} "
+                     f"plain-{depth} {plain:.2f}")
+        judged.append(order(study, ("plain", depth), ("resnet", depth), "train_error", "lower"))
+    return _judged_claim(3, claim, paper, "training error (%): " + "; ".join(texts), judged)
 
 
 def parse_paper_number(text: str) -> tuple[float, float] | None:
@@ -408,18 +556,13 @@ def _resnet_1202(study: Study, errors: pd.DataFrame) -> Claim:
     missing = _missing(study, errors, [("resnet", 110), ("resnet", 1202)])
     if missing:
         return _not_enough(5, claim, paper, missing)
-    train = (_mean(errors, "resnet", 1202, "train_error"),
-             _mean(errors, "resnet", 110, "train_error"))
-    test = (_mean(errors, "resnet", 1202, "test_error"),
-            _mean(errors, "resnet", 110, "test_error"))
     ours = (f"training error: {_describe(errors, 'resnet', 1202, 'train_error')} vs "
             f"{_describe(errors, 'resnet', 110, 'train_error')}; test error: "
             f"{_describe(errors, 'resnet', 1202, 'test_error')} vs "
             f"{_describe(errors, 'resnet', 110, 'test_error')}")
-    fails = ([] if train[0] < train[1] else ["training error not lower"]) + \
-        ([] if test[0] > test[1] else ["test error not higher"])
-    return Claim(5, claim, paper, ours, NOT_REPRODUCED if fails else REPRODUCED,
-                 "; ".join(fails))
+    judged = [order(study, ("resnet", 110), ("resnet", 1202), "train_error", "lower"),
+              order(study, ("resnet", 110), ("resnet", 1202), "test_error", "higher")]
+    return _judged_claim(5, claim, paper, ours, judged)
 
 
 def _responses(study: Study) -> Claim:
@@ -438,25 +581,21 @@ def _responses(study: Study) -> Claim:
                 network_label(*key) for key in absent if key not in untrained)
                 + f"; measure them with `{shell_command('degrade', 'responses', study.root)}`")
         return _not_enough(6, claim, paper, note)
-    texts, failures = [], []
+    texts, judged = [], []
     for depth in sorted(d for a, d in measured if a == "plain"):
         if ("resnet", depth) in measured:
             plain, resnet = measured[("plain", depth)], measured[("resnet", depth)]
-            text = f"ResNet-{depth} {resnet:.3f} {'<' if resnet < plain else '>='} " \
-                   f"plain-{depth} {plain:.3f}"
-            texts.append(text)
-            if not resnet < plain:
-                failures.append(text)
+            texts.append(f"ResNet-{depth} {resnet:.3f} {'<' if resnet < plain else '>='} "
+                         f"plain-{depth} {plain:.3f}")
+            judged.append(order(study, ("plain", depth), ("resnet", depth), "response",
+                                "lower"))
     resnets = sorted(d for a, d in measured if a == "resnet" and d in RESNET_DEPTHS)
     for shallow, deep in itertools.pairwise(resnets):
         a, b = measured[("resnet", shallow)], measured[("resnet", deep)]
-        text = f"ResNet-{deep} {b:.3f} {'<' if b < a else '>='} ResNet-{shallow} {a:.3f}"
-        texts.append(text)
-        if not b < a:
-            failures.append(text)
+        texts.append(f"ResNet-{deep} {b:.3f} {'<' if b < a else '>='} ResNet-{shallow} {a:.3f}")
+        judged.append(order(study, ("resnet", shallow), ("resnet", deep), "response", "lower"))
     ours = "mean over layers of the response std (seeds averaged): " + "; ".join(texts)
-    return Claim(6, claim, paper, ours, NOT_REPRODUCED if failures else REPRODUCED,
-                 "fails: " + "; ".join(failures) if failures else "")
+    return _judged_claim(6, claim, paper, ours, judged)
 
 
 def _plain_110(study: Study, errors: pd.DataFrame) -> Claim:
@@ -584,7 +723,8 @@ def header(study: Study) -> str:
     runs = len(study.finals)
     text = (f"Judged on {runs} finished run{'s' if runs != 1 else ''} of "
             f"{study.iterations:,} iterations (plain nets and ResNets with shortcut A; errors "
-            "are means over seeds, spreads min-max)")
+            "are means over seeds, spreads min-max). Each ordering a claim makes is judged by "
+            f"the {stats.RULE}; a network with one seed takes a stated floor for its spread")
     if study.short:
         text += f": a {study.schedule_note()}"
     if study.left_out:
@@ -592,11 +732,16 @@ def header(study: Study) -> str:
     return text + "."
 
 
+def verdict_counts(claims: Sequence[Claim]) -> str:
+    """`2 reproduced, 1 inconclusive, 5 not enough runs`: each verdict counted apart."""
+    counts = {verdict: sum(c.verdict == verdict for c in claims) for verdict in VERDICTS}
+    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
+
+
 def render_markdown(study: Study, claims: Sequence[Claim]) -> str:
     """The verdicts as a Markdown table under a one-line header."""
-    counts = {verdict: sum(c.verdict == verdict for c in claims) for verdict in VERDICTS}
-    summary = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
-    rows = [[str(c.number), c.claim, c.paper, c.ours, f"**{c.verdict}**", c.note]
+    summary = verdict_counts(claims)
+    rows = [[str(c.number), c.claim, c.paper, c.ours, f"**{c.verdict_text}**", c.note]
             for c in claims]
     return (f"# The claims of Sec. 4.2: {summary}\n\n{header(study)}\n\n"
             + markdown_table(["#", "claim", "paper", "ours", "verdict", "note"], rows))

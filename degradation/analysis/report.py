@@ -47,7 +47,7 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 .state-done { color: #1a7f37; } .state-diverged, .state-failed { color: #b42318; }
 .state-running { color: #0b61a4; } .note { color: #555; font-size: 0.9em; }
 .verdict-reproduced { color: #1a7f37; } .verdict-not-reproduced { color: #b42318; }
-.verdict-not-enough-runs { color: #8a6d00; }
+.verdict-not-enough-runs { color: #8a6d00; } .verdict-inconclusive { color: #5b5b9e; }
 pre { background: #f7f7f7; padding: 0.6em; font-size: 0.85em; }
 """
 
@@ -66,10 +66,11 @@ def write_report(path: Path, out_dir: Path | None = None, recursive: bool = Fals
     study = claims.select_study(records, path)
     verdicts = claims.judge(study)
     body.append("<h2 id='claims'>The claims of Sec. 4.2</h2>"
+                f"<p><strong>{html.escape(claims.verdict_counts(verdicts))}</strong></p>"
                 f"<p class='note'>{html.escape(claims.header(study))}</p>"
                 + _html_table(["#", "claim", "paper", "ours", "verdict", "note"],
-                              [[str(c.number), c.claim, c.paper, c.ours, _verdict(c.verdict),
-                                c.note] for c in verdicts]))
+                              [[str(c.number), c.claim, c.paper, c.ours,
+                                _verdict(c.verdict, c.verdict_text), c.note] for c in verdicts]))
     if not study.finals.empty:
         body.append(_figure_section(
             "Error against depth", figures.degradation_figure(study), folder, "degradation",
@@ -122,9 +123,9 @@ def _figure_section(title: str, fig: Figure, folder: Path, name: str, caption: s
             f"<a href='{pdf.name}'>{pdf.name}</a>.</p>")
 
 
-def _verdict(verdict: str) -> _Html:
+def _verdict(verdict: str, text: str | None = None) -> _Html:
     css = verdict.replace(" ", "-")
-    return _Html(f"<strong class='verdict-{css}'>{html.escape(verdict)}</strong>")
+    return _Html(f"<strong class='verdict-{css}'>{html.escape(text or verdict)}</strong>")
 
 
 def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -92,8 +92,8 @@ def layer_responses(model: nn.Module, batches: Iterable[Any]) -> list[float]:
 
 
 @lru_cache(maxsize=2)
-def _splits(root: Path, download: bool, val_split: int) -> CifarSplits:
-    # Many runs share one data set: read it once per command.
+def cached_splits(root: Path, download: bool, val_split: int) -> CifarSplits:
+    """`load_cifar10`, read once per command: many runs share one data set."""
     return load_cifar10(root, download=download, val_split=val_split)
 
 
@@ -120,7 +120,7 @@ def compute_run_responses(record: RunRecord, data_root: Path | None, device: str
     model.load_state_dict(state["model"])
     target = resolve_device(device)
     model.to(target)
-    splits = _splits(Path(data_root or config.data.root), config.data.download,
+    splits = cached_splits(Path(data_root or config.data.root), config.data.download,
                      config.data.val_split)
     batches = eval_batches(splits.eval_images, splits.eval_labels, splits.mean,
                            config.train.eval_batch_size, target)

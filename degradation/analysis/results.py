@@ -15,6 +15,7 @@ build on both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -73,6 +74,7 @@ REPRODUCTIONS = (
 
 FIGURES_DIR = "figures"
 RESPONSES_FILE = "responses.json"
+EVALUATION_FILE = "evaluation.json"  # `degrade evaluate`: the final weights on whole splits
 STATE_ORDER = ("done", "running", "interrupted", "pending", "failed", "diverged")
 COLUMNS = ["arch", "depth", "shortcut", "variant", "seed", "run", "state", "eval_set",
            "iteration", "metric", "value"]
@@ -362,6 +364,42 @@ def read_responses_file(path: Path) -> dict[str, Any]:
         raise DamagedFile(f"{path} is damaged (not the arch, depth and per-layer std "
                           "`degrade responses` writes)")
     return measured
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (a checkpoint can be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_evaluation(record: RunRecord) -> dict[str, Any] | None:
+    """The run's `evaluation.json` if it measured the checkpoint the run holds now (its
+    SHA-256 matches), else None; a damaged one is named in a `warning:` line."""
+    path = record.path / EVALUATION_FILE
+    if not path.exists():
+        return None
+    try:
+        stored = read_json(path)
+        checkpoint = record.path / stored["checkpoint"]
+        valid = isinstance(stored["sha256"], str) and isinstance(stored["splits"], dict)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("warning: %s is damaged (%s); left out (`degrade evaluate` measures it "
+                    "again)", path, error_line(error, with_type=False))
+        return None
+    if not valid or not checkpoint.is_file() or file_sha256(checkpoint) != stored["sha256"]:
+        return None
+    return stored
+
+
+def clean_error(record: RunRecord, split: str) -> float:
+    """The error (%) `degrade evaluate` measured on `split` with the run's current checkpoint,
+    or NaN where it has not."""
+    stored = read_evaluation(record)
+    entry = stored["splits"].get(split) if stored else None
+    return float(entry["error"]) if isinstance(entry, dict) and "error" in entry else math.nan
 
 
 def results_table(records: Sequence[RunRecord]) -> pd.DataFrame:
