@@ -372,7 +372,8 @@ def export(
 ) -> None:
     """Every logged point of every run as one table: a row per run and iteration, with the
     run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*, ...) and
-    one column per metric (error/train, error/test, loss/train, loss/test, lr)."""
+    one column per metric (error/train, error/test, loss/train, loss/test, lr), as each
+    run's metrics.csv holds them."""
     from degradation.analysis.export import export_command, format_refusal
 
     fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
