@@ -151,13 +151,10 @@ def train(
     overrides = overrides or []
     if _inspect(overrides, False, cfg, resolve, package, info, config_dir):
         return
-    planned = _plan(overrides, sweep=False, force=force,
-                    fetch=not show_config, config_dir=config_dir)[0]
-    if show_config:
-        import yaml
-
-        typer.echo(yaml.safe_dump(planned.config.to_dict(), sort_keys=False), nl=False)
+    if show_config:  # as `--cfg job`: showing a configuration needs no data and no folder
+        _show_config(overrides, config_dir)
         return
+    planned = _plan(overrides, sweep=False, force=force, fetch=True, config_dir=config_dir)[0]
     if planned.action == "running":
         lock = RunLock(planned.folder)
         fail(str(lock.refusal(lock.holder() or "unknown")), code=FAILED_EXIT)
@@ -376,7 +373,8 @@ def export(
 ) -> None:
     """Every logged point of every run as one table: a row per run and iteration, with the
     run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*, ...) and
-    one column per metric (error/train, error/test, loss/train, loss/test, lr)."""
+    one column per metric (error/train, error/test, loss/train, loss/test, lr), as each
+    run's metrics.csv holds them."""
     from degradation.analysis.export import export_command, format_refusal
 
     fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
@@ -669,6 +667,20 @@ def _plan(overrides: list[str], sweep: bool, force: bool, fetch: bool,
         fail(str(error))
 
 
+def _show_config(overrides: list[str], config_dir: Path | None) -> None:
+    """Print the validated configuration of one run (`train --show-config`)."""
+    import yaml
+
+    from degradation.launch import compose, plan
+
+    try:
+        compose.refuse_run_folder_overrides(overrides)
+        config = compose.compose_config(overrides, config_dir)
+    except plan.USER_ERRORS as error:
+        fail(str(error))
+    typer.echo(yaml.safe_dump(config.to_dict(), sort_keys=False), nl=False)
+
+
 def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
              package: str | None, info: bool, config_dir: Path | None) -> bool:
     """Hydra's inspection flags: print what `--cfg` or `--info [TOPIC]` asks for; False when
@@ -677,6 +689,9 @@ def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
 
     if cfg is not None and cfg not in ("job", "hydra", "all"):
         fail(f"--cfg {cfg!r} is not one of: job, hydra, all")
+    if cfg is None and (resolve or package is not None):  # Hydra refuses --resolve alone too
+        fail(f"{'--resolve' if resolve else '--package'} goes only with --cfg job, hydra or "
+             "all (it says what to print, it runs nothing)")
     if cfg is None and not info:
         return False
     # An override always has `=`, so a bare word among them is --info's topic.

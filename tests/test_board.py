@@ -16,7 +16,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from degradation.analysis.board import STUDY_DIR
 from degradation.analysis.results import read_run_scalars, read_scalars
 from degradation.runs import TENSORBOARD_DIR
-from degradation.training.logs import HPARAMS_DIR, write_hparams
+from degradation.training.logs import HPARAMS_METRICS, MetricsLog, write_hparams
 from tests.analysis_fixtures import curves, make_config, make_summary, write_run, write_study
 from tests.conftest import degrade_here
 
@@ -29,7 +29,7 @@ def accumulator(folder: Path) -> EventAccumulator:
 
 def read_hparams(run_folder: Path) -> dict[str, Any]:
     """The run's HParams session as TensorBoard decodes it: hparams, metric tags and values."""
-    events = accumulator(run_folder / TENSORBOARD_DIR / HPARAMS_DIR)
+    events = accumulator(run_folder / TENSORBOARD_DIR)
     content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         content[hparams_metadata.EXPERIMENT_TAG]).experiment
@@ -43,7 +43,14 @@ def read_hparams(run_folder: Path) -> dict[str, Any]:
             "metrics": sorted(info.name.tag for info in experiment.metric_infos),
             "hparams": values,
             "scalars": {tag: events.Scalars(tag)[-1].value
-                        for tag in events.Tags()["scalars"]}}
+                        for tag in events.Tags()["scalars"] if tag in HPARAMS_METRICS}}
+
+
+def finish_run(folder: Path, config: Any, summary: dict[str, Any]) -> None:
+    """What training does as a run ends: its own writer writes the HParams session."""
+    metrics = MetricsLog(folder, resume_from=summary.get("iterations_done"))
+    write_hparams(metrics.writer, config, summary)
+    metrics.close()
 
 
 def test_a_finished_run_compares_in_the_hparams_tab(tmp_path: Path) -> None:
@@ -54,14 +61,15 @@ def test_a_finished_run_compares_in_the_hparams_tab(tmp_path: Path) -> None:
                            best_test_error=12.0)
     folder = write_run(tmp_path, recipe, scalars=curves(56, "plain", 3, 4000), summary=summary)
     before = read_run_scalars(folder)
-    write_hparams(folder, config, summary)
+    finish_run(folder, config, summary)
     board = read_hparams(folder)
     assert board["declared"] == ["arch", "depth", "seed", "shortcut"]
     assert board["hparams"] == {"arch": "plain", "depth": 56.0, "shortcut": "-", "seed": 3.0}
-    assert board["metrics"] == ["best/test_error", "final/test_error", "final/train_error"]
+    assert board["metrics"] == ["best/test_error", "error/test", "error/train",
+                                "final/test_error", "final/train_error"]
     assert board["scalars"] == {"final/test_error": 12.5, "final/train_error": 4.25,
                                 "best/test_error": 12.0}
-    # The run's own curves are unchanged: the session lives in a folder of its own.
+    # The run's curves are unchanged: the session's final numbers are not read as points.
     assert read_run_scalars(folder).equals(before)
 
 
@@ -70,9 +78,10 @@ def test_a_diverged_run_without_a_test_error_still_declares_every_metric(tmp_pat
     summary = {**make_summary(config, "diverged"), "final_test_error": None,
                "best_test_error": None}
     folder = write_run(tmp_path, {"arch": "resnet", "shortcut": "B"}, summary=summary)
-    board = read_hparams(Path(write_hparams(folder, config, summary)).parents[1])
+    finish_run(folder, config, summary)
+    board = read_hparams(folder)
     assert board["hparams"]["shortcut"] == "B"
-    assert len(board["metrics"]) == 3 and list(board["scalars"]) == ["final/train_error"]
+    assert len(board["metrics"]) == 5 and list(board["scalars"]) == ["final/train_error"]
 
 
 @pytest.mark.slow

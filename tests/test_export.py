@@ -65,3 +65,32 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
     result = degrade_here("export", str(tmp_path / "x"), "--format", "xlsx")
     assert result.exit_code == 2
     assert "'xlsx' is not one of: csv, parquet" in result.output
+
+
+def test_export_writes_the_values_of_metrics_csv_not_float32(tmp_path: Path) -> None:
+    folder = logged_run(tmp_path, "resnet", 0, 400)
+    out = tmp_path / "points.csv"
+    assert degrade_here("export", str(out), "--from", str(tmp_path)).exit_code == 0
+    table = pd.read_csv(out).set_index("iteration")
+    assert set(table["lr"]) == {0.1}  # TensorBoard holds 0.10000000149011612
+    assert "0.1," in out.read_text() and "0.10000000149" not in out.read_text()
+    exact = read_metrics(folder / METRICS_FILE)
+    assert {it: table.loc[it, "error/train"] for it in exact} == {
+        it: row["error/train"] for it, row in exact.items()}
+
+
+def test_export_takes_from_the_events_only_the_points_the_csv_lacks(tmp_path: Path) -> None:
+    folder = logged_run(tmp_path, "resnet", 0, 400)
+    csv = folder / METRICS_FILE
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0], *lines[3:]]) + "\n")  # from iteration 300 on only
+    out = tmp_path / "points.csv"
+    assert degrade_here("export", str(out), "--from", str(tmp_path)).exit_code == 0
+    table = pd.read_csv(out).set_index("iteration")
+    assert list(table.index) == [100, 200, 300, 400]
+    assert table.loc[100, "lr"] == pytest.approx(0.1) and table.loc[100, "lr"] != 0.1
+    assert table.loc[300, "lr"] == 0.1 and table.loc[400, "error/test"] == 40.0
+    assert pd.isna(table.loc[300, "error/test"])
+    csv.unlink()  # a run logged before metrics.csv: its events alone
+    assert degrade_here("export", str(out), "--from", str(tmp_path)).exit_code == 0
+    assert list(pd.read_csv(out)["iteration"]) == [100, 200, 300, 400]

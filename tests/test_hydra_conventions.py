@@ -128,3 +128,41 @@ def test_sweep_with_a_users_preset_records_multirun_yaml(small_cifar_root: Path,
     record = yaml.safe_load((output / "multirun.yaml").read_text())
     assert "experiment=mine" in record["hydra"]["overrides"]["task"]
     assert record["hydra"]["mode"] == "MULTIRUN"
+
+
+@pytest.mark.parametrize("flag", ["--resolve", "--package=train"])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_resolve_and_package_without_cfg_are_refused_as_hydra_does(
+        command: str, flag: str, tmp_path: Path) -> None:
+    from tests.test_bad_input import assert_refused
+
+    result = degrade_here(command, flag, *tiny_overrides(tmp_path / "data", tmp_path / "out"))
+    assert_refused(result, flag.split("=")[0], "--cfg", code=2)
+    assert sorted(tmp_path.iterdir()) == []  # nothing started, nothing downloaded
+
+
+def test_show_config_needs_no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no data/ here, and the smoke preset may not download
+    result = degrade_here("train", "--show-config", "experiment=smoke", "depth=32")
+    assert result.exit_code == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["depth"] == 32 and shown["data"]["download"] is False
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_slurm_launcher_without_its_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from degradation.launch.compose import register
+    from tests.test_bad_input import assert_refused
+
+    register()
+    # What Hydra holds when hydra-submitit-launcher is not installed: no submitit configs.
+    launchers = ConfigStore.instance().repo["hydra"]["launcher"]
+    for name in [name for name in launchers if name.startswith("submitit_")]:
+        monkeypatch.delitem(launchers, name)
+    for launcher in ("slurm", "slurm_local"):
+        result = degrade_here("sweep", "--dry-run", f"hydra/launcher={launcher}", "depth=8,14")
+        assert_refused(result, "hydra-submitit-launcher", "pip install 'degrade[slurm]'",
+                       code=2)

@@ -37,7 +37,7 @@ from degradation.training.device import (
     set_rng_state,
     use_speed,
 )
-from degradation.training.logs import TAGS
+from degradation.training.logs import HPARAMS_METRICS, TAGS
 from degradation.training.loop import train
 from degradation.training.step import learning_rate
 from tests.conftest import scalars, tiny_overrides
@@ -77,7 +77,8 @@ def test_run_folder_holds_config_events_csv_checkpoint_and_summary(finished) -> 
 
 def test_logged_tags_and_steps(finished) -> None:
     logged = scalars(finished.run_dir)
-    assert {tag for tag in logged if not tag.startswith("grad_norm/")} == set(TAGS)
+    assert {tag for tag in logged if not tag.startswith("grad_norm/")} == {
+        *TAGS, *HPARAMS_METRICS}
     assert [step for step, _ in logged["error/train"]] == list(range(2, 13, 2))
     assert [step for step, _ in logged["error/test"]] == [6, 12]
     # Each point reports the rate of the step just taken: milestones 6 and 9 -> steps 7, 10.
@@ -344,3 +345,23 @@ def test_a_run_resumes_in_a_narrower_slot(monkeypatch: pytest.MonkeyPatch,
     cuda = FakeCuda(monkeypatch, count=1)
     set_rng_state(state)
     assert torch.equal(cuda.states[0], torch.full((16,), 7, dtype=torch.uint8))
+
+
+def test_tensorboard_lists_a_finished_run_once_with_its_hparams_beside_its_curves(
+        finished) -> None:
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    output_dir = finished.run_dir.parents[2]
+    board = EventMultiplexer().AddRunsFromDirectory(str(output_dir))
+    board.Reload()
+    run = (finished.run_dir / TENSORBOARD_DIR).relative_to(output_dir).as_posix()
+    assert list(board.Runs()) == [run]
+    assert [path.name for path in (finished.run_dir / TENSORBOARD_DIR).iterdir()
+            if path.is_dir()] == []
+    assert {"error/train", "error/test", "final/test_error"} <= set(
+        board.Runs()[run]["tensors"])
+    sessions = board.PluginRunToTagToContent(hparams_metadata.PLUGIN_NAME)
+    assert list(sessions) == [run]
+    assert {hparams_metadata.EXPERIMENT_TAG, hparams_metadata.SESSION_START_INFO_TAG,
+            hparams_metadata.SESSION_END_INFO_TAG} <= set(sessions[run])

@@ -1,7 +1,7 @@
 """TensorBoard opened on the study: `tensorboard --logdir outputs` shows Figure 6 and HParams.
 
-- Each finished run writes `<run>/tensorboard/hparams/` (`training.logs.write_hparams`), so
-  the HParams tab compares every run.
+- Each finished run writes its HParams session into its own `<run>/tensorboard/` events
+  (`training.logs.write_hparams`), so the HParams tab compares every run, each listed once.
 - `degrade plot` and the end of `degrade sweep` write `<output_dir>/study/`: each network's
   error curves averaged over seeds (`plain-20/error/train`, ...) and a custom-scalars layout
   with Figure 6's panels, one chart per family for training error and one for test error.

@@ -6,12 +6,15 @@
 One row per (run, iteration) with the run's configuration flattened to dotted columns
 (`train.lr`, `data.val_split`, ...), its folder and state, and one column per logged tag
 (`error/train`, `error/test`, `loss/train`, `loss/test`, `lr`), blank where a tag was not
-logged at that iteration (test error only at evaluations).
+logged at that iteration (test error only at evaluations). The values are the run's
+`metrics.csv`, as exact as training wrote them (`lr` 0.1, not TensorBoard's float32
+0.10000000149011612); TensorBoard's events give only the points the CSV lacks.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,12 @@ from degradation.analysis.results import (
     run_label,
     shortcut_of,
 )
-from degradation.runs import RunRecord, flat_config
-from degradation.storage import atomic_write_bytes
-from degradation.training.logs import TAGS
+from degradation.runs import METRICS_FILE, RunRecord, flat_config
+from degradation.storage import DamagedFile, atomic_write_bytes
+from degradation.training.logs import TAGS, read_metrics
 
 FORMATS = ("csv", "parquet")
+log = logging.getLogger("degrade")
 
 
 def run_columns(record: RunRecord, root: Path) -> dict[str, Any]:
@@ -45,17 +49,36 @@ def points_table(path: Path, recursive: bool = False) -> pd.DataFrame:
     path = Path(path)
     frames = []
     for record in load_runs(path, recursive):
-        points = read_run_scalars(record.path)
-        if points.empty:
+        wide = logged_points(record.path)
+        if wide.empty:
             continue
-        wide = points.pivot_table(index="iteration", columns="metric", values="value",
-                                  aggfunc="last").reindex(columns=list(TAGS))
-        wide = wide.reset_index().rename_axis(columns=None)
+        wide = wide.reset_index()
         config = run_columns(record, path)
         frames.append(wide.assign(**config)[[*config, "iteration", *TAGS]])
     if not frames:
         raise AnalysisError(f"no logged points under {path} yet (no run has logged a metric)")
     return pd.concat(frames, ignore_index=True)
+
+
+def logged_points(folder: Path) -> pd.DataFrame:
+    """A run's points, indexed by iteration, one column per tag (TAGS): its metrics.csv as
+    written, and TensorBoard's (float32) values only at iterations the CSV lacks (a damaged
+    metrics.csv moved away restarts at the checkpoint; the events keep every point)."""
+    try:
+        rows = read_metrics(Path(folder) / METRICS_FILE)
+    except OSError:  # no metrics.csv: the events alone
+        rows = {}
+    except DamagedFile as error:
+        log.warning("warning: %s; its TensorBoard events are exported instead", error)
+        rows = {}
+    exact = pd.DataFrame.from_dict(rows, orient="index", columns=list(TAGS), dtype="float64")
+    events = read_run_scalars(folder)
+    events = events[events["metric"].isin(TAGS) & ~events["iteration"].isin(list(rows))]
+    wide = events.pivot_table(index="iteration", columns="metric", values="value",
+                              aggfunc="last").reindex(columns=list(TAGS))
+    frames = [frame for frame in (exact, wide) if not frame.empty]
+    both = pd.concat(frames) if frames else exact
+    return both.sort_index().rename_axis(index="iteration", columns=None)
 
 
 def format_refusal(fmt: str) -> str | None:

@@ -46,7 +46,7 @@ from degradation.runs import (
     network_name,
 )
 from degradation.storage import DamagedFile, atomic_write_text, read_json
-from degradation.training.logs import TAGS, read_metrics_prefix
+from degradation.training.logs import HPARAMS_METRICS, TAGS, read_metrics_prefix
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
 # For most depths the paper prints one number, which our mean is compared with; for ResNet-110
@@ -310,8 +310,11 @@ def _read_event_file(path: Path) -> list[tuple[float, int, str, float]]:
         log.warning("warning: %s is damaged (no TensorBoard events in it); its points are "
                     "left out", path)
         return []
+    # The HParams session's final numbers (summary.json's) are no curve: written as a run
+    # ends, they must not count as the points a resumed run's file starts with.
     return [(event.wall_time, event.step, tag, event.value)
-            for tag in accumulator.Tags()["scalars"] for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"] if tag not in HPARAMS_METRICS
+            for event in accumulator.Scalars(tag)]
 
 
 _POINT_DTYPES = {"iteration": "int64", "metric": object, "value": "float64"}

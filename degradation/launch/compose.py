@@ -170,10 +170,20 @@ def config_of(composed: DictConfig) -> Config:
     return load_config(OmegaConf.create(values))
 
 
+# Our slurm launcher configs build on these, which hydra-submitit-launcher registers when
+# installed (pyproject.toml's `slurm` extra); without it Hydra cannot load them.
+SUBMITIT_CONFIGS = re.compile(r"Could not load 'hydra/launcher/submitit_")
+SLURM_EXTRA = "degrade[slurm]"
+
+
 def describe_hydra_error(error: Exception) -> str:
     """One line for an error Hydra raised while parsing or composing overrides; an unknown
     value of a config group (experiment, hydra/launcher, ...) lists the available ones."""
     text = str(error).strip()
+    if SUBMITIT_CONFIGS.search(text):
+        return ("hydra/launcher=slurm and slurm_local need hydra-submitit-launcher, which is "
+                f"not installed: pip install '{SLURM_EXTRA}' (in a checkout: pip install -e "
+                "'.[slurm]')")
     missing = isinstance(error, MissingConfigException) and error.missing_cfg_file
     if missing and error.options is not None:
         group, _, bad = missing.rpartition("/")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -77,6 +76,10 @@ class MetricsLog:
         checkpoint, so both stay consistent with it)."""
         self.writer.flush()
         self._write_grad_norms()
+
+    def log_hparams(self, config: Config, summary: dict[str, Any]) -> None:
+        """The run's HParams session, written by the run's own writer (`write_hparams`)."""
+        write_hparams(self.writer, config, summary)
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer; write the gradient norms."""
@@ -366,30 +369,32 @@ def let_new_event_file_sort_last(tensorboard: Path) -> None:
         time.sleep(max(0.0, max(started) + 1 - time.time()))
 
 
-HPARAMS_DIR = "hparams"  # <run>/tensorboard/hparams/: a folder of its own, so the training
-# curves stay one stream of points
-# The HParams tab's metrics: tag -> the summary.json entry it is read from.
+# The HParams tab's metrics: tag -> the summary.json entry its final value is read from.
 HPARAMS_METRICS = {"final/test_error": "final_test_error",
                    "final/train_error": "final_train_error", "best/test_error": "best_test_error"}
+# Declared too, so a trial in the HParams tab opens onto the run's error curves.
+HPARAMS_CURVES = ("error/test", "error/train")
 HPARAMS_DOMAINS = {"arch": ["plain", "resnet"], "shortcut": ["A", "B", "C", PLAIN_SHORTCUT]}
 
 
-def write_hparams(run_dir: Path, config: Config, summary: dict[str, Any]) -> Path:
+def write_hparams(writer: SummaryWriter, config: Config, summary: dict[str, Any]) -> None:
     """The run's hyperparameters (arch, depth, shortcut, seed) and final/best errors for
-    TensorBoard's HParams tab, so `tensorboard --logdir outputs` compares every run."""
-    folder = Path(run_dir) / TENSORBOARD_DIR / HPARAMS_DIR
-    shutil.rmtree(folder, ignore_errors=True)  # a run ends once; what is here is stale
+    TensorBoard's HParams tab, so `tensorboard --logdir outputs` compares every run.
+
+    Written by the run's own `writer` into its own event folder (not `add_hparams`, which
+    opens a sub-folder): TensorBoard then lists each run once, its HParams session beside
+    its curves.
+    """
     values = {"arch": config.arch, "depth": config.depth,
               "shortcut": PLAIN_SHORTCUT if config.arch == "plain" else config.shortcut,
               "seed": config.seed}
     # Every metric is declared, so runs that diverged before an evaluation still compare.
-    experiment, start, end = hparams(values, dict.fromkeys(HPARAMS_METRICS, 0.0), HPARAMS_DOMAINS)
-    writer = SummaryWriter(log_dir=str(folder))
+    metrics = dict.fromkeys([*HPARAMS_METRICS, *HPARAMS_CURVES], 0.0)
+    experiment, start, end = hparams(values, metrics, HPARAMS_DOMAINS)
     for proto in (experiment, start, end):
         writer.file_writer.add_summary(proto)
     step = summary.get("iterations_done") or config.train.iterations
     for tag, key in HPARAMS_METRICS.items():
         if summary.get(key) is not None:
             writer.add_scalar(tag, float(summary[key]), step)
-    writer.close()
-    return folder
+    writer.flush()

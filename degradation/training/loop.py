@@ -390,7 +390,9 @@ class _Run:
                         self.elapsed + time.perf_counter() - self.started)
         summary = summary_of(self.config, ending, self.eval_set, self.device)
         if distributed.is_writer():
-            write_summary(self.folder, self.config, summary)
+            write_summary(self.folder, summary)
+            # After: a run killed before its summary resumes, and would log these twice.
+            self.metrics.log_hparams(self.config, summary)
         return Outcome(status, self.folder, summary)
 
     def _reset_accumulators(self) -> None:

@@ -19,7 +19,6 @@ from degradation.config import Config
 from degradation.package import code_version
 from degradation.runs import SUMMARY_FILE, data_of
 from degradation.storage import write_json
-from degradation.training.logs import write_hparams
 
 
 @dataclass
@@ -83,10 +82,9 @@ def summary_of(config: Config, ending: Ending, eval_set: str, device: torch.devi
     return summary
 
 
-def write_summary(folder: Path, config: Config, summary: dict[str, Any]) -> None:
-    """Write summary.json and the run's TensorBoard hyperparameters (its HParams entry)."""
+def write_summary(folder: Path, summary: dict[str, Any]) -> None:
+    """Write summary.json: the run has ended."""
     write_json(folder / SUMMARY_FILE, summary)
-    write_hparams(folder, config, summary)
 
 
 def device_name(device: torch.device) -> str:
