@@ -303,3 +303,13 @@ def test_a_failed_download_leaves_no_partial_folder(tmp_path: Path) -> None:
     assert_data_error(error, "connection reset", "data.download=false")
     assert not (tmp_path / BATCH_DIR).exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == [".cifar-10-download.lock"]
+
+
+def test_a_failed_download_removes_the_folders_it_made(tmp_path: Path) -> None:
+    def fail(into: Path) -> None:
+        raise OSError("no network")
+
+    root = tmp_path / "typo" / "data"
+    with pytest.raises(DataError):
+        ensure_cifar10(root, download=True, fetch=fail)
+    assert list(tmp_path.iterdir()) == []  # neither data/ nor the typo/ above it is left
