@@ -9,11 +9,16 @@ STAMP  := $(VENV)/.installed-stamp
 SUBSET := ../shared/cifar10-subset
 # Smoke runs stay outside outputs/, so `degrade plot outputs` (make demo) never mixes them in.
 SMOKE_OUT := outputs-smoke
+# make test-min: the oldest Python and dependencies degrade declares (.ci/minimum-versions.txt).
+PYTHON_MIN ?= python3.10
+MIN_VENV   := .venv-min
+# CPU builds of torch: the default index's Linux torch brings gigabytes of CUDA libraries.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 DATA ?=
 # With DATA, the runs read that copy of CIFAR-10 and never download.
 DATA_OVERRIDES := $(if $(DATA),data.root=$(DATA) data.download=false)
 
-.PHONY: help setup test test-fast lint smoke quick demo clean
+.PHONY: help setup test test-fast test-min lint smoke quick demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -34,6 +39,14 @@ test: setup lint ## ruff, then the whole test suite (CPU, offline; README: Devel
 
 test-fast: setup ## The tests neither `slow` nor training networks: the edit loop
 	$(BIN)/python -m pytest -q -m "not slow and not trains"
+
+test-min: ## The fast tests on the declared minimum versions, in .venv-min (needs the package index)
+	rm -rf $(MIN_VENV)
+	$(PYTHON_MIN) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  --extra-index-url $(TORCH_INDEX) -c .ci/minimum-versions.txt -e '.[test]'
+	$(MIN_VENV)/bin/python -m pip check
+	$(MIN_VENV)/bin/python -m pytest -q -m "not slow and not trains" -p no:cacheprovider
 
 smoke: setup ## Offline end to end: a 4-run sweep on the real-image subset (or generated data), then plots
 	@if [ -d $(SUBSET)/cifar-10-batches-py ]; then root=$(SUBSET); \
