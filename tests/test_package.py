@@ -165,3 +165,11 @@ def test_build_leftovers_are_ignored_by_git() -> None:
     for path in ("build/lib/degradation/cli.py", ".venv-min/bin/python"):
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
         assert ignored.returncode == 0, path
+
+
+def test_the_readme_names_the_declared_floors() -> None:
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    install = readme.split("By hand:")[1].split("## ")[0]
+    spelled = {name.lower(): name for name in ("PyYAML",)}
+    assert [f"{name} {version}" for name, version in _minimum_versions().items()
+            if f"{spelled.get(name, name)} {version}" not in install] == []
