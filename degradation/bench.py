@@ -286,9 +286,19 @@ def bench_one(config: Config, data: _Data, steps: int, warmup_steps: int, repeat
 
 def step_seconds(config: Config, steps: int = 3, warmup_steps: int = 1) -> float:
     """Seconds per training step of `config`'s network on its device, from a few timed steps
-    on synthetic data (eager: a compile would take longer than the estimate is worth)."""
+    on synthetic data: eager (a compile would take longer than the estimate is worth) and on
+    one thread (threads that wait for each other make a busy CPU's timings erratic)."""
     device = resolve_device(config.device)
-    speed = replace(resolve_speed(config.train, device), compile=False)
+    speed = replace(resolve_speed(config.train, device), compile=False, threads=1)
+    threads = torch.get_num_threads()
+    try:
+        return _step_seconds(config, device, speed, steps, warmup_steps)
+    finally:
+        torch.set_num_threads(threads)  # the process goes on to train with its own
+
+
+def _step_seconds(config: Config, device: torch.device, speed: Speed, steps: int,
+                  warmup_steps: int) -> float:
     recipe = config.train
     data = _synthetic(recipe.batch_size * (steps + warmup_steps), 1, 1)
     torch.manual_seed(config.seed)

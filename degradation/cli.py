@@ -21,7 +21,31 @@ import typer
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
 from degradation.package import presets
 
+
+def _without_flag_types(params: list) -> list:
+    """Flags take no value, so their help shows no type (Typer's help would say `<bool>`)."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose flags show no value type in `--help`."""
+
+    def get_params(self, ctx):  # (Click's signature)
+        return _without_flag_types(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    """`degrade` itself, whose flags (`--version`, ...) show no value type in `--help`."""
+
+    def get_params(self, ctx):  # (Click's signature)
+        return _without_flag_types(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     no_args_is_help=True,
     help="Reproduce the CIFAR-10 degradation study of He et al. 2016 (plain vs residual "
     "nets, Sec. 4.2). Configuration keys are given as Hydra overrides, e.g. "
@@ -167,6 +191,9 @@ def train(
         # finished one and says so.)
         typer.echo(plan.skipped_line(planned) + "; --force retrains it")
         return
+    warning = _cpu_estimate([planned])
+    if warning:
+        typer.echo(warning, err=True)
     if force:  # the runs fused with it (trainer.fuse_with) are retrained too
         for folder in plan.member_folders(planned.config):
             if (folder / SUMMARY_FILE).exists():
@@ -194,7 +221,7 @@ def sweep(
     does not stop the others.
     """
     from degradation.launch import plan
-    from degradation.runs import ERROR_FILE, last_line, read_run
+    from degradation.runs import ERROR_FILE, last_line, read_run, runs_count
 
     overrides = overrides or []
     if _inspect(overrides, True, cfg, resolve, package, info, config_dir):
@@ -203,7 +230,8 @@ def sweep(
                     config_dir=config_dir)
     counts = {action: sum(p.action == action for p in planned)
               for action in ("start", "resume", "skip", "retrain", "running")}
-    typer.echo(f"{len(planned)} runs: {counts['start']} to start, {counts['resume']} to resume, "
+    typer.echo(f"{runs_count(len(planned))}: {counts['start']} to start, "
+               f"{counts['resume']} to resume, "
                f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)"
                + (f", {counts['running']} being trained elsewhere" if counts["running"] else ""))
     warning = _cpu_estimate(plan.to_launch(planned))
@@ -637,14 +665,16 @@ def _write_study(planned) -> None:
 
 
 def _cpu_estimate(runs) -> str | None:
-    """Where the runs would train on the CPU: a warning when they take over an hour."""
+    """Where the runs would train on this machine's CPU: a warning when they take over an
+    hour."""
     from degradation.analysis.watch import cpu_estimate, progress
     from degradation.config import ConfigError
     from degradation.runs import read_run
     from degradation.training.device import resolve_device
 
     try:
-        if not runs or resolve_device(runs[0].config.device).type != "cpu":
+        # A cluster's nodes are not this machine: their speed is not measured here.
+        if not runs or not runs[0].here or resolve_device(runs[0].config.device).type != "cpu":
             return None
     except ConfigError:  # device=cuda without one: training itself says so
         return None
@@ -709,6 +739,10 @@ def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
         fail(str(error))
     plan.launch(fixed, sweep=False, config_dir=config_dir, hydra_flags=["--info", topic])
     return True
+
+
+for _registered in app.registered_commands:
+    _registered.cls = _Command  # (no command sets a class of its own)
 
 
 def main() -> None:

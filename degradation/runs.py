@@ -47,6 +47,11 @@ NOT_IDENTITY = ("device", "output_dir", "data.root", "data.download", "train.eva
                 "trainer.fuse", "trainer.fuse_with")
 
 
+def runs_count(count: int) -> str:
+    """`1 run`, `4 runs`: how the commands count runs."""
+    return f"{count} run{'s' * (count != 1)}"
+
+
 def network_name(config: Config) -> str:
     """`plain-20`, `resnet-56-A`: the network as the paper names it."""
     if config.arch == "plain":

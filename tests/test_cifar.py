@@ -350,3 +350,13 @@ def test_the_unpickler_reads_numpy_arrays_of_both_numpy_module_names(generated: 
         path.write_bytes(other)
         images, labels = read_batch(path)
         assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
+
+
+def test_a_failed_download_removes_the_folders_it_made(tmp_path: Path) -> None:
+    def fail(into: Path) -> None:
+        raise OSError("no network")
+
+    root = tmp_path / "typo" / "data"
+    with pytest.raises(DataError):
+        ensure_cifar10(root, download=True, fetch=fail)
+    assert list(tmp_path.iterdir()) == []  # neither data/ nor the typo/ above it is left

@@ -85,3 +85,14 @@ def test_help_names_every_command_and_preset() -> None:
         assert command in listed
     named = " ".join(result.stdout.split())  # rich wraps the text to the terminal's width
     assert f"({', '.join(presets())})" in named  # from experiments/, none missing
+
+
+def test_help_shows_no_value_type_for_flags() -> None:
+    from tests.conftest import degrade_here
+
+    # A flag takes no value; `--force <bool>` would read as if it wanted one.
+    for command in ([], ["train"], ["sweep"], ["status"]):
+        result = degrade_here(*command, "--help", env={"COLUMNS": "120"})
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output
+        assert "--dry-run" in result.output or command != ["sweep"]

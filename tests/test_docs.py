@@ -35,3 +35,58 @@ def test_make_smoke_writes_where_the_demo_plots_do_not_look() -> None:
     demo_plots = Path(re.search(r"degrade plot (\S+)\n", makefile.split("demo:")[1]).group(1))
     assert not smoke.is_relative_to(demo_plots), (smoke, demo_plots)
     assert f"/{smoke.as_posix()}/" in (ROOT / ".gitignore").read_text(encoding="utf-8")
+
+
+def _section(title: str) -> str:
+    """The README's text under `## title` (or `### title`), up to the next heading."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.split(r"^#{2,3} ", readme.split(f"## {title}\n", 1)[1], flags=re.MULTILINE)[0]
+
+
+def _make(*args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["make", "-s", "--no-print-directory", *args], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_make_help_and_the_readme_list_every_target() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = re.search(r"^\.PHONY:(.*)$", makefile, re.MULTILINE).group(1).split()
+    listed = re.findall(r"^  make (\S+)", _make("help"), re.MULTILINE)
+    assert listed == [name for name in listed if name in targets]
+    assert sorted(listed) == sorted(targets)
+    development = _section("Development")
+    assert [name for name in targets if f"`{name}`" not in development] == []
+
+
+def test_make_demo_and_quick_read_a_local_copy_of_the_data() -> None:
+    for target in ("demo", "quick"):
+        sweep = next(line for line in _make("-n", target, "DATA=/copy/cifar10").splitlines()
+                     if "degrade sweep" in line)
+        assert f"experiment={target} data.root=/copy/cifar10 data.download=false" in sweep
+        plain = next(line for line in _make("-n", target).splitlines() if "degrade sweep" in line)
+        assert "data.root" not in plain  # without DATA: the default folder, downloaded once
+
+
+def test_the_quick_start_puts_degrade_on_the_path_and_works_offline() -> None:
+    quick_start = _section("Quick start")
+    assert "source .venv/bin/activate" in quick_start and ".venv/bin/degrade" in quick_start
+    offline = _section("Offline, or on a CPU: the degradation in about an hour")
+    assert "make quick DATA=" in offline and "data.download=false" in offline
+    assert "train.log_every=" in offline and "train.eval_every=" in offline
+
+
+def test_the_readme_says_each_thing_once_and_where_it_is() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count("**Figure 7 pooling.**") == 1
+    tree = _section("Where results go").split("```")[1]
+    assert len(re.findall(r"^\s+grad_norms\.csv\s", tree, re.MULTILINE)) == 1
+    assert "section below" not in readme  # every reference names its section
+    # The suite's running time is stated once, where the tests are described.
+    timed = [line for line in readme.splitlines()
+             if re.search(r"\btest", line) and re.search(r"\bminutes?\b", line)]
+    development = _section("Development")
+    assert [line for line in timed if line not in development] == []
+    # Example output says whose machine it came from, as it differs from one CPU to another.
+    assert "2-core AMD EPYC" in _section("Example output")

@@ -118,3 +118,58 @@ def test_wheel_works_from_any_folder(installed: Path, small_cifar_root: Path, tm
     assert "sweep finished: 1/1 runs ended" in swept.stdout
     assert len(list(output.rglob("summary.json"))) == 1
     assert not (elsewhere / "outputs").exists()
+
+
+def _minimum_versions() -> dict[str, str]:
+    """.ci/minimum-versions.txt: the versions `make test-min` installs, by package name."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / ".ci" / "minimum-versions.txt").read_text().splitlines():
+        if line.split("#")[0].strip():
+            requirement = Requirement(line.split("#")[0])
+            (pin,) = requirement.specifier
+            assert pin.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = pin.version
+    return pins
+
+
+def test_every_declared_floor_is_a_minimum_version_that_make_test_min_installs() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; test-min runs 3.10 without it
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = [*project["dependencies"],
+                *(line for extra in project["optional-dependencies"].values() for line in extra)]
+    floors: dict[str, set[Version]] = {}
+    for line in declared:
+        requirement = Requirement(line)
+        lower = [Version(spec.version) for spec in requirement.specifier if spec.operator == ">="]
+        assert len(lower) == 1, f"{line}: every dependency declares one floor (>=)"
+        floors.setdefault(canonicalize_name(requirement.name), set()).update(lower)
+    pins = {name: {Version(version)} for name, version in _minimum_versions().items()}
+    assert floors == pins
+    # What the code needs: typer that reads `str | None` and brings a click it works with
+    # (0.12-0.15.3 pair with click >= 8.2 and break), and rich for the live table.
+    assert min(floors["typer"]) >= Version("0.15.4") and "rich" in floors
+
+
+def test_build_leftovers_are_ignored_by_git() -> None:
+    # `pip install .` and `pip wheel .` leave build/ behind; stale files there would enter
+    # the next wheel if they were ever committed.
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("build/lib/degradation/cli.py", ".venv-min/bin/python"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
+        assert ignored.returncode == 0, path
+
+
+def test_the_readme_names_the_declared_floors() -> None:
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    install = readme.split("By hand:")[1].split("## ")[0]
+    spelled = {name.lower(): name for name in ("PyYAML",)}
+    assert [f"{name} {version}" for name, version in _minimum_versions().items()
+            if f"{spelled.get(name, name)} {version}" not in install] == []

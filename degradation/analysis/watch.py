@@ -10,6 +10,7 @@ what is shown is what is on disk. On a terminal the view is a table redrawn in p
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import TextIO
 
 from degradation.config import Config, suggested_milestones
 from degradation.console import shell_command
+from degradation.hardware import usable_cores
 from degradation.runs import (
     ERROR_FILE,
     METRICS_FILE,
@@ -29,6 +31,7 @@ from degradation.runs import (
     network_name,
     read_run,
     run_dir,
+    runs_count,
 )
 from degradation.storage import DamagedFile
 from degradation.training.logs import format_duration, read_metrics
@@ -190,8 +193,8 @@ def status_line(views: Sequence[RunView]) -> str:
     states = ("done", "diverged", "running", "failed", "interrupted", "pending", INCONSISTENT,
               NOT_STARTED)
     counts = {state: sum(view.state == state for view in views) for state in states}
-    return f"{len(views)} runs: " + ", ".join(f"{count} {state}"
-                                              for state, count in counts.items() if count)
+    return f"{runs_count(len(views))}: " + ", ".join(f"{count} {state}"
+                                                     for state, count in counts.items() if count)
 
 
 def _percent(value: float | None) -> str:
@@ -328,38 +331,66 @@ def configs_views(configs: Iterable[Config]) -> Callable[[], list[RunView]]:
     return lambda: [view_of_config(config) for config in configs]
 
 
-def _network(config: Config) -> tuple:
-    return config.arch, config.depth, config.shortcut, config.train.batch_size
-
-
 def cpu_estimate(runs: Sequence[tuple[Config, int]],
                  step_seconds: Callable[[Config], float] | None = None,
-                 limit_s: float = LONG_SWEEP_S) -> str | None:
+                 limit_s: float = LONG_SWEEP_S, cores: int | None = None) -> str | None:
     """On a CPU-only machine, a warning for `runs` ((config, iterations left) each) that take
-    longer than `limit_s`, with the estimate and how to shorten it; None otherwise.
+    longer than `limit_s`, with the estimate, what it was measured on and how to shorten it;
+    None otherwise.
 
-    Each network's steps are timed once (a few steps, `step_seconds`, default
-    `bench.step_seconds`) and multiplied by the iterations left; runs side by side share the
-    same cores, so their times add up.
+    One network is timed, for a few steps on one core (`step_seconds`, default
+    `bench.step_seconds`): the shallowest. The others are scaled by their depth, as every
+    3x3 conv of the paper's nets costs the same multiply-adds, and plain nets cost what
+    ResNets of their depth cost. The runs' work is spread over the `cores` (default: this
+    process's), one-thread runs side by side as the local launcher puts them.
     """
     images = sum(config.train.batch_size * left for config, left in runs)
     if images < MIN_CPU_IMAGES_PER_S * limit_s:
         return None  # too short to take an hour on any CPU: not worth timing steps
     if step_seconds is None:
         from degradation.bench import step_seconds
-    timed: dict[tuple, float] = {}
-    for config, _ in runs:
-        if _network(config) not in timed:
-            timed[_network(config)] = step_seconds(config)
-    total = sum(timed[_network(config)] * left for config, left in runs)
+    from degradation.training.device import CPU_COMPILE_MIN_ITERATIONS  # (imports torch)
+
+    cores = cores or len(usable_cores())
+    timed = min((config for config, _ in runs), key=lambda config: config.depth)
+    timed_s = step_seconds(timed)
+
+    def seconds(config: Config) -> float:
+        """Seconds per step of `config`'s network on one core, from the timed one."""
+        return (timed_s * (config.depth - 2) / (timed.depth - 2)
+                * config.train.batch_size / timed.train.batch_size)
+
+    parallel = min(cores, len(runs)) if len(runs) > 1 else cores
+    total = sum(seconds(config) * left for config, left in runs) / parallel
     if total <= limit_s:
         return None
-    per_iteration = sum(timed[_network(config)] for config, _ in runs)
+    per_iteration = sum(seconds(config) for config, _ in runs) / parallel
     fits = max(100, int(limit_s / per_iteration) // 100 * 100)
-    milestones = ",".join(map(str, suggested_milestones(fits)))
-    return (f"warning: no GPU: {len(runs)} run{'s' * (len(runs) != 1)} need about "
-            f"{format_duration(total)} on this CPU (estimated from a few timed steps of each "
-            f"network: up to {max(timed.values()):.2f} s per step). To shorten: "
-            f"{shell_command(f'train.iterations={fits}', f'train.milestones=[{milestones}]')} "
-            "(about an hour), fewer "
-            "or shallower networks (depth=20), experiment=smoke, or a machine with a GPU.")
+    load = _busy_note(cores)
+    return (f"warning: no GPU: {runs_count(len(runs))} "
+            f"need{'s' * (len(runs) == 1)} about {format_duration(total)} on this CPU "
+            f"({network_name(timed)} timed here: {timed_s:.2f} s a step on one core, eager; "
+            f"deeper nets scaled by depth; spread over {cores} core{'s' * (cores != 1)}; "
+            f"runs of {CPU_COMPILE_MIN_ITERATIONS:,}+ iterations compile, about 10% faster"
+            f"{load}). To shorten: {shortened(fits)} (about an hour), fewer or shallower "
+            "networks (depth=20), experiment=quick or experiment=smoke, or a machine with a "
+            "GPU.")
+
+
+def shortened(iterations: int) -> str:
+    """The overrides for a schedule of `iterations`: the paper's milestone proportions, and
+    log and evaluation points close enough to draw curves (the defaults, every 100 and
+    1,000 iterations, are made for 64k)."""
+    milestones = ",".join(map(str, suggested_milestones(iterations)))
+    log_every = max(1, iterations // 40 // 10 * 10 or iterations // 40)
+    return shell_command(f"train.iterations={iterations}", f"train.milestones=[{milestones}]",
+                         f"train.log_every={log_every}",
+                         f"train.eval_every={max(1, iterations // 4)}")
+
+
+def _busy_note(cores: int) -> str:
+    """A note when other work kept the CPU busy while the steps were timed."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load < cores:
+        return ""
+    return f"; the CPU was busy (load average {load:.1f}), which slows the timed steps"

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -187,11 +187,36 @@ def ensure_cifar10(root: Path, download: bool,
     cannot = f"cannot download CIFAR-10 into data.root={root}"
     advice = (f"set data.download=false and point data.root at a local copy that holds "
               f"{BATCH_DIR}/")
+    made = [folder for folder in (Path(root), *Path(root).parents) if not folder.exists()]
     try:
         Path(root).mkdir(parents=True, exist_ok=True)
         lock = (Path(root) / DOWNLOAD_LOCK).open("a")
     except OSError as e:
         raise DataError(f"{cannot} ({error_line(e)}); {advice}") from e
+    try:
+        return _download_locked(lock, Path(root), fetch, cannot, advice)
+    except DataError:
+        _remove_made(made, Path(root) / DOWNLOAD_LOCK)
+        raise
+
+
+def _remove_made(made: list[Path], lock: Path) -> None:
+    """After a failed download, remove the folders it made (deepest first) while they are
+    empty, so a typo in data.root leaves no empty folder behind."""
+    if not made:
+        return  # data.root was there before: its lock stays, as other processes may wait on it
+    lock.unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another process is downloading into it) or not ours
+            return
+
+
+def _download_locked(lock: TextIO, root: Path, fetch: Callable[[Path], None] | None,
+                     cannot: str, advice: str) -> Path:
+    """Under the download lock: download into a scratch folder and rename it into place."""
+    folder = root / BATCH_DIR
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         if folder.is_dir():  # another process downloaded it while this one waited

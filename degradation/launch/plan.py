@@ -86,6 +86,7 @@ class PlannedRun:
     config: Config
     folder: Path
     action: str  # start, resume, skip (finished), retrain (finished, --force), running
+    here: bool = True  # trained on this machine (False: the launcher sends it to a cluster)
 
 
 def plan(overrides: list[str], sweep: bool, force: bool = False, fetch: bool = False,
@@ -97,8 +98,9 @@ def plan(overrides: list[str], sweep: bool, force: bool = False, fetch: bool = F
     refuse_run_folder_overrides(overrides)
     jobs, here = expand_for_launch(overrides, config_dir) if sweep else ([overrides], True)
     cuda = torch.cuda.is_available() if here else None  # what the runs' machine has
-    return plan_jobs(jobs, lambda job: compose_config(job, config_dir), force, fetch=fetch,
-                     cuda=cuda)
+    planned = plan_jobs(jobs, lambda job: compose_config(job, config_dir), force, fetch=fetch,
+                        cuda=cuda)
+    return [replace(run, here=here) for run in planned]
 
 
 def plan_jobs(jobs: list[list[str]], compose: Callable[[list[str]], Config],
