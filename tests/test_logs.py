@@ -42,7 +42,11 @@ def test_the_writers_files_read_back_whole(tmp_path: Path) -> None:
     norms, damage = read_grad_norm_prefix(folder / GRAD_NORMS_FILE)
     assert damage is None and list(norms) == [10, 20, 30]
     assert list(norms[20]) == ["conv0", "conv1", "conv2"] and norms[20]["conv1"] == 1.5 + 20 / 1024
-    assert read_grad_norms(folder)["grad_norm"].tolist()[:3] == [0.5 + 10 / 1024,
+    frame = read_grad_norms(folder)  # pandas, for a file exactly as the writer writes it
+    assert frame.values.tolist() == [[iteration, layer, name, norm] for iteration, point in
+                                     norms.items() for layer, (name, norm) in
+                                     enumerate(point.items())]
+    assert frame["grad_norm"].tolist()[:3] == [0.5 + 10 / 1024,
                                                                   1.5 + 10 / 1024,
                                                                   2.5 + 10 / 1024]
 
