@@ -285,8 +285,10 @@ def status(
     """One line per run under PATH: network, seed, state, iteration, last errors, lr, img/s, ETA.
 
     States: done, diverged, running (a live process holds the run's lock), failed (with the
-    last line of its error.txt), interrupted (resumes from its checkpoint), pending, and, for
-    the runs the overrides ask for whose folder holds no run yet, not started. `degrade status
+    last line of its error.txt), interrupted (resumes from its checkpoint), pending,
+    inconsistent (its folder, config.yaml and summary.json disagree; the reason follows,
+    and the other commands leave it out), and, for the runs the overrides ask for whose
+    folder holds no run yet, not started. `degrade status
     experiment=fig6 --watch` follows a sweep started elsewhere (e.g. on a cluster).
     """
     from degradation.analysis import watch as progress_view

@@ -27,7 +27,8 @@ def written(tmp_path: Path, iterations: int = 30, layers: int = 3) -> Path:
     metrics = MetricsLog(tmp_path)
     for iteration in range(10, iterations + 1, 10):
         metrics.log(iteration, {"lr": 0.1, "error/train": 90.0 - iteration, "loss/train": 2.0})
-        metrics.log_gradients(iteration, {f"conv{layer}": 0.5 + layer + iteration / 1000
+        # float32 values, as training logs them (so TensorBoard's copy is exact)
+        metrics.log_gradients(iteration, {f"conv{layer}": 0.5 + layer + iteration / 1024
                                           for layer in range(layers)})
     metrics.close()
     return tmp_path
@@ -40,8 +41,14 @@ def test_the_writers_files_read_back_whole(tmp_path: Path) -> None:
     assert rows[30] == {"lr": 0.1, "error/train": 60.0, "loss/train": 2.0}
     norms, damage = read_grad_norm_prefix(folder / GRAD_NORMS_FILE)
     assert damage is None and list(norms) == [10, 20, 30]
-    assert list(norms[20]) == ["conv0", "conv1", "conv2"] and norms[20]["conv1"] == 1.52
-    assert read_grad_norms(folder)["grad_norm"].tolist()[:3] == [0.51, 1.51, 2.51]
+    assert list(norms[20]) == ["conv0", "conv1", "conv2"] and norms[20]["conv1"] == 1.5 + 20 / 1024
+    frame = read_grad_norms(folder)  # pandas, for a file exactly as the writer writes it
+    assert frame.values.tolist() == [[iteration, layer, name, norm] for iteration, point in
+                                     norms.items() for layer, (name, norm) in
+                                     enumerate(point.items())]
+    assert frame["grad_norm"].tolist()[:3] == [0.5 + 10 / 1024,
+                                                                  1.5 + 10 / 1024,
+                                                                  2.5 + 10 / 1024]
 
 
 @pytest.mark.parametrize("text, rows, line", [
@@ -102,8 +109,22 @@ def test_a_resume_keeps_the_valid_rows_up_to_the_checkpoint_and_sets_the_damaged
         MetricsLog(folder, resume_from=30).close()
     (warning,) = [record.getMessage() for record in caplog.records]
     assert warning.startswith(f"warning: {path} is damaged (")
-    assert "kept its 3 valid log points up to iteration 30" in warning
+    assert "kept its valid log points up to iteration 30 (the damaged" in warning
     assert "short of" not in warning  # every row up to the checkpoint read
     assert (folder / (name + DAMAGED)).read_bytes() == cut
     rows = (read_metrics_prefix if name == METRICS_FILE else read_grad_norm_prefix)(path)
     assert rows[1] is None and list(rows[0]) == [10, 20, 30]  # repaired at once
+
+
+def test_grad_norms_lost_before_the_checkpoint_come_back_from_the_tensorboard_events(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = written(tmp_path, iterations=50)
+    path = folder / GRAD_NORMS_FILE
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index(b"\n20,1,") + 5])  # cut at iteration 20
+    with caplog.at_level(logging.WARNING, logger="degrade"):
+        MetricsLog(folder, resume_from=40).close()
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert "it reads only up to iteration 10, and 3 log points up to the checkpoint's 40 are " \
+        "taken from the TensorBoard events" in warning
+    assert path.read_bytes() == whole[: whole.index(b"\n50,0,") + 1]  # byte for byte

@@ -103,6 +103,8 @@ SCENARIOS: dict[str, tuple[str, int] | None] = {
     "SIGTERM": ("SIGTERM", 9),
     "SIGINT": ("SIGINT", 9),
     "holder": ("SIGSTOP", 9),  # freezes itself mid-step, holding the run's lock
+    "truncated-grad-norms": ("SIGKILL", 15),  # checkpoints at 6 and 12; the test cuts the log
+    "garbled-grad-norms": ("SIGKILL", 15),
 }
 
 
@@ -375,3 +377,24 @@ def test_a_sweep_goes_on_past_a_diverged_run_and_lists_it(cifar_root: Path, tmp_
     assert statuses.keys() == {"done", "diverged"}
     assert "1 diverged" in output
     assert str(statuses["diverged"]) in output
+
+
+@pytest.mark.parametrize("scenario", ["truncated-grad-norms", "garbled-grad-norms"])
+@pytest.mark.slow
+def test_a_damaged_grad_norms_csv_is_repaired_on_resume_and_loses_no_row(
+        reference: Path, started: dict[str, Started], scenario: str) -> None:
+    killed = started[scenario].wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    path = killed.folder / GRAD_NORMS_FILE
+    whole = path.read_bytes()
+    damaged = whole[: len(whole) // 2 - 3] if scenario.startswith("truncated") else (
+        b"iteration,layer,name,grad_norm\n\x00\xff garbled \x9c" + whole[40:])
+    path.write_bytes(damaged)
+    resumed = degrade_here("train", *killed.args)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    (warning,) = [line for line in resumed.stderr.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(f"warning: {path} is damaged (line "), warning
+    assert "taken from the TensorBoard events" in warning, warning
+    assert path.with_name(GRAD_NORMS_FILE + ".damaged").read_bytes() == damaged  # evidence
+    assert_identical(killed.folder, reference)  # every row, byte for byte: none lost or cut
