@@ -7,6 +7,7 @@ leaves them to it; a compile that fails falls back to eager training.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -148,3 +149,51 @@ def test_a_killed_multi_process_launchers_ranks_stop_with_a_checkpoint_and_resum
     summary = read_json(folder / SUMMARY_FILE)
     assert summary["status"] == "done"
     assert summary["iterations_done"] == LONG_RUN["train.iterations"]
+
+
+# --- two identical sweeps at once: each run trained once, no false failure --------------
+
+# Every process that takes a run's lock first waits until as many have come as the barrier
+# folder asks for: both sweeps have planned the run as theirs to start before either takes it.
+BOTH_SWEEPS_PLANNED = """
+import os, pathlib, time
+barrier = os.environ.get("TEST_LOCK_BARRIER")
+if barrier:
+    import degradation.storage as storage
+    acquire = storage.RunLock.acquire
+    def waiting_acquire(self):
+        folder = pathlib.Path(barrier)
+        (folder / str(os.getpid())).touch()
+        deadline = time.time() + 300
+        while len(list(folder.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        acquire(self)
+    storage.RunLock.acquire = waiting_acquire
+"""
+
+
+@pytest.mark.slow
+def test_of_two_identical_sweeps_started_at_once_one_trains_the_other_leaves_it(
+        small_cifar_root: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(small_cifar_root, tmp_path / "outputs")
+    hook, barrier = tmp_path / "hook", tmp_path / "barrier"
+    hook.mkdir()
+    barrier.mkdir()
+    (hook / "sitecustomize.py").write_text(BOTH_SWEEPS_PLANNED)
+    env = {**os.environ, "TEST_LOCK_BARRIER": str(barrier), "PYTHONPATH": os.pathsep.join(
+        [str(hook), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
+    sweeps = [subprocess.Popen([sys.executable, "-m", "degradation", "sweep", *overrides],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env) for _ in range(2)]
+    outputs = [sweep.communicate(timeout=DEADLINE_S)[0] for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    assert all("1 runs: 1 to start" in output for output in outputs), outputs
+    folder = run_dir(compose_config(overrides))
+    left = [output for output in outputs if "left to it" in output]
+    assert len(left) == 1, outputs  # before: "failed: ...: did not finish", exit 1
+    assert f"  {folder}: being trained by another process, left to it" in left[0]
+    assert "failed" not in left[0]
+    # Trained once: one process wrote its logs, and its log holds no error.
+    assert read_json(folder / SUMMARY_FILE)["status"] == "done"
+    assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert "ERROR" not in (folder / "train.log").read_text()
