@@ -197,3 +197,77 @@ def test_of_two_identical_sweeps_started_at_once_one_trains_the_other_leaves_it(
     assert read_json(folder / SUMMARY_FILE)["status"] == "done"
     assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert "ERROR" not in (folder / "train.log").read_text()
+
+
+# --- a compiler that fails: eager training, never a traceback ---------------------------
+
+
+def no_compiler(_graph: object, _inputs: object) -> None:
+    """A compile backend that fails as inductor does without a working C++ compiler."""
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    raise InvalidCxxCompiler()
+
+
+def test_a_run_whose_compiler_fails_trains_eagerly_exactly_as_an_eager_run(
+        cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: (
+        compile_module(self, *args, **{**kwargs, "backend": no_compiler})))
+    compiled = tiny_overrides(cifar_root, tmp_path / "compiled", **{"train.compile": "true"})
+    result = degrade_here("train", *compiled)
+    assert result.exit_code == 0, result.output  # before: a traceback, and no error.txt
+    folder = run_dir(compose_config(compiled))
+    log = (folder / "train.log").read_text()
+    assert log.count("warning: compiling failed (InvalidCxxCompiler: No working C++ compiler "
+                     "found") == 1, log
+    assert "training eagerly" in log
+    eager = tiny_overrides(cifar_root, tmp_path / "eager", **{"train.compile": "false"})
+    assert degrade_here("train", *eager).exit_code == 0
+    other = run_dir(compose_config(eager))
+    assert (folder / "metrics.csv").read_text() == (other / "metrics.csv").read_text()
+    weights, expected = load_checkpoint(folder)[0]["model"], load_checkpoint(other)[0]["model"]
+    assert all(torch.equal(weights[name], value) for name, value in expected.items())
+
+
+def test_an_unexpected_error_in_a_run_leaves_error_txt(
+        cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import degradation.training.loop as loop
+
+    def broken_step(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug in the step")
+
+    monkeypatch.setattr(loop, "train_step", broken_step)
+    overrides = tiny_overrides(cifar_root, tmp_path)
+    result = degrade_here("train", *overrides)
+    assert result.exit_code != 0
+    folder = run_dir(compose_config(overrides))
+    assert (folder / "error.txt").read_text() == "RuntimeError: a bug in the step\n"
+
+
+def test_a_fused_network_whose_compiler_fails_turns_eager(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    import torch
+
+    from degradation.config import TrainConfig
+    from degradation.models import build_model
+    from degradation.training.device import compile_failure
+    from degradation.training.fused import FusedNetwork
+
+    compile_function = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: compile_function(
+        function, **{**kwargs, "backend": no_compiler}))
+    models = [build_model("resnet", 8, "A") for _ in range(2)]
+    recipe = compose_config([]).train
+    assert isinstance(recipe, TrainConfig)
+    network = FusedNetwork(models, [{}, {}], recipe, torch.device("cpu"), compile_model=True)
+    assert network.compiled
+    images = torch.zeros(2, 4, 3, 32, 32)
+    with pytest.raises(Exception) as failed:
+        network.trained(images)
+    assert compile_failure(failed.value).startswith("InvalidCxxCompiler: No working C++")
+    network.eager()
+    assert not network.compiled and network.trained(images).shape == (2, 4, 10)
+    assert compile_failure(RuntimeError("not a compiler's")) is None

@@ -39,7 +39,7 @@ from degradation.config import (
     members,
 )
 from degradation.data.cifar import DataError, check_batch_size, check_split, ensure_cifar10
-from degradation.errors import FAILED_EXIT, INTERRUPTED_EXIT, Interrupted, one_line
+from degradation.errors import FAILED_EXIT, INTERRUPTED_EXIT, Interrupted, error_line, one_line
 from degradation.launch.compose import (
     compose_config,
     expand_for_launch,
@@ -284,6 +284,12 @@ def run_task(composed: DictConfig) -> None:
         except USER_ERRORS as error:
             _record_error(error, folders, in_sweep)
             return
+        except Exception as error:  # a bug or a broken install: its traceback follows
+            for folder in folders:
+                if folder.is_dir() and not (folder / SUMMARY_FILE).exists():
+                    with contextlib.suppress(StorageError, OSError):
+                        atomic_write_text(folder / ERROR_FILE, f"{error_line(error)}\n")
+            raise
         for outcome in outcomes:  # one per run: fused runs each have their own
             _report(outcome, replace(config, seed=outcome.summary["seed"]))
 
