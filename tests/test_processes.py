@@ -20,7 +20,7 @@ from degradation.launch.compose import MAX_SWEEP_RUNS, compose_config, sweep_job
 from degradation.runs import CHECKPOINT, SUMMARY_FILE, run_dir
 from degradation.storage import LOCK, read_json
 from degradation.training.checkpoint import load_checkpoint
-from tests.conftest import degrade, degrade_here, tiny_overrides
+from tests.conftest import PROJECT, degrade, degrade_here, tiny_overrides
 
 
 def test_sweep_size_is_the_count_of_hydras_jobs() -> None:
@@ -45,6 +45,8 @@ def test_a_sweep_too_large_to_plan_is_refused_before_composing(generated: Path,
     assert zero_step.exit_code == 2
     assert zero_step.output.strip() == ("error: seed=range(0,10,0): range() arg 3 must not "
                                         "be zero")
+
+    assert f"at most {MAX_SWEEP_RUNS} runs" in (PROJECT / "README.md").read_text()  # as said
 
 
 # --- no orphans: workers stop when their launching process is killed ----------------------
@@ -104,6 +106,50 @@ def wait_gone(pids: list[int]) -> None:
 
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+
+
+# A worker in miniature: notes stop signals as the training loop does, watches its parent.
+# With `watcher only`, the kernel is not asked for a signal: the fallback of other systems.
+WORKER = """
+import sys, time
+from pathlib import Path
+from degradation.training import signals
+out = Path(sys.argv[2])
+if sys.argv[4] == "watcher only":
+    signals._ask_for_parent_death_signal = lambda signum: False
+with signals.noting_stop_signals() as received:
+    signals.stop_with_parent(int(sys.argv[1]), lambda: out.write_text("parent ended; "))
+    Path(sys.argv[3]).write_text("ready")
+    deadline = time.time() + 300
+    while not received and time.time() < deadline:
+        time.sleep(0.01)
+out.write_text(out.read_text() + f"stopped by {received[0]}")
+"""
+LAUNCHER = """
+import os, subprocess, sys
+subprocess.run([sys.executable, "-c", sys.argv[1], str(os.getpid()), *sys.argv[2:]])
+"""
+
+
+@pytest.mark.parametrize("how", ["kernel and watcher", "watcher only"])
+def test_a_worker_is_stopped_as_by_sigterm_when_its_parent_is_killed(how: str, tmp_path: Path
+                                                                     ) -> None:
+    out, ready = tmp_path / "out", tmp_path / "ready"
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, WORKER, str(out), str(ready),
+                                 how], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + DEADLINE_S
+        while not ready.exists():
+            assert launcher.poll() is None and time.time() < deadline
+            time.sleep(0.01)
+    finally:
+        launcher.kill()  # SIGKILL: no handler of its own can pass anything on
+        launcher.wait()
+    deadline = time.time() + DEADLINE_S
+    while not (out.exists() and "stopped" in out.read_text()):
+        assert time.time() < deadline, "the worker trained on as an orphan"
+        time.sleep(0.05)
+    assert out.read_text() == "parent ended; stopped by SIGTERM"
 
 
 @linux_only
