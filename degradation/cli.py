@@ -256,10 +256,14 @@ def sweep(
     records = [read_run(run.folder) for run in planned]
     states = [record.state if record else "failed" for record in records]
     done = sum(state in ("done", "diverged") for state in states)
+    others = [run for run, state in zip(planned, states, strict=True) if state == "running"]
     typer.echo(f"sweep finished: {done}/{len(planned)} runs ended "
-               f"({states.count('diverged')} diverged)")
+               f"({states.count('diverged')} diverged)"
+               + (f", {len(others)} being trained by another process" if others else ""))
+    for run in others:  # every job of this sweep has ended: the lock is another process's
+        typer.echo(f"  {run.folder}: {plan.LEFT_TO_OTHER}")
     failed = [run for run, state in zip(planned, states, strict=True)
-              if state not in ("done", "diverged")]
+              if state not in ("done", "diverged", "running")]
     for run in failed:
         # error.txt as far as it reads: a binary file or a folder in its place is no reason
         # to end in a traceback

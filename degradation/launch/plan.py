@@ -39,7 +39,7 @@ from degradation.config import (
     members,
 )
 from degradation.data.cifar import DataError, check_batch_size, check_split, ensure_cifar10
-from degradation.errors import FAILED_EXIT, INTERRUPTED_EXIT, Interrupted, one_line
+from degradation.errors import FAILED_EXIT, INTERRUPTED_EXIT, Interrupted, error_line, one_line
 from degradation.launch.compose import (
     compose_config,
     expand_for_launch,
@@ -205,6 +205,11 @@ def member_folders(config: Config) -> list[Path]:
     return [run_dir(member) for member in members(config)]
 
 
+# How a sweep reports a run it found another live process training (a sweep started at the
+# same moment took it first): not a failure, and not trained twice.
+LEFT_TO_OTHER = "being trained by another process, left to it"
+
+
 def describe_run(folder: Path) -> str | None:
     """How the run in `folder` ended, in one line (final errors, or its error); None when
     `folder` holds no run."""
@@ -213,6 +218,8 @@ def describe_run(folder: Path) -> str | None:
         return None
     if record.summary is not None:
         return finished_line(record, record.summary.get("status", "done"))
+    if record.state == "running":  # its job has ended: the lock is another process's
+        return f"{_title(record.config)}: {LEFT_TO_OTHER} ({folder})"
     reason = last_line(folder / ERROR_FILE)
     return f"{_title(record.config)}: {record.state}" + (f": {reason}" if reason else "") \
         + f" ({folder})"
@@ -270,9 +277,21 @@ def run_task(composed: DictConfig) -> None:
         except Interrupted as error:
             log.error("error: %s", error)
             raise SystemExit(INTERRUPTED_EXIT) from None
+        except RunLocked as error:
+            if not in_sweep:
+                _record_error(error, folders, in_sweep)
+            # A sweep started at the same moment took the run first: it is left to that one.
+            log.info("%s: %s", _title(config), LEFT_TO_OTHER)
+            return
         except USER_ERRORS as error:
             _record_error(error, folders, in_sweep)
             return
+        except Exception as error:  # a bug or a broken install: its traceback follows
+            for folder in folders:
+                if folder.is_dir() and not (folder / SUMMARY_FILE).exists():
+                    with contextlib.suppress(StorageError, OSError):
+                        atomic_write_text(folder / ERROR_FILE, f"{error_line(error)}\n")
+            raise
         for outcome in outcomes:  # one per run: fused runs each have their own
             _report(outcome, replace(config, seed=outcome.summary["seed"]))
 

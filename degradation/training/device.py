@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from degradation.config import Config, ConfigError, TrainConfig
+from degradation.errors import one_line
 from degradation.hardware import usable_cores
 from degradation.models import build_model
 from degradation.training import distributed
@@ -96,6 +97,25 @@ def build_network(config: Config, device: torch.device, speed: Speed
         # In place, so state_dict keys (and checkpoints) are those of the plain module.
         model.compile(dynamic=False)
     return model, optimizer
+
+
+def compile_failure(error: BaseException) -> str | None:
+    """Why compiling the model failed, in one line, when `error` is a compiler's failure (a
+    missing or broken C++ compiler, code it cannot compile) or was raised from one; None for
+    any other error."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, BackendCompilerFailed | CppCompileError | InvalidCxxCompiler):
+            # Dynamo wraps the compiler's error; its own message is a page of advice.
+            inner = getattr(seen, "inner_exception", None) or seen
+            first = next((line for line in str(inner).splitlines() if line.strip()), "")
+            return one_line(f"{type(inner).__name__}: {first}" if first
+                            else type(inner).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def use_speed(device: torch.device, speed: Speed) -> None:

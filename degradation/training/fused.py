@@ -95,13 +95,18 @@ class FusedNetwork:
         self.base = copy.deepcopy(models[0]).to("meta")
         self.recipe, self.device = recipe, device
         self.optimizer = make_sgd(self.params.values(), recipe, device)
-        own = vmap(self._call)  # a batch per member
-        shared = vmap(self._call, in_dims=(0, 0, None))  # one batch for all
+        self.compiled = False
+        self.eager()
         if compile_model:
-            own, shared = (torch.compile(own, dynamic=False),
-                           torch.compile(shared, dynamic=False))
-        self._own: Callable[..., Tensor] = own
-        self._shared: Callable[..., Tensor] = shared
+            self._own, self._shared = (torch.compile(self._own, dynamic=False),
+                                       torch.compile(self._shared, dynamic=False))
+            self.compiled = True
+
+    def eager(self) -> None:
+        """Compute uncompiled (from now on, when compiling failed)."""
+        self._own: Callable[..., Tensor] = vmap(self._call)  # a batch per member
+        self._shared: Callable[..., Tensor] = vmap(self._call, in_dims=(0, 0, None))  # one for all
+        self.compiled = False
 
     @property
     def module(self) -> FusedNetwork:

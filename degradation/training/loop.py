@@ -19,12 +19,13 @@ network (network.py) and the calls into distributed.py, which do nothing in a lo
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ from degradation.training.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from degradation.training.device import resolve_device, resolve_speed
+from degradation.training.device import compile_failure, resolve_device, resolve_speed
 from degradation.training.logs import Progress, let_new_event_file_sort_last
 from degradation.training.network import network_for
 from degradation.training.signals import noting_stop_signals
@@ -66,6 +67,7 @@ from degradation.training.step import evaluate, gradient_norms, learning_rate, t
 from degradation.training.summary import Ending, Outcome, summary_of, write_summary
 
 log = logging.getLogger("degrade")
+_T = TypeVar("_T")
 
 
 def train(config: Config, splits: CifarSplits | None = None) -> Outcome:
@@ -155,6 +157,8 @@ class _Trainer:
             raise StorageError("fused runs must resume from one iteration; train them apart")
         for run, cut in zip(self.runs, resumed, strict=True):
             run.open_logs(cut)
+        # What a compiled network has not run yet: each compiles its graphs when first run.
+        self.not_compiled_yet = {"step", "evaluation"} if self.network.compiled else set()
 
     @property
     def iteration(self) -> int:
@@ -198,8 +202,9 @@ class _Trainer:
         images, labels = self.network.stack(batches)
         # Fusion refuses warm-up (config.validate), so the runs share one rate.
         lr = learning_rate(self.iteration, self.recipe, self.runs[0].warming_up)
-        loss, wrong = train_step(self.network.trained, self.network.optimizer, images, labels,
-                                 lr, self.recipe.precision, self.network.memory_format)
+        loss, wrong = self._eager_if_compiling_fails("step", lambda: train_step(
+            self.network.trained, self.network.optimizer, images, labels, lr,
+            self.recipe.precision, self.network.memory_format))
         for run, run_loss, run_wrong in zip(self.runs, loss.reshape(-1), wrong.reshape(-1),
                                             strict=True):
             run.add(run_loss, run_wrong, labels.shape[-1])
@@ -225,12 +230,35 @@ class _Trainer:
         return outcomes
 
     def _evaluate(self) -> None:
-        loss_sum, wrong = evaluate(self.network.module, self.eval_images, self.eval_labels,
-                                   self.mean, self.recipe.eval_batch_size,
-                                   self.recipe.precision, self.network.memory_format)
+        loss_sum, wrong = self._eager_if_compiling_fails("evaluation", lambda: evaluate(
+            self.network.module, self.eval_images, self.eval_labels, self.mean,
+            self.recipe.eval_batch_size, self.recipe.precision, self.network.memory_format))
         for run, run_loss, run_wrong in zip(self.runs, loss_sum.reshape(-1), wrong.reshape(-1),
                                             strict=True):
             run.record_test(run_loss, run_wrong, len(self.eval_labels))
+
+    def _eager_if_compiling_fails(self, what: str, compute: Callable[[], _T]) -> _T:
+        """`compute()`. The first time a compiled network runs `what` (a step, an evaluation),
+        it compiles: should the compiler fail (none installed, a broken one), the network
+        turns eager, gets back the state it had before, and `compute` runs again, so the run
+        goes on exactly as an eager run would. Any other error is the run's."""
+        if what not in self.not_compiled_yet:
+            return compute()
+        before = [copy.deepcopy(self.network.saved(index)) for index in range(len(self.runs))]
+        try:
+            result = compute()
+        except Exception as error:
+            reason = compile_failure(error)
+            if reason is None:
+                raise
+            log.warning("warning: compiling failed (%s); training eagerly", reason)
+            self.network.eager()
+            self.not_compiled_yet.clear()
+            for index, state in enumerate(before):  # a failed backward may follow a forward
+                self.network.load(index, state)
+            return compute()
+        self.not_compiled_yet.discard(what)
+        return result
 
     def _checkpoint(self) -> None:
         for index, run in enumerate(self.runs):  # DDP: every rank, rank 0 writes

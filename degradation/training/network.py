@@ -40,6 +40,14 @@ class LoneNetwork:
         self.device = device
         self.memory_format = speed.memory_format
         self.layers = layer_names(model)
+        self.compiled = speed.compile
+
+    def eager(self) -> None:
+        """Compute uncompiled from now on (compiling failed)."""
+        # Undoes `nn.Module.compile` (which `build_network` called): calls go to the
+        # module's own forward again, through DDP too.
+        self.module._compiled_call_impl = None
+        self.compiled = False
 
     @staticmethod
     def stack(batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
