@@ -334,3 +334,18 @@ def test_a_checkpoint_that_does_not_fit_ends_in_one_line(
     result = degrade_here("train", *overrides(cifar_root, outputs))
     assert_refused(result, str(path), named, "move", code=1)
     assert path.read_bytes() == before  # left for the user to move away
+
+
+# Interpolations, sweeps and launcher settings that cannot work: exit 2, nothing written ------
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("bad, named", [
+    ("depth=${oops}", ["depth='${oops}'", "'oops' not found", "${oc.env:NAME}"]),
+    ("depth=${oc.env:DEGRADE_NO_SUCH_VARIABLE}",
+     ["depth='${oc.env:DEGRADE_NO_SUCH_VARIABLE}'", "DEGRADE_NO_SUCH_VARIABLE' not found"]),
+], ids=["key", "environment"])
+def test_an_interpolation_that_cannot_be_resolved_is_refused(
+        tmp_path: Path, command: str, bad: str, named: list[str]) -> None:
+    result = degrade_here(command, *tiny_overrides(tmp_path / "data", tmp_path / "out"), bad)
+    assert_refused(result, *named, code=2)
+    assert not list(tmp_path.iterdir())
