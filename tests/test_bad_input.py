@@ -349,3 +349,11 @@ def test_an_interpolation_that_cannot_be_resolved_is_refused(
     result = degrade_here(command, *tiny_overrides(tmp_path / "data", tmp_path / "out"), bad)
     assert_refused(result, *named, code=2)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["sweep", "--dry-run"], ["status"]])
+def test_a_sweep_range_with_a_zero_step_is_refused(tmp_path: Path, command: list[str]) -> None:
+    result = degrade_here(*command, *tiny_overrides(tmp_path / "data", tmp_path / "out"),
+                          "seed=range(0,10,0)")
+    assert_refused(result, "seed=range(0,10,0)", "step other than 0", code=2)
+    assert not list(tmp_path.iterdir())

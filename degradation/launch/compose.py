@@ -23,6 +23,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -212,7 +213,25 @@ def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
     """Hydra's basic-sweeper expansion of `hydra.sweeper.params` (presets) and `overrides`."""
     from_preset = [f"{key}={value}" for key, value in params.items()]
     parsed = (parser or OverridesParser.create()).parse_overrides(from_preset + overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    try:
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except ValueError as error:  # a sweep that cannot be listed, e.g. range(0,10,0)
+        raise ConfigError(_unlistable_sweep(parsed, error)) from None
+
+
+def _unlistable_sweep(parsed: list[Override], error: ValueError) -> str:
+    """One line naming the sweep override that Hydra cannot list, and why."""
+    for override in parsed:
+        if override.is_sweep_override():
+            try:
+                list(override.sweep_string_iterator())
+            except ValueError as culprit:
+                error = culprit
+                break
+    else:
+        return f"the sweep cannot be listed: {one_line(error)}"
+    return (f"{override.input_line} cannot be listed: {one_line(error)} (a sweep is values "
+            "a,b,c or range(start, stop[, step]) with a step other than 0)")
 
 
 # Every process that resolves a run folder needs the resolver, including launcher workers
