@@ -357,3 +357,17 @@ def test_a_sweep_range_with_a_zero_step_is_refused(tmp_path: Path, command: list
                           "seed=range(0,10,0)")
     assert_refused(result, "seed=range(0,10,0)", "step other than 0", code=2)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bad, named", [
+    ("hydra.launcher.parallel_runs=0", "hydra.launcher.parallel_runs=0"),
+    ("hydra.launcher.parallel_runs=abc", "hydra.launcher.parallel_runs='abc'"),
+    ("hydra.launcher.runs_per_gpu=0", "hydra.launcher.runs_per_gpu=0"),
+])
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["sweep", "dry-run"])
+def test_a_local_launcher_setting_that_cannot_work_is_refused_before_any_run(
+        tmp_path: Path, generated: Path, bad: str, named: str, dry_run: list[str]) -> None:
+    output = tmp_path / "out"
+    result = degrade_here("sweep", *dry_run, *tiny_overrides(generated, output), "seed=1,2", bad)
+    assert_refused(result, named, "an integer >= 1", code=2)
+    assert not output.exists()

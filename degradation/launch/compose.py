@@ -27,15 +27,17 @@ from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from degradation.config import (
     CONF_DIR,
     Config,
     ConfigError,
+    describe_interpolation_error,
     load_config,
 )
-from degradation.errors import one_line
+from degradation.errors import LauncherError, one_line
+from degradation.hardware import check_sharing
 from degradation.package import presets
 from degradation.runs import (
     run_path,
@@ -102,13 +104,27 @@ def expand_for_launch(overrides: list[str], config_dir: Path | None = None
                       ) -> tuple[list[list[str]], bool]:
     """`expand`, and whether the sweep's launcher runs its jobs on this machine."""
     try:
-        hydra_node = compose_tree(fixed_overrides(overrides), with_hydra=True,
-                              config_dir=config_dir).hydra
+        tree = compose_tree(fixed_overrides(overrides), with_hydra=True, config_dir=config_dir)
+        hydra_node = tree.hydra
         preset = hydra_node.sweeper.get("params") or {}
         here = hydra_node.launcher.get("_target_") in LAUNCHERS_HERE
+        _check_local_launcher(tree)
         return sweep_jobs(preset, overrides), here
     except (HydraException, OverrideParseException) as error:
         raise ConfigError(describe_hydra_error(error)) from None
+
+
+def _check_local_launcher(tree: DictConfig) -> None:
+    """Refuse settings of `hydra/launcher=local` that cannot work, before any run starts."""
+    launcher = tree.hydra.launcher
+    if "parallel_runs" not in launcher:
+        return  # another launcher
+    try:
+        check_sharing(launcher.runs_per_gpu, launcher.parallel_runs)
+    except InterpolationResolutionError as error:
+        raise ConfigError(describe_interpolation_error(tree, error)) from None
+    except LauncherError as error:
+        raise ConfigError(str(error)) from None
 
 
 def fixed_overrides(overrides: list[str]) -> list[str]:
