@@ -19,6 +19,7 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 from degradation.errors import DegradeError
 from degradation.models import ARCHS, SHORTCUTS, ModelConfigError, blocks_per_stage
 from degradation.package import data_dir
+from degradation.storage import path_refusal
 
 CONF_DIR = data_dir("conf")
 EXPERIMENTS_DIR = data_dir("experiments")
@@ -206,6 +207,9 @@ def validate(config: Config) -> None:
     _require(config.trainer.gpus >= 1, f"trainer.gpus={config.trainer.gpus} must be >= 1")
     _require(config.trainer.fuse >= 1, f"trainer.fuse={config.trainer.fuse} must be >= 1")
     _check_fusion(config)
+    for key, path in (("output_dir", config.output_dir), ("data.root", config.data.root)):
+        refusal = path_refusal(path)
+        _require(refusal is None, f"{key}={path}: {refusal}")
     _require(train.batch_size % config.trainer.gpus == 0,
              f"train.batch_size={train.batch_size} must split evenly over "
              f"trainer.gpus={config.trainer.gpus} processes")

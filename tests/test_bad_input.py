@@ -371,3 +371,27 @@ def test_a_local_launcher_setting_that_cannot_work_is_refused_before_any_run(
     result = degrade_here("sweep", *dry_run, *tiny_overrides(generated, output), "seed=1,2", bad)
     assert_refused(result, named, "an integer >= 1", code=2)
     assert not output.exists()
+
+
+LONG_NAME = "a" * 300  # longer than any common file system's NAME_MAX (255 bytes)
+
+
+@pytest.mark.parametrize("command", [["train"], ["sweep", "seed=1,2"], ["sweep", "--dry-run"]])
+@pytest.mark.parametrize("key", ["output_dir", "data.root"])
+def test_a_path_with_a_name_too_long_for_the_file_system_is_refused(
+        tmp_path: Path, generated: Path, command: list[str], key: str) -> None:
+    long_path = tmp_path / LONG_NAME / "x"
+    values = {"output_dir": tmp_path / "out", "data.root": generated, key: long_path}
+    before = snapshot(tmp_path)
+    result = degrade_here(*command, *tiny_overrides(values["data.root"], values["output_dir"]))
+    assert_refused(result, f"{key}={long_path}", "300 bytes long", "at most 255", code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["status", "table", "plot"])
+def test_an_analysis_path_with_a_name_too_long_is_refused(tmp_path: Path, command: str
+                                                          ) -> None:
+    result = degrade_here(command, tmp_path / LONG_NAME)
+    assert_refused(result, "300 bytes long")
+    assert not list(tmp_path.iterdir())

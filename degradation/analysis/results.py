@@ -44,7 +44,7 @@ from degradation.runs import (
     identity,
     network_name,
 )
-from degradation.storage import DamagedFile, atomic_write_text, read_json
+from degradation.storage import DamagedFile, atomic_write_text, path_refusal, read_json
 from degradation.training.logs import read_metrics
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
@@ -91,6 +91,9 @@ def load_runs(path: Path, recursive: bool = False) -> list[RunRecord]:
     """Every run of the output tree `path`, each once (`find_runs`, `distinct_runs`), or
     `AnalysisError` saying why there is none."""
     path = Path(path)
+    refusal = path_refusal(path)
+    if refusal is not None:
+        raise AnalysisError(f"{path} cannot be read: {refusal}")
     if not path.exists():
         raise AnalysisError(f"{path} does not exist")
     records = distinct_runs(find_runs(path, recursive), path)
