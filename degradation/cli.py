@@ -687,7 +687,8 @@ def _cpu_estimate(runs) -> str | None:
     left = []
     for run in runs:
         record = read_run(run.folder) if run.action == "resume" else None
-        done = progress(record).iteration if record is not None else 0
+        # A damaged log of a run to resume is named by the resume itself.
+        done = progress(record, name_damage=False).iteration if record is not None else 0
         left.append((run.config, run.config.train.iterations - done))
     return cpu_estimate(left)
 

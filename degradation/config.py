@@ -14,12 +14,13 @@ from itertools import pairwise
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from degradation.console import shell_command
 from degradation.errors import DegradeError
 from degradation.models import ARCHS, SHORTCUTS, ModelConfigError, blocks_per_stage
 from degradation.package import data_dir
+from degradation.storage import path_refusal
 
 CONF_DIR = data_dir("conf")
 EXPERIMENTS_DIR = data_dir("experiments")
@@ -103,7 +104,10 @@ class Config:
 def load_config(composed: DictConfig | dict[str, Any]) -> Config:
     """Type-check and validate a composed config (Hydra's node is dropped)."""
     if isinstance(composed, DictConfig):
-        composed = OmegaConf.to_container(composed, resolve=True)
+        try:
+            composed = OmegaConf.to_container(composed, resolve=True)
+        except InterpolationResolutionError as error:
+            raise ConfigError(describe_interpolation_error(composed, error)) from None
     composed = {key: value for key, value in composed.items() if key != "hydra"}
     try:
         typed = OmegaConf.merge(OmegaConf.structured(Config), composed)
@@ -149,6 +153,20 @@ def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
 _KINDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
 
 
+def describe_interpolation_error(composed: DictConfig,
+                                 error: InterpolationResolutionError) -> str:
+    """One line for a `${...}` value that cannot be resolved, naming the key and its value."""
+    key = getattr(error, "full_key", None) or "?"
+    node: Any = OmegaConf.to_container(composed, resolve=False)
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    value = f"{key}={node!r}" if isinstance(node, str) else key
+    reason = str(getattr(error, "msg", error)).splitlines()[0]
+    reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", reason)
+    return (f"{value} cannot be resolved ({reason}); an interpolation names a config key, "
+            "e.g. ${train.lr}, or a set environment variable, ${oc.env:NAME}")
+
+
 def validate(config: Config) -> None:
     """Raise `ConfigError` for the first value outside what the study allows."""
     try:
@@ -190,6 +208,9 @@ def validate(config: Config) -> None:
     _require(config.trainer.gpus >= 1, f"trainer.gpus={config.trainer.gpus} must be >= 1")
     _require(config.trainer.fuse >= 1, f"trainer.fuse={config.trainer.fuse} must be >= 1")
     _check_fusion(config)
+    for key, path in (("output_dir", config.output_dir), ("data.root", config.data.root)):
+        refusal = path_refusal(path)
+        _require(refusal is None, f"{key}={path}: {refusal}")
     _require(train.batch_size % config.trainer.gpus == 0,
              f"train.batch_size={train.batch_size} must split evenly over "
              f"trainer.gpus={config.trainer.gpus} processes")

@@ -88,6 +88,21 @@ def visible_gpus(cuda_visible_devices: str | None, device_count: int) -> list[st
     return entries[:device_count]  # CUDA ignores the entries after an invalid one
 
 
+def check_sharing(runs_per_gpu: object, parallel_runs: object) -> None:
+    """Raise `LauncherError` unless `runs_per_gpu` is an integer >= 1 and `parallel_runs` is
+    one or null (the local launcher's settings, as a command line may give them)."""
+    if not _positive_integer(runs_per_gpu):
+        raise LauncherError(f"hydra.launcher.runs_per_gpu={runs_per_gpu!r} must be an integer "
+                            ">= 1")
+    if parallel_runs is not None and not _positive_integer(parallel_runs):
+        raise LauncherError(f"hydra.launcher.parallel_runs={parallel_runs!r} must be an integer "
+                            ">= 1 (null: one run per core, as many as memory holds)")
+
+
+def _positive_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def assign_slots(gpus: Sequence[str], cores: Sequence[int], runs_per_gpu: int = 1,
                  gpus_per_run: int = 1, parallel_runs: int | None = None,
                  jobs: int | None = None, memory: int | None = None) -> list[Slot]:
@@ -99,13 +114,9 @@ def assign_slots(gpus: Sequence[str], cores: Sequence[int], runs_per_gpu: int = 
     (bytes available) holds at CPU_RUN_MEMORY a run. The cores are divided evenly among the
     slots either way, so fewer jobs than cores get several cores each.
     """
-    if runs_per_gpu < 1:
-        raise LauncherError(f"hydra.launcher.runs_per_gpu={runs_per_gpu} must be >= 1")
+    check_sharing(runs_per_gpu, parallel_runs)
     if gpus_per_run < 1:
         raise LauncherError(f"gpus_per_run={gpus_per_run} must be >= 1")
-    if parallel_runs is not None and parallel_runs < 1:
-        raise LauncherError(f"hydra.launcher.parallel_runs={parallel_runs} must be >= 1 "
-                            "(null: one run per core, as many as memory holds)")
     cores = list(cores) or [0]
     if gpus:
         if gpus_per_run > len(gpus):

@@ -80,6 +80,34 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def path_refusal(path: Path | str) -> str | None:
+    """Why `path` cannot name a file on this system (a name or the whole path longer than
+    the file system allows), or None. Checked before use: `stat` would raise instead of
+    saying the file is missing."""
+    path = Path(path).absolute()
+    name_max = _limit(path, "PC_NAME_MAX", 255)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            return (f"the name {part[:24]}... is {size} bytes long; names here are at most "
+                    f"{name_max}")
+    path_max = _limit(path, "PC_PATH_MAX", 4096)
+    size = len(os.fsencode(str(path)))
+    if size >= path_max:
+        return f"the path is {size} bytes long; paths here are shorter than {path_max}"
+    return None
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    """`os.pathconf(name)` of the nearest folder of `path` that exists."""
+    for candidate in (path, *path.parents):
+        try:
+            return os.pathconf(candidate, name)
+        except (OSError, ValueError):
+            continue
+    return default
+
+
 def check_writable(folder: Path) -> None:
     """Raise `StorageError` unless `folder` is, or could be made as, a writable folder.
 
@@ -87,6 +115,9 @@ def check_writable(folder: Path) -> None:
     starts.
     """
     folder = Path(folder).absolute()
+    refusal = path_refusal(folder)
+    if refusal is not None:
+        raise StorageError(f"cannot write into {folder}: {refusal}")
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -459,3 +459,63 @@ def test_data_changed_with_its_modification_time_put_back_is_not_the_finished_ru
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (times.st_size, times.st_mtime_ns)
     second = degrade_here(*command)
     assert second.exit_code == 0 and "1 to start" in second.stdout, second.stdout + second.stderr
+# Interpolations, sweeps and launcher settings that cannot work: exit 2, nothing written ------
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("bad, named", [
+    ("depth=${oops}", ["depth='${oops}'", "'oops' not found", "${oc.env:NAME}"]),
+    ("depth=${oc.env:DEGRADE_NO_SUCH_VARIABLE}",
+     ["depth='${oc.env:DEGRADE_NO_SUCH_VARIABLE}'", "DEGRADE_NO_SUCH_VARIABLE' not found"]),
+], ids=["key", "environment"])
+def test_an_interpolation_that_cannot_be_resolved_is_refused(
+        tmp_path: Path, command: str, bad: str, named: list[str]) -> None:
+    result = degrade_here(command, *tiny_overrides(tmp_path / "data", tmp_path / "out"), bad)
+    assert_refused(result, *named, code=2)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["sweep", "--dry-run"], ["status"]])
+def test_a_sweep_range_with_a_zero_step_is_refused(tmp_path: Path, command: list[str]) -> None:
+    result = degrade_here(*command, *tiny_overrides(tmp_path / "data", tmp_path / "out"),
+                          "seed=range(0,10,0)")
+    assert_refused(result, "seed=range(0,10,0)", "step other than 0", code=2)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bad, named", [
+    ("hydra.launcher.parallel_runs=0", "hydra.launcher.parallel_runs=0"),
+    ("hydra.launcher.parallel_runs=abc", "hydra.launcher.parallel_runs='abc'"),
+    ("hydra.launcher.runs_per_gpu=0", "hydra.launcher.runs_per_gpu=0"),
+])
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["sweep", "dry-run"])
+def test_a_local_launcher_setting_that_cannot_work_is_refused_before_any_run(
+        tmp_path: Path, generated: Path, bad: str, named: str, dry_run: list[str]) -> None:
+    output = tmp_path / "out"
+    result = degrade_here("sweep", *dry_run, *tiny_overrides(generated, output), "seed=1,2", bad)
+    assert_refused(result, named, "an integer >= 1", code=2)
+    assert not output.exists()
+
+
+LONG_NAME = "a" * 300  # longer than any common file system's NAME_MAX (255 bytes)
+
+
+@pytest.mark.parametrize("command", [["train"], ["sweep", "seed=1,2"], ["sweep", "--dry-run"]])
+@pytest.mark.parametrize("key", ["output_dir", "data.root"])
+def test_a_path_with_a_name_too_long_for_the_file_system_is_refused(
+        tmp_path: Path, generated: Path, command: list[str], key: str) -> None:
+    long_path = tmp_path / LONG_NAME / "x"
+    values = {"output_dir": tmp_path / "out", "data.root": generated, key: long_path}
+    before = snapshot(tmp_path)
+    result = degrade_here(*command, *tiny_overrides(values["data.root"], values["output_dir"]))
+    assert_refused(result, f"{key}={long_path}", "300 bytes long", "at most 255", code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["status", "table", "plot"])
+def test_an_analysis_path_with_a_name_too_long_is_refused(tmp_path: Path, command: str
+                                                          ) -> None:
+    result = degrade_here(command, tmp_path / LONG_NAME)
+    assert_refused(result, "300 bytes long")
+    assert not list(tmp_path.iterdir())

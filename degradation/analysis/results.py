@@ -45,7 +45,7 @@ from degradation.runs import (
     identity,
     network_name,
 )
-from degradation.storage import DamagedFile, atomic_write_text, read_json
+from degradation.storage import DamagedFile, atomic_write_text, path_refusal, read_json
 from degradation.training.logs import HPARAMS_METRICS, TAGS, read_metrics_prefix
 
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
@@ -100,6 +100,9 @@ def load_runs(path: Path, recursive: bool = False, inconsistent: bool = False
     lists it as such).
     """
     path = Path(path)
+    refusal = path_refusal(path)
+    if refusal is not None:
+        raise AnalysisError(f"{path} cannot be read: {refusal}")
     if not path.exists():
         raise AnalysisError(f"{path} does not exist")
     found = find_runs(path, recursive)

@@ -62,8 +62,11 @@ class RunProgress:
     iterations_per_s: float | None = None  # running runs: the speed of the last log points
 
 
-def progress(record: RunRecord) -> RunProgress:
-    """Iteration, last errors, ETA (running runs) and error message (failed runs) of a run."""
+def progress(record: RunRecord, name_damage: bool = True) -> RunProgress:
+    """Iteration, last errors, ETA (running runs) and error message (failed runs) of a run.
+
+    `name_damage=False`: a damaged `metrics.csv` gives blank progress without a warning (for
+    a caller, such as a resume, that names the damage itself)."""
     total = record.config.train.iterations
     state = record.state
     summary = record.summary
@@ -75,7 +78,8 @@ def progress(record: RunRecord) -> RunProgress:
     try:
         rows = read_metrics(metrics_path) if metrics_path.exists() else {}
     except DamagedFile as error:
-        log.warning("warning: %s; its progress is left blank", error)
+        if name_damage:
+            log.warning("warning: %s; its progress is left blank", error)
         rows = {}
     iteration = max(rows, default=0)
     last = {tag: rows[i][tag] for i in sorted(rows) for tag in rows[i]}  # latest value per tag

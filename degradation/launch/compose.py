@@ -29,15 +29,17 @@ from hydra.core.override_parser.types import Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from degradation.config import (
     CONF_DIR,
     Config,
     ConfigError,
+    describe_interpolation_error,
     load_config,
 )
-from degradation.errors import one_line
+from degradation.errors import LauncherError, one_line
+from degradation.hardware import check_sharing
 from degradation.package import presets
 from degradation.runs import (
     run_path,
@@ -104,13 +106,27 @@ def expand_for_launch(overrides: list[str], config_dir: Path | None = None
                       ) -> tuple[list[list[str]], bool]:
     """`expand`, and whether the sweep's launcher runs its jobs on this machine."""
     try:
-        hydra_node = compose_tree(fixed_overrides(overrides), with_hydra=True,
-                              config_dir=config_dir).hydra
+        tree = compose_tree(fixed_overrides(overrides), with_hydra=True, config_dir=config_dir)
+        hydra_node = tree.hydra
         preset = hydra_node.sweeper.get("params") or {}
         here = hydra_node.launcher.get("_target_") in LAUNCHERS_HERE
+        _check_local_launcher(tree)
         return sweep_jobs(preset, overrides), here
     except (HydraException, OverrideParseException) as error:
         raise ConfigError(describe_hydra_error(error)) from None
+
+
+def _check_local_launcher(tree: DictConfig) -> None:
+    """Refuse settings of `hydra/launcher=local` that cannot work, before any run starts."""
+    launcher = tree.hydra.launcher
+    if "parallel_runs" not in launcher:
+        return  # another launcher
+    try:
+        check_sharing(launcher.runs_per_gpu, launcher.parallel_runs)
+    except InterpolationResolutionError as error:
+        raise ConfigError(describe_interpolation_error(tree, error)) from None
+    except LauncherError as error:
+        raise ConfigError(str(error)) from None
 
 
 def fixed_overrides(overrides: list[str]) -> list[str]:
@@ -239,7 +255,25 @@ def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
     if size > MAX_SWEEP_RUNS:
         raise ConfigError(f"the sweep asks for {size} runs; at most {MAX_SWEEP_RUNS} runs in "
                           "one sweep (split it into several sweeps, e.g. by seed ranges)")
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    try:
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except ValueError as error:  # a sweep that cannot be listed
+        raise ConfigError(_unlistable_sweep(parsed, error)) from None
+
+
+def _unlistable_sweep(parsed: list[Override], error: ValueError) -> str:
+    """One line naming the sweep override that Hydra cannot list, and why."""
+    for override in parsed:
+        if override.is_sweep_override():
+            try:
+                list(override.sweep_string_iterator())
+            except ValueError as culprit:
+                error = culprit
+                break
+    else:
+        return f"the sweep cannot be listed: {one_line(error)}"
+    return (f"{override.input_line} cannot be listed: {one_line(error)} (a sweep is values "
+            "a,b,c or range(start, stop[, step]) with a step other than 0)")
 
 
 def sweep_size(parsed: list[Override]) -> int:
@@ -262,7 +296,7 @@ def _values_count(override: Override) -> int:
         try:
             values = value.range()
         except ValueError as error:  # range(0,10,0)
-            raise ConfigError(f"{override.input_line}: {error}") from None
+            raise ConfigError(_unlistable_sweep([override], error)) from None
         if isinstance(values, range):
             return len(values)  # `range(10**9)` is counted, never listed
     return sum(1 for _ in itertools.islice(override.sweep_string_iterator(),
