@@ -391,3 +391,32 @@ def test_degrade_claims_of_a_missing_folder_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["claims", str(tmp_path / "nowhere")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} does not exist"]
+
+
+def test_degradation_figure_legend_says_what_the_bars_are_and_draws_the_clean_error(tmp_path):
+    from degradation.analysis import figures
+    from degradation.analysis.results import EVALUATION_FILE, file_sha256
+    from degradation.runs import CHECKPOINT
+
+    folders = write_grid(tmp_path)
+    for (arch, _, seed), folder in folders.items():
+        if arch == "plain":
+            (folder / CHECKPOINT).write_bytes(f"{folder}".encode())
+            write_json(folder / EVALUATION_FILE, {
+                "checkpoint": CHECKPOINT, "sha256": file_sha256(folder / CHECKPOINT),
+                "splits": {"train": {"error": 0.5 + seed}}})
+    fig = figures.degradation_figure(claims.select_study(find_runs(tmp_path), tmp_path))
+    plain, resnet = fig.axes
+    labels = [text.get_text() for text in plain.get_legend().get_texts()]
+    assert "ours: training error (mean; bars: min-max over 2 seeds)" in labels
+    assert "ours: clean training error (eval mode, whole set) (mean; bars: min-max over 2 " \
+           "seeds)" in labels
+    clean = next(line for line in plain.get_lines() if line.get_gid() == "error/train_clean")
+    assert clean.get_ydata().tolist() == [1.0, 1.0]
+    # The ResNets have no clean measurement: not drawn.
+    assert all(line.get_gid() != "error/train_clean" for line in resnet.get_lines())
+    write_grid(tmp_path / "one", seeds=(0,))
+    fig = figures.degradation_figure(claims.select_study(find_runs(tmp_path / "one"),
+                                                         tmp_path / "one"))
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert "ours: test error (one seed, no bars)" in labels
