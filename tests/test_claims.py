@@ -420,3 +420,22 @@ def test_degradation_figure_legend_says_what_the_bars_are_and_draws_the_clean_er
                                                          tmp_path / "one"))
     labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
     assert "ours: test error (one seed, no bars)" in labels
+
+
+def test_a_diverged_seed_is_left_out_and_named(tmp_path):
+    write_grid(tmp_path, seeds=(0, 1))
+    overrides = {"arch": "plain", "depth": 56, "seed": 2, "train.iterations": FULL,
+                 "train.milestones": [FULL // 2, FULL * 3 // 4]}
+    write_run(tmp_path, overrides, summary=make_summary(
+        make_config(tmp_path, overrides), "diverged", final_test_error=float("nan"),
+        final_train_error=float("nan"), iterations_done=900))
+    claim = verdicts(tmp_path)[1]
+    assert claim.verdict == REPRODUCED and claim.seeds == 2
+    assert "diverged, left out: 1 seed of plain-56" in claim.note
+    # Every seed of plain-56 diverged: nothing to judge it on.
+    for folder in tmp_path.glob("runs/plain-56/seed-[01]-*"):
+        summary = folder / "summary.json"
+        summary.write_text(summary.read_text().replace('"status": "done"', '"status": '
+                                                        '"diverged"'))
+    claim = verdicts(tmp_path)[1]
+    assert claim.verdict == NOT_ENOUGH

@@ -176,11 +176,11 @@ def select_study(records: Sequence[RunRecord], root: Path) -> Study:
 def final_errors(study: Study) -> pd.DataFrame:
     """Per network: n and mean/min/max/std of the final training and test error over seeds
     (and of the clean training error, NaN where it was not measured)."""
-    stats = study.finals.groupby(["arch", "depth"])[
+    table = study.finals.groupby(["arch", "depth"])[
         ["train_error", "test_error", "clean_train_error"]].agg(["mean", "min", "max", "std"])
-    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    stats["n"] = study.finals.groupby(["arch", "depth"]).size()
-    return stats.reset_index()
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table["n"] = study.finals.groupby(["arch", "depth"]).size()
+    return table.reset_index()
 
 
 # --- the claims -------------------------------------------------------------------------------
