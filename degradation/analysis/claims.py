@@ -377,8 +377,9 @@ def _judged_claim(number: int, claim: str, paper: str, ours: str, orderings: lis
              _floor_note(orderings), _diverged_note(orderings)]
     seeds = min((min(o.result.a.n, o.result.b.n) for o in orderings), default=None)
     interval = "; ".join(f"{o.label()}: {o.result.interval()}" for o in orderings)
-    return Claim(number, f"{claim} [{stats.RULE}]", paper, ours, verdict, _join(*parts),
-                 interval, seeds)
+    rule = f"judged on the {stats.LEVEL:.0%} Welch t-interval of each difference over seeds"
+    return Claim(number, f"{claim} ({rule})", paper, ours, verdict, _join(*parts), interval,
+                 seeds)
 
 
 def _ordering_text(ordering: Ordering) -> str:
