@@ -44,8 +44,8 @@ def write_events(folder: Path, scalars: Mapping[str, Points], wall_start: float 
     writer.close()
 
 
-def make_summary(config: Config, status: str = "done", *, final_test_error: float = 8.0,
-                 final_train_error: float = 1.0, best_test_error: float | None = None,
+def make_summary(config: Config, status: str = "done", *, final_test_error: float | None = 8.0,
+                 final_train_error: float | None = 1.0, best_test_error: float | None = None,
                  iterations_done: int | None = None) -> dict[str, Any]:
     """A summary.json as training writes it when a run ends."""
     iterations = config.train.iterations
@@ -55,7 +55,8 @@ def make_summary(config: Config, status: str = "done", *, final_test_error: floa
         "iterations": iterations, "iterations_done": iterations_done or iterations,
         "final_test_error": final_test_error, "final_train_error": final_train_error,
         "final_test_loss": 0.3, "final_train_loss": 0.05,
-        "best_test_error": final_test_error - 0.2 if best_test_error is None else best_test_error,
+        "best_test_error": best_test_error if best_test_error is not None or final_test_error
+        is None else final_test_error - 0.2,
         "best_test_iteration": iterations - 1000,
         "eval_set": "validation" if config.data.val_split else "test",
         "parameters": PARAMETERS.get(config.depth, 1), "wall_time_s": 3725.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -335,3 +336,33 @@ def test_runs_on_different_data_are_not_pooled_once_the_identity_tells_them_apar
     table = results.results_table(results.load_runs(tmp_path))
     assert sorted(table["n"]) == [1, 2]
     assert sorted(table["test_error_mean"]) == [8.5, 10.0]
+
+
+def test_table6_has_the_95_percent_interval_of_the_mean_and_the_reproductions(tmp_path):
+    finals = [6.9, 7.1, 7.3]
+    _resnet110_seeds(tmp_path, finals)
+    table = results.results_table(results.load_runs(tmp_path))
+    # t(0.975, 2) = 4.302653: 7.1 ± 4.302653 * 0.2 / sqrt(3) = 7.1 ± 0.4968.
+    assert table.loc[0, "test_error_ci_low"] == pytest.approx(7.1 - 0.496828, abs=1e-6)
+    assert table.loc[0, "test_error_ci_high"] == pytest.approx(7.1 + 0.496828, abs=1e-6)
+    markdown = results.render_markdown(table)
+    header, _, line = markdown.splitlines()[:3]
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in
+                                                               line.split("|")], strict=True))
+    assert cells["test error (%), final: mean ± std (n)"] == "7.10 ± 0.20 (3)"
+    assert cells["95% CI of the mean"] == "6.60-7.60"
+    assert cells["best seed, final"] == "6.90"
+    assert cells["independent reproductions (PAPER.md)"] == (
+        "akamaster/pytorch_resnet_cifar10: 6.32; gcr/torch-residual-networks: 6.73; "
+        "nabla0001/resnet, 5 seeds, 45k/5k split: 7.14 ± 0.20")
+
+
+def test_table6_gives_one_seed_no_interval(tmp_path):
+    _resnet110_seeds(tmp_path, [7.0])
+    table = results.results_table(results.load_runs(tmp_path))
+    assert math.isnan(table.loc[0, "test_error_ci_low"])
+    header, _, line = results.render_markdown(table).splitlines()[:3]
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in
+                                                               line.split("|")], strict=True))
+    assert cells["95% CI of the mean"] == "" and cells["test error (%), final: mean ± std (n)"] \
+        == "7.00 (1)"

@@ -427,3 +427,51 @@ def test_a_suggested_command_pasted_into_a_shell_runs_nothing_else(tmp_path):
     assert words[:3] == ["sweep", "arch=plain", "depth=56"]
     config = compose_config(words[1:])  # and Hydra reads back the folder's name
     assert config.output_dir == str(root) and config.train.milestones == [1000, 1500]
+
+
+def test_degradation_figure_legend_says_what_the_bars_are_and_draws_the_clean_error(tmp_path):
+    from degradation.analysis import figures
+    from degradation.analysis.results import EVALUATION_FILE, file_sha256
+    from degradation.runs import CHECKPOINT
+
+    folders = write_grid(tmp_path)
+    for (arch, _, seed), folder in folders.items():
+        if arch == "plain":
+            (folder / CHECKPOINT).write_bytes(f"{folder}".encode())
+            write_json(folder / EVALUATION_FILE, {
+                "checkpoint": CHECKPOINT, "sha256": file_sha256(folder / CHECKPOINT),
+                "splits": {"train": {"error": 0.5 + seed}}})
+    fig = figures.degradation_figure(claims.select_study(find_runs(tmp_path), tmp_path))
+    plain, resnet = fig.axes
+    labels = [text.get_text() for text in plain.get_legend().get_texts()]
+    assert "ours: training error (mean; bars: min-max over 2 seeds)" in labels
+    assert "ours: clean training error (eval mode, whole set) (mean; bars: min-max over 2 " \
+           "seeds)" in labels
+    clean = next(line for line in plain.get_lines() if line.get_gid() == "error/train_clean")
+    assert clean.get_ydata().tolist() == [1.0, 1.0]
+    # The ResNets have no clean measurement: not drawn.
+    assert all(line.get_gid() != "error/train_clean" for line in resnet.get_lines())
+    write_grid(tmp_path / "one", seeds=(0,))
+    fig = figures.degradation_figure(claims.select_study(find_runs(tmp_path / "one"),
+                                                         tmp_path / "one"))
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert "ours: test error (one seed, no bars)" in labels
+
+
+def test_a_diverged_seed_is_left_out_and_named(tmp_path):
+    write_grid(tmp_path, seeds=(0, 1))
+    overrides = {"arch": "plain", "depth": 56, "seed": 2, "train.iterations": FULL,
+                 "train.milestones": [FULL // 2, FULL * 3 // 4]}
+    write_run(tmp_path, overrides, summary=make_summary(
+        make_config(tmp_path, overrides), "diverged", final_test_error=None,
+        final_train_error=None, iterations_done=900))
+    claim = verdicts(tmp_path)[1]
+    assert claim.verdict == REPRODUCED and claim.seeds == 2
+    assert "diverged, left out: 1 seed of plain-56" in claim.note
+    # Every seed of plain-56 diverged: nothing to judge it on.
+    for folder in tmp_path.glob("runs/plain-56/seed-[01]-*"):
+        summary = folder / "summary.json"
+        summary.write_text(summary.read_text().replace('"status": "done"', '"status": '
+                                                        '"diverged"'))
+    claim = verdicts(tmp_path)[1]
+    assert claim.verdict == NOT_ENOUGH

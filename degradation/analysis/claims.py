@@ -180,11 +180,11 @@ def select_study(records: Sequence[RunRecord], root: Path) -> Study:
 def final_errors(study: Study) -> pd.DataFrame:
     """Per network: n and mean/min/max/std of the final training and test error over seeds
     (and of the clean training error, NaN where it was not measured)."""
-    stats = study.finals.groupby(["arch", "depth"])[
+    table = study.finals.groupby(["arch", "depth"])[
         ["train_error", "test_error", "clean_train_error"]].agg(["mean", "min", "max", "std"])
-    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    stats["n"] = study.finals.groupby(["arch", "depth"]).size()
-    return stats.reset_index()
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table["n"] = study.finals.groupby(["arch", "depth"]).size()
+    return table.reset_index()
 
 
 # --- the claims -------------------------------------------------------------------------------
@@ -382,8 +382,9 @@ def _judged_claim(number: int, claim: str, paper: str, ours: str, orderings: lis
              _floor_note(orderings), _diverged_note(orderings)]
     seeds = min((min(o.result.a.n, o.result.b.n) for o in orderings), default=None)
     interval = "; ".join(f"{o.label()}: {o.result.interval()}" for o in orderings)
-    return Claim(number, f"{claim} [{stats.RULE}]", paper, ours, verdict, _join(*parts),
-                 interval, seeds)
+    rule = f"judged on the {stats.LEVEL:.0%} Welch t-interval of each difference over seeds"
+    return Claim(number, f"{claim} ({rule})", paper, ours, verdict, _join(*parts), interval,
+                 seeds)
 
 
 def _ordering_text(ordering: Ordering) -> str:

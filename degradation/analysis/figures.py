@@ -281,12 +281,24 @@ def figure7(responses: Sequence[dict[str, Any]]) -> Figure:
 
 
 DEGRADATION_STYLE = {"error/train": ("training error", "#0072B2", "--", "o"),
-                     "error/test": ("test error", "#D55E00", "-", "s")}
+                     "error/test": ("test error", "#D55E00", "-", "s"),
+                     "error/train_clean": ("clean training error (eval mode, whole set)",
+                                           "#009E73", ":", "^")}
+
+
+def _bars_label(counts: Sequence[int]) -> str:
+    """What the error bars of a series are: `bars: min-max over 2 seeds` (or 1-3 seeds)."""
+    low, high = min(counts), max(counts)
+    if high <= 1:
+        return "one seed, no bars"
+    seeds = f"{low}-{high}" if low != high else f"{high}"
+    return f"mean; bars: min-max over {seeds} seeds"
 
 
 def degradation_figure(study: claims.Study) -> Figure:
     """Final training and test error against depth, plain and ResNet side by side: mean over
-    seeds with min-max bars, the paper's values as hollow markers."""
+    seeds with min-max bars (the legend says over how many), the clean training error of
+    `degrade evaluate` where every run of a panel has it, the paper's values as hollow markers."""
     errors = claims.final_errors(study)
     if errors.empty:
         raise AnalysisError("no finished runs to plot error against depth yet")
@@ -297,15 +309,20 @@ def degradation_figure(study: claims.Study) -> Figure:
         part = errors[errors["arch"] == arch].sort_values("depth")
         depths = part["depth"].to_numpy()
         paper = _paper_errors(arch, int(depths.min()), int(depths.max()))
-        for metric, column in (("error/train", "train_error"), ("error/test", "test_error")):
+        series = [("error/train", "train_error"), ("error/test", "test_error")]
+        clean = study.finals.loc[study.finals["arch"] == arch, "clean_train_error"]
+        if clean.notna().all():
+            series.append(("error/train_clean", "clean_train_error"))
+        for metric, column in series:
             name, colour, linestyle, marker = DEGRADATION_STYLE[metric]
             mean = part[f"{column}_mean"].to_numpy()
             spread = np.vstack([mean - part[f"{column}_min"].to_numpy(),
                                 part[f"{column}_max"].to_numpy() - mean])
             ax.errorbar(depths, mean, yerr=spread, color=colour, linestyle=linestyle,
                         marker=marker, linewidth=TEST_STYLE["linewidth"] if metric ==
-                        "error/test" else 1.4, capsize=3, label=f"ours: {name}", gid=metric)
-            points = paper[metric]
+                        "error/test" else 1.4, capsize=3,
+                        label=f"ours: {name} ({_bars_label(part['n'].tolist())})", gid=metric)
+            points = paper.get(metric, {})
             if points:
                 ax.plot(list(points), list(points.values()), linestyle="none", marker="D",
                         markersize=8, markerfacecolor="none", markeredgecolor=colour,

@@ -31,6 +31,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
+from degradation.analysis.stats import LEVEL, t_quantile
 from degradation.errors import DegradeError, error_line
 from degradation.runs import (
     METRICS_FILE,
@@ -430,11 +431,34 @@ def results_table(records: Sequence[RunRecord]) -> pd.DataFrame:
 
 TABLE_COLUMNS = [
     "network", "arch", "depth", "shortcut", "variant", "eval_set", "parameters", "runs", "n",
-    "test_error_mean", "test_error_std", "test_error_min", "best_test_error",
+    "test_error_mean", "test_error_std", "test_error_ci_low", "test_error_ci_high",
+    "test_error_min", "best_test_error",
     "train_error_mean", "paper_test_error", "paper_test_error_std", "paper_note",
-    "paper_best_test_error", "paper_fig6_test", "paper_fig6_train", "difference",
-    "best_difference",
+    "paper_best_test_error", "paper_fig6_test", "paper_fig6_train", "reproductions",
+    "difference", "best_difference",
 ]
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
+    """The t-interval of the mean of `values` at `level` (NaNs for fewer than 2 values)."""
+    n = len(values)
+    if n < 2:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    std = math.sqrt(sum((value - mean) ** 2 for value in values) / (n - 1))
+    half = t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def reproductions_of(arch: str, depth: int) -> str:
+    """The independent reproductions' test errors for this network (PAPER.md), one per
+    source: `pytorch_resnet_cifar10 8.27; ...`, or '' where none reports it."""
+    column = f"{'R' if arch == 'resnet' else 'P'}-{depth}"
+    header = REPRODUCTIONS[0]
+    if column not in header:
+        return ""
+    index = header.index(column)
+    return "; ".join(f"{row[0]}: {row[index]}" for row in REPRODUCTIONS[1:] if row[index])
 
 
 def _table_row(key: tuple, records: list[RunRecord]) -> dict[str, Any]:
@@ -453,6 +477,7 @@ def _table_row(key: tuple, records: list[RunRecord]) -> dict[str, Any]:
     fig6 = PAPER_FIGURE6_PLAIN.get(depth, (None, None)) if arch == "plain" else (None, None)
     mean = final.mean() if len(final) else math.nan
     lowest = final.min() if len(final) else math.nan
+    low, high = mean_interval(final.tolist())
     # The paper's numbers are test-set numbers: a validation error is not compared.
     compared = eval_set == "test"
     return {
@@ -460,6 +485,7 @@ def _table_row(key: tuple, records: list[RunRecord]) -> dict[str, Any]:
         "shortcut": shortcut, "variant": variant, "eval_set": eval_set,
         "parameters": _parameters(records), "runs": describe_states(records), "n": len(final),
         "test_error_mean": mean, "test_error_std": final.std() if len(final) > 1 else math.nan,
+        "test_error_ci_low": low, "test_error_ci_high": high,
         "test_error_min": lowest,
         "best_test_error": best.min() if best.notna().any() else math.nan,
         "train_error_mean": train.mean() if train.notna().any() else math.nan,
@@ -468,6 +494,8 @@ def _table_row(key: tuple, records: list[RunRecord]) -> dict[str, Any]:
         "paper_note": PAPER_TABLE6_NOTES.get(depth, "") if paper is not None else "",
         "paper_best_test_error": paper_best,
         "paper_fig6_test": fig6[0] or "", "paper_fig6_train": fig6[1] or "",
+        "reproductions": reproductions_of(arch, depth) if shortcut in ("A", PLAIN_SHORTCUT)
+        else "",
         "difference": mean - paper if paper is not None and compared else math.nan,
         # Best against best: our lowest final error over seeds against the paper's best run.
         "best_difference": lowest - paper_best if compared else math.nan,
@@ -505,11 +533,13 @@ def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[s
     error_name = "test error" if eval_sets == ["test"] else "/".join(eval_sets) + " error"
     show_best = table["paper_best_test_error"].notna().any()
     headers = ["network", *(["variant"] if show_variant else []), "params", "runs",
-               f"{error_name} (%), final: mean ± std (n)", "best seed, final",
+               f"{error_name} (%), final: mean ± std (n)", f"{LEVEL:.0%} CI of the mean",
+               "best seed, final",
                "best, chosen on the test set", "train error (%), final: mean",
                "paper (Table 6): mean", "ours - paper: mean vs mean",
                *(["paper (Table 6): best run", "ours - paper: best seed vs best run"]
-                 if show_best else []), "paper Fig. 6 (≈, test / train)"]
+                 if show_best else []), "paper Fig. 6 (≈, test / train)",
+               "independent reproductions (PAPER.md)"]
     rows = []
     for row in table.itertuples(index=False):
         fig6 = f"{row.paper_fig6_test} / {row.paper_fig6_train}" if row.paper_fig6_test else ""
@@ -523,13 +553,17 @@ def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[s
         rows.append([
             row.network, *([row.variant] if show_variant else []), f"{row.parameters:,}",
             row.runs, _mean_std(row.test_error_mean, row.test_error_std, row.n),
+            f"{row.test_error_ci_low:.2f}-{row.test_error_ci_high:.2f}"
+            if not math.isnan(row.test_error_ci_low) else "",
             _number(row.test_error_min), _number(row.best_test_error),
             _number(row.train_error_mean), paper, _number(row.difference, signed=True),
-            *(best if show_best else []), fig6,
+            *(best if show_best else []), fig6, row.reproductions,
         ])
     notes = [
         "Errors in %, at the end of training, over the runs that finished (`done`); unfinished "
         "and diverged runs are only counted in `runs`.",
+        f"The {LEVEL:.0%} CI of the mean is the Student-t interval over the n seeds (mean ± "
+        "t(n-1) · std / √n); one seed has none.",
         "\"best, chosen on the test set\" is the lowest test error seen at any evaluation of any "
         "seed: it flatters, and is shown only because some reproductions report it.",
         "Paper: He et al. 2016, Table 6 (ResNets, shortcut option A); plain nets have no Table 6 "
