@@ -167,3 +167,36 @@ def test_status_watch_follows_a_sweep_before_its_runs_write_anything(tmp_path: P
     assert refreshes[-1] == "sweep: 1/2 runs ended, 1 not started"  # what the sweep left
     assert not (tmp_path / SWEEPS_DIR).exists()
     assert degrade_here("status", str(tmp_path)).output.splitlines()[-1] == "1 runs: 1 done"
+
+
+@pytest.mark.slow
+def test_status_watch_started_with_a_sweep_waits_for_it_and_ends_with_it(
+        small_cifar_root: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from degradation.launch.sweeps import SWEEPS_DIR
+    from tests.conftest import tiny_overrides
+
+    output = tmp_path / "outputs"
+    overrides = tiny_overrides(small_cifar_root, output, **{"train.compile": "false"})
+    sweep = subprocess.Popen([sys.executable, "-m", "degradation", "sweep", *overrides,
+                              "seed=0,1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.time() + 300  # a guard against a hang only
+        while not list(output.glob(f"{SWEEPS_DIR}/*/*.json")):
+            if sweep.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the sweep wrote no record:\n{sweep.communicate()[0]}")
+            time.sleep(0.02)
+        watched = degrade_here("status", str(output), "--watch", "--every", "0.2")
+        ended_first = not (output / SWEEPS_DIR).exists()
+        log, _ = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, log
+    assert watched.exit_code == 0, watched.output
+    lines = watched.output.splitlines()
+    assert [line for line in lines if line.startswith("sweep: ")][-1] == "sweep: 2/2 runs ended"
+    assert sum(line.startswith("resnet-8-A") for line in lines[:3]) == 2  # listed from the start
+    assert ended_first  # it watched until the sweep had ended
