@@ -13,6 +13,7 @@ sweep is over too; the folder is removed when the sweep ends.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -22,10 +23,11 @@ from pathlib import Path
 
 from degradation.config import Config
 from degradation.runs import network_name
-from degradation.storage import RunLock, read_json, write_json
+from degradation.storage import RunLock, StorageError, read_json, write_json
 
 SWEEPS_DIR = "sweeps"
 RECORD_FILE = "sweep.json"
+log = logging.getLogger("degrade")
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,16 @@ def recorded(runs: Sequence[tuple[Config, Path]]) -> Iterator[None]:
     try:
         for output_dir, members in by_output.items():
             lock = RunLock(output_dir / SWEEPS_DIR / name)
-            lock.acquire()  # before the record: a record without a live lock is over
-            locks.append(lock)
-            write_json(lock.path.parent / RECORD_FILE, {"pid": os.getpid(), "runs": [
-                {"folder": _relative(folder, output_dir), "network": network_name(config),
-                 "seed": config.seed, "iterations": config.train.iterations}
-                for config, folder in members]})
+            try:
+                lock.acquire()  # before the record: a record without a live lock is over
+                locks.append(lock)
+                write_json(lock.path.parent / RECORD_FILE, {"pid": os.getpid(), "runs": [
+                    {"folder": _relative(folder, output_dir), "network": network_name(config),
+                     "seed": config.seed, "iterations": config.train.iterations}
+                    for config, folder in members]})
+            except StorageError as error:  # the sweep goes on; `status` lists less of it
+                log.warning("warning: %s; `degrade status` lists this sweep's runs only once "
+                            "they start", error)
         yield
     finally:
         for lock in locks:
