@@ -200,3 +200,17 @@ def test_status_watch_started_with_a_sweep_waits_for_it_and_ends_with_it(
     assert [line for line in lines if line.startswith("sweep: ")][-1] == "sweep: 2/2 runs ended"
     assert sum(line.startswith("resnet-8-A") for line in lines[:3]) == 2  # listed from the start
     assert ended_first  # it watched until the sweep had ended
+
+
+def test_a_sweep_whose_record_cannot_be_written_goes_on(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from degradation.launch.sweeps import SWEEPS_DIR, live_sweeps, recorded
+    from degradation.runs import run_dir
+
+    (tmp_path / SWEEPS_DIR).write_text("a file where the records would go")
+    config = make_config(tmp_path, {"train.iterations": TOTAL, "train.milestones": [500, 750]})
+    went_on = False
+    with recorded([(config, run_dir(config))]):
+        went_on = True
+        assert live_sweeps(tmp_path) == []
+    assert went_on and "lists this sweep's runs only once they start" in caplog.text
