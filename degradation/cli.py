@@ -221,6 +221,7 @@ def sweep(
     does not stop the others.
     """
     from degradation.launch import plan
+    from degradation.launch.sweeps import recorded
     from degradation.runs import ERROR_FILE, last_line, read_run, runs_count
 
     overrides = overrides or []
@@ -251,7 +252,8 @@ def sweep(
             plan.set_aside(run.folder)
     if counts["start"] + counts["resume"] + counts["retrain"] == 0:
         return
-    plan.launch(overrides, sweep=True, config_dir=config_dir)
+    with recorded([(run.config, run.folder) for run in planned]):  # for `degrade status`
+        plan.launch(overrides, sweep=True, config_dir=config_dir)
     _write_study(planned)
     records = [read_run(run.folder) for run in planned]
     states = [record.state if record else "failed" for record in records]
@@ -279,8 +281,9 @@ def status(
                                         "outputs) and/or the sweep's overrides KEY=VALUE: "
                                         "then its runs not yet started are listed too.",
                                         show_default=False),
-    watch: bool = typer.Option(False, "--watch", help="Refresh until every run has ended "
-                               "(Ctrl-C stops watching, not the runs)."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until no run can change: the "
+                               "sweep under way has ended and no run trains (Ctrl-C stops "
+                               "watching, not the runs)."),
     every: float = typer.Option(5.0, "--every", min=0.1, help="Seconds between refreshes."),
     times: int | None = typer.Option(None, "--times", min=1,
                                      help="With --watch: stop after this many refreshes."),
@@ -291,9 +294,9 @@ def status(
     States: done, diverged, running (a live process holds the run's lock), failed (with the
     last line of its error.txt), interrupted (resumes from its checkpoint), pending,
     inconsistent (its folder, config.yaml and summary.json disagree; the reason follows,
-    and the other commands leave it out), and, for the runs the overrides ask for whose
-    folder holds no run yet, not started. `degrade status
-    experiment=fig6 --watch` follows a sweep started elsewhere (e.g. on a cluster).
+    and the other commands leave it out), and, for the runs the overrides (under PATH) or a
+    sweep under way under PATH ask for whose folder holds no run yet, not started. `degrade
+    status experiment=fig6 --watch` follows a sweep started elsewhere (e.g. on a cluster).
     """
     from degradation.analysis import watch as progress_view
 
@@ -304,7 +307,8 @@ def status(
     # One context for the whole command: a warning (a damaged file, a copied run) is printed
     # once, not at every refresh.
     with _warnings_to_stderr():
-        snapshot = _status_snapshot(paths[0] if paths else None, overrides, recursive)
+        snapshot, under_way = _status_snapshot(paths[0] if paths else None, overrides,
+                                               recursive)
         if not watch:
             views = snapshot()
             for view in views:
@@ -314,17 +318,21 @@ def status(
         view = progress_view.ProgressView(every_s=every, live_every_s=every,
                                           stream=typer.get_text_stream("stdout"))
         with contextlib.suppress(KeyboardInterrupt):  # stops watching; the runs go on
-            progress_view.watch(snapshot, view, times=times)
+            progress_view.watch(snapshot, view, times=times, under_way=under_way)
 
 
 def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
-    """What `degrade status` shows: every run under PATH (each once) and every run the
-    overrides ask for."""
+    """What `degrade status` shows, and whether a sweep is under way there: every run under
+    PATH, every run the overrides ask for and every run of a sweep under way (`launch.sweeps`),
+    each once, those whose folder holds no run yet as not started."""
     from degradation.analysis.results import AnalysisError, load_runs
-    from degradation.analysis.watch import configs_views, view_of
+    from degradation.analysis.watch import configs_views, not_started, view_of
     from degradation.launch import compose, plan
-    from degradation.runs import CONFIG_FILE, run_dir
+    from degradation.launch.sweeps import live_sweeps
 
+    if path is not None and overrides and not any(
+            override.split("=", 1)[0].lstrip("+~") == "output_dir" for override in overrides):
+        overrides = [*overrides, f"output_dir={path}"]  # the runs asked for are PATH's
     configs = []
     if overrides:
         try:
@@ -333,25 +341,32 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
         except plan.USER_ERRORS as error:
             fail(str(error))
     root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
-    # Runs under PATH as their folders show them, then the runs asked for that have none yet.
-    unstarted: dict[Path, object] = {}
-    for config in configs:  # one per folder: plain nets under several shortcuts are one run
-        if not (run_dir(config) / CONFIG_FILE).exists():
-            unstarted.setdefault(run_dir(config), config)
-    asked = configs_views(unstarted.values())
+    asked = configs_views(configs)
+    planned: dict[Path, object] = {}  # kept once seen: what a sweep leaves unstarted shows
 
     def snapshot():
+        sweeps = live_sweeps(root)
         try:
             views = [view_of(record) for record in load_runs(root, recursive,
                                                              inconsistent=True)]
         except AnalysisError as error:
-            if not unstarted:
+            if not configs and not sweeps:
                 fail(str(error), code=FAILED_EXIT)
             views = []
-        found = {view.path for view in views}
-        return views + [view for view in asked() if view.path not in found]
+        for sweep in sweeps:
+            for run in sweep:
+                planned.setdefault(run.folder, not_started(run.network, run.seed,
+                                                           run.iterations, run.folder))
+        # One row per folder: plain nets under several shortcuts are one run, and a run on
+        # disk is the one asked for (its path may be written another way).
+        shown = {view.path.resolve() for view in views}
+        for view in [*asked(), *planned.values()]:
+            if view.path.resolve() not in shown:
+                shown.add(view.path.resolve())
+                views.append(view)
+        return views
 
-    return snapshot
+    return snapshot, lambda: bool(live_sweeps(root))
 
 
 @app.command()

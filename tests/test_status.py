@@ -102,3 +102,115 @@ def test_status_names_each_run_data(tmp_path: Path) -> None:
     assert "[subset of 3805 training images]" in lines["0"]
     assert "[generated, 20 training images]" in lines["1"]  # what data.root holds now
     assert "[data unknown]" in lines["2"]
+
+
+def running_run(root: Path, seed: int) -> Path:
+    """A run training at 10 iterations/s, at iteration 200 of TOTAL (its lock is not held)."""
+    folder = run(root, seed)
+    write_metrics(folder, {100: {"error/train": 40.0}, 200: {"error/train": 30.0}})
+    writer = SummaryWriter(log_dir=str(folder / TENSORBOARD_DIR))
+    for step, ago in ((100, 15.0), (200, 5.0)):
+        writer.add_scalar("error/train", 30.0, step, walltime=time.time() - ago)
+    writer.close()
+    return folder
+
+
+def test_status_with_a_path_and_overrides_looks_under_the_path_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = tmp_path / "elsewhere"
+    with RunLock(running_run(outputs, 0)):
+        monkeypatch.chdir(tmp_path)  # no ./outputs: the runs asked for are those under PATH
+        result = degrade_here("status", str(outputs), "seed=0,1", f"train.iterations={TOTAL}",
+                              "train.milestones=[500,750]", "--watch", "--times", "1")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[2:4] for line in lines[:-1]] == [["0", "running"], ["1", "not"]]
+    assert all(str(outputs) in line for line in lines[:-1])
+    # 800 + 1000 iterations left at the running run's 10 iterations/s.
+    assert lines[-1] == "sweep: 0/2 runs ended, 1 running, 1 not started; ETA 3m00s"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_status_watch_ends_when_no_run_can_change(tmp_path: Path) -> None:
+    run(tmp_path, 0, final_test_error=8.25, final_train_error=0.5)
+    (run(tmp_path, 1) / ERROR_FILE).write_text("DataError: data.root=/x holds no batches\n")
+    result = degrade_here("status", str(tmp_path), "--watch", "--every", "0.1", "--times", "5")
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("sweep: ")] == [
+        "sweep: 1/2 runs ended, 1 failed"]  # a failed run waits for a new command
+
+
+def test_status_watch_follows_a_sweep_before_its_runs_write_anything(tmp_path: Path) -> None:
+    import contextlib
+    import threading
+
+    from degradation.launch.sweeps import SWEEPS_DIR, recorded
+    from degradation.runs import run_dir
+
+    configs = [make_config(tmp_path, {"seed": seed, "train.iterations": TOTAL,
+                                      "train.milestones": [500, 750]}) for seed in (0, 1)]
+    with contextlib.ExitStack() as sweep:
+        sweep.enter_context(recorded([(config, run_dir(config)) for config in configs]))
+        # Not a run folder yet: the sweep's record alone says what will be trained.
+        result = degrade_here("status", str(tmp_path))
+        assert result.exit_code == 0, result.output
+        assert [line.split()[2:4] for line in result.output.splitlines()[:-1]] == [
+            ["0", "not"], ["1", "not"]]
+        assert result.output.splitlines()[-1] == "2 runs: 2 not started"
+        run(tmp_path, 0, final_test_error=8.25, final_train_error=0.5)  # one run ends
+        threading.Timer(1.0, sweep.close).start()  # then the sweep ends, leaving run 1
+        result = degrade_here("status", str(tmp_path), "--watch", "--every", "0.1",
+                              "--times", "300")
+    assert result.exit_code == 0, result.output
+    refreshes = [line for line in result.output.splitlines() if line.startswith("sweep: ")]
+    assert 1 < len(refreshes) < 300  # waited for the sweep, and stopped when it ended
+    assert refreshes[-1] == "sweep: 1/2 runs ended, 1 not started"  # what the sweep left
+    assert not (tmp_path / SWEEPS_DIR).exists()
+    assert degrade_here("status", str(tmp_path)).output.splitlines()[-1] == "1 runs: 1 done"
+
+
+@pytest.mark.slow
+def test_status_watch_started_with_a_sweep_waits_for_it_and_ends_with_it(
+        small_cifar_root: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from degradation.launch.sweeps import SWEEPS_DIR
+    from tests.conftest import tiny_overrides
+
+    output = tmp_path / "outputs"
+    overrides = tiny_overrides(small_cifar_root, output, **{"train.compile": "false"})
+    sweep = subprocess.Popen([sys.executable, "-m", "degradation", "sweep", *overrides,
+                              "seed=0,1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.time() + 300  # a guard against a hang only
+        while not list(output.glob(f"{SWEEPS_DIR}/*/*.json")):
+            if sweep.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the sweep wrote no record:\n{sweep.communicate()[0]}")
+            time.sleep(0.02)
+        watched = degrade_here("status", str(output), "--watch", "--every", "0.2")
+        ended_first = not (output / SWEEPS_DIR).exists()
+        log, _ = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, log
+    assert watched.exit_code == 0, watched.output
+    lines = watched.output.splitlines()
+    assert [line for line in lines if line.startswith("sweep: ")][-1] == "sweep: 2/2 runs ended"
+    assert sum(line.startswith("resnet-8-A") for line in lines[:3]) == 2  # listed from the start
+    assert ended_first  # it watched until the sweep had ended
+
+
+def test_a_sweep_whose_record_cannot_be_written_goes_on(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from degradation.launch.sweeps import SWEEPS_DIR, live_sweeps, recorded
+    from degradation.runs import run_dir
+
+    (tmp_path / SWEEPS_DIR).write_text("a file where the records would go")
+    config = make_config(tmp_path, {"train.iterations": TOTAL, "train.milestones": [500, 750]})
+    went_on = False
+    with recorded([(config, run_dir(config))]):
+        went_on = True
+        assert live_sweeps(tmp_path) == []
+    assert went_on and "lists this sweep's runs only once they start" in caplog.text

@@ -166,8 +166,14 @@ def view_of_config(config: Config) -> RunView:
     record = read_run(run_dir(config))
     if record is not None:
         return view_of(record)
-    return RunView(network_name(config), config.seed, NOT_STARTED, 0, config.train.iterations, None,
-                   None, None, None, None, None, None, run_dir(config))
+    return not_started(network_name(config), config.seed, config.train.iterations,
+                       run_dir(config))
+
+
+def not_started(name: str, seed: int, total: int, path: Path) -> RunView:
+    """A run asked for whose folder holds no run yet."""
+    return RunView(name, seed, NOT_STARTED, 0, total, None, None, None, None, None, None, None,
+                   path)
 
 
 def sweep_eta(views: Sequence[RunView]) -> float | None:
@@ -177,7 +183,9 @@ def sweep_eta(views: Sequence[RunView]) -> float | None:
              if view.state == "running" and view.iterations_per_s]
     if not rates:
         return None
-    left = sum(view.total - view.iteration for view in views if view.state not in ENDED)
+    # A failed run does not go on: only a new command retries it.
+    left = sum(view.total - view.iteration for view in views
+               if view.state not in (*ENDED, "failed"))
     return left / sum(rates)
 
 
@@ -313,20 +321,37 @@ class ProgressView:
 
 
 def watch(snapshot: Callable[[], Sequence[RunView]], view: ProgressView,
-          times: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Show `snapshot()` every `view.every_s` until every run has ended (or `times` shows)."""
-    shown = 0
+          times: int | None = None, sleep: Callable[[float], None] = time.sleep,
+          under_way: Callable[[], bool] = lambda: False) -> None:
+    """Show `snapshot()` every `view.every_s` until nothing more will change (`settled`), or
+    `times` shows; `under_way()`: whether a sweep that will train more runs is still going."""
+    shown, watched_a_sweep = 0, False
     try:
         while True:
+            going = under_way()  # before the runs are read: ended then, it ended before them
+            watched_a_sweep |= going
             views = snapshot()
             view.last = view.clock()
             view.show(views)
             shown += 1
-            if all(run.state in ENDED for run in views) or (times is not None and shown >= times):
+            if (not going and settled(views, watched_a_sweep)) or (
+                    times is not None and shown >= times):
                 return
             sleep(view.every_s)
     finally:
         view.close()
+
+
+def settled(views: Sequence[RunView], sweep_ended: bool) -> bool:
+    """Whether the runs will change no more, no sweep being under way: none trains and, unless
+    the sweep watched has ended (what it left unstarted stays so), each has ended or failed.
+
+    Without a sweep seen, a run not started, pending or interrupted may still be started (a
+    queued or requeued cluster job): it is waited for.
+    """
+    if any(view.state == "running" for view in views):
+        return False
+    return sweep_ended or all(view.state in (*ENDED, "failed") for view in views)
 
 
 def configs_views(configs: Iterable[Config]) -> Callable[[], list[RunView]]:
