@@ -128,3 +128,10 @@ def test_sweep_with_a_users_preset_records_multirun_yaml(small_cifar_root: Path,
     record = yaml.safe_load((output / "multirun.yaml").read_text())
     assert "experiment=mine" in record["hydra"]["overrides"]["task"]
     assert record["hydra"]["mode"] == "MULTIRUN"
+
+
+def test_completion_offers_no_key_that_degrade_refuses() -> None:
+    offered = complete_override(SimpleNamespace(params={}), "")
+    assert "defaults=" not in offered and not [key for key in offered if key.startswith("hydra.")]
+    assert complete_override(SimpleNamespace(params={}), "d") == [
+        "depth=", "device=", "data.root=", "data.download=", "data.val_split="]
