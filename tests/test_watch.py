@@ -159,9 +159,9 @@ def test_sweep_warns_before_starting_on_the_cpu(tmp_path: Path,
                                       f"output_dir={tmp_path}", "train.iterations=16000",
                                       "train.milestones=[8000,12000]")
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[1].startswith("warning: no GPU: 2 runs need about 4h26m on this CPU")
-    assert "train.iterations=3600 train.milestones=[1800,2700]" in lines[1]
+    warning = result.stderr.strip()
+    assert warning.startswith("warning: no GPU: 2 runs need about 4h26m on this CPU")
+    assert "train.iterations=3600 train.milestones=[1800,2700]" in warning
 
 
 def test_log_lines_during_a_live_table_are_printed_above_it(monkeypatch: pytest.MonkeyPatch
