@@ -12,8 +12,9 @@ SMOKE_OUT := outputs-smoke
 # make test-min: the oldest Python and dependencies degrade declares (.ci/minimum-versions.txt).
 PYTHON_MIN ?= python3.10
 MIN_VENV   := .venv-min
-# CPU builds of torch: the default index's Linux torch brings gigabytes of CUDA libraries.
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes CPU builds of torch, where the
+# default index's Linux torch brings gigabytes of CUDA libraries.
+TORCH_INDEX ?=
 DATA ?=
 # With DATA, the runs read that copy of CIFAR-10 and never download.
 DATA_OVERRIDES := $(if $(DATA),data.root=$(DATA) data.download=false)
@@ -44,7 +45,7 @@ test-min: ## The fast tests on the declared minimum versions, in .venv-min (need
 	rm -rf $(MIN_VENV)
 	$(PYTHON_MIN) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-	  --extra-index-url $(TORCH_INDEX) -c .ci/minimum-versions.txt -e '.[test]'
+	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -c .ci/minimum-versions.txt -e '.[test]'
 	$(MIN_VENV)/bin/python -m pip check
 	$(MIN_VENV)/bin/python -m pytest -q -m "not slow and not trains" -p no:cacheprovider
 

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import typer
 
+from degradation.completion import use_bash_script
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
 from degradation.package import presets
+
+use_bash_script()  # bash completion that knows `=` splits bash's words
 
 
 def _without_flag_types(params: list) -> list:
@@ -72,7 +75,9 @@ def complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
     if equals:
         return [f"{key}={value}" for value in choices.get(key, [])
                 if f"{key}={value}".startswith(incomplete)]
-    keys = [*_config_keys(), *choices]
+    # Not `defaults` nor `hydra.*`: Hydra's own keys, which `degrade` refuses.
+    keys = [*(key for key in _config_keys() if key != "defaults" and not key.startswith("hydra.")),
+            *choices]
     return [f"{name}=" for name in keys if name.startswith(incomplete)]
 
 

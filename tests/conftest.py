@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import re
 import subprocess
@@ -110,10 +111,27 @@ def degrade(*args: object, cwd: Path | None = None, timeout: float = 600,
 
 
 def degrade_here(*args: object, env: dict[str, str] | None = None) -> Result:
-    """`degrade ARGS` in this process (Typer's runner): quick, and monkeypatches apply."""
+    """`degrade ARGS` in this process (Typer's runner): quick, and monkeypatches apply.
+
+    `stdout` and `stderr` apart, `output` both, as Click 8.2 and later have them; Click 8.1
+    (which typer < 0.16 brings: make test-min) mixes them unless asked not to.
+    """
     from degradation.cli import app
 
-    return CliRunner().invoke(app, [str(arg) for arg in args], env=env)
+    arguments = [str(arg) for arg in args]
+    if "mix_stderr" not in inspect.signature(CliRunner.__init__).parameters:
+        return CliRunner().invoke(app, arguments, env=env)
+    result = CliRunner(mix_stderr=False).invoke(app, arguments, env=env)
+    result.__class__ = _BothStreams
+    return result
+
+
+class _BothStreams(Result):
+    """A Click 8.1 result whose `output` is stdout and stderr, as Click 8.2's is."""
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
 
 
 def help_commands(text: str) -> list[str]:

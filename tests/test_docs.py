@@ -89,4 +89,4 @@ def test_the_readme_says_each_thing_once_and_where_it_is() -> None:
     development = _section("Development")
     assert [line for line in timed if line not in development] == []
     # Example output says whose machine it came from, as it differs from one CPU to another.
-    assert "2-core AMD EPYC" in _section("Example output")
+    assert "2 cores of an AMD EPYC" in _section("Example output")

@@ -166,3 +166,10 @@ def test_slurm_launcher_without_its_extra_names_the_extra(monkeypatch: pytest.Mo
         result = degrade_here("sweep", "--dry-run", f"hydra/launcher={launcher}", "depth=8,14")
         assert_refused(result, "hydra-submitit-launcher", "pip install 'degrade[slurm]'",
                        code=2)
+
+
+def test_completion_offers_no_key_that_degrade_refuses() -> None:
+    offered = complete_override(SimpleNamespace(params={}), "")
+    assert "defaults=" not in offered and not [key for key in offered if key.startswith("hydra.")]
+    assert complete_override(SimpleNamespace(params={}), "d") == [
+        "depth=", "device=", "data.root=", "data.download=", "data.val_split="]

@@ -160,9 +160,9 @@ def test_sweep_warns_before_starting_on_the_cpu(tmp_path: Path,
                                       f"output_dir={tmp_path}", "train.iterations=16000",
                                       "train.milestones=[8000,12000]")
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[1].startswith("warning: no GPU: 2 runs need about 4h26m on this CPU")
-    assert "train.iterations=3600 'train.milestones=[1800,2700]'" in lines[1]
+    warning = result.stderr.strip()
+    assert warning.startswith("warning: no GPU: 2 runs need about 4h26m on this CPU")
+    assert "train.iterations=3600 'train.milestones=[1800,2700]'" in warning
 
 
 def test_log_lines_during_a_live_table_are_printed_above_it(monkeypatch: pytest.MonkeyPatch
@@ -226,3 +226,16 @@ def test_one_run_is_counted_in_the_singular(tmp_path: Path) -> None:
                           "train.milestones=[20,30]", f"output_dir={tmp_path}")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("1 run: 1 to start, ")
+
+
+def test_the_estimate_notes_compilation_only_for_runs_that_compile() -> None:
+    def runs(iterations: int) -> list:
+        return [(make_config(Path("out"), {"depth": 56, "train.iterations": iterations,
+                                           "train.milestones": [iterations // 2,
+                                                                iterations * 3 // 4]}),
+                 iterations)]
+
+    long = cpu_estimate(runs(64000), lambda config: 1.0, cores=1)
+    assert long is not None and "runs of 5,000+ iterations compile" in long
+    short = cpu_estimate(runs(4000), lambda config: 1.0, cores=1)
+    assert short is not None and "compile" not in short

@@ -389,21 +389,25 @@ def cpu_estimate(runs: Sequence[tuple[Config, int]],
         return (timed_s * (config.depth - 2) / (timed.depth - 2)
                 * config.train.batch_size / timed.train.batch_size)
 
-    parallel = min(cores, len(runs)) if len(runs) > 1 else cores
-    total = sum(seconds(config) * left for config, left in runs) / parallel
+    # Side by side, or a lone run's threads: the cores share out the work either way.
+    total = sum(seconds(config) * left for config, left in runs) / cores
     if total <= limit_s:
         return None
-    per_iteration = sum(seconds(config) for config, _ in runs) / parallel
+    per_iteration = sum(seconds(config) for config, _ in runs) / cores
     fits = max(100, int(limit_s / per_iteration) // 100 * 100)
     load = _busy_note(cores)
+    compiled = any(config.train.compile is not False
+                   and config.train.iterations >= CPU_COMPILE_MIN_ITERATIONS
+                   for config, _ in runs)
+    compile_note = (f"; runs of {CPU_COMPILE_MIN_ITERATIONS:,}+ iterations compile, about "
+                    "10% faster" if compiled else "")
     return (f"warning: no GPU: {runs_count(len(runs))} "
             f"need{'s' * (len(runs) == 1)} about {format_duration(total)} on this CPU "
             f"({network_name(timed)} timed here: {timed_s:.2f} s a step on one core, eager; "
-            f"deeper nets scaled by depth; spread over {cores} core{'s' * (cores != 1)}; "
-            f"runs of {CPU_COMPILE_MIN_ITERATIONS:,}+ iterations compile, about 10% faster"
-            f"{load}). To shorten: {shortened(fits)} (about an hour), fewer or shallower "
-            "networks (depth=20), experiment=quick or experiment=smoke, or a machine with a "
-            "GPU.")
+            f"deeper nets scaled by depth; spread over {cores} core{'s' * (cores != 1)}"
+            f"{compile_note}{load}). To shorten: {shortened(fits)} (about an hour), fewer or "
+            "shallower networks (depth=20), experiment=quick or experiment=smoke, or a machine "
+            "with a GPU.")
 
 
 def shortened(iterations: int) -> str:

@@ -1,0 +1,53 @@
+"""Shell completion in bash, where `=` splits words: `degrade --install-completion` writes
+this module's script for bash; zsh and fish keep Typer's, which see `key=value` whole.
+
+Bash splits the command line at the characters of COMP_WORDBREAKS, `=` and `:` among them,
+so `experiment=fi` reaches a completion function as three words, and a reply replaces only
+what follows the last `=`. Typer's bash script passes bash's words on, and bash adds a space
+after a completed word. The script below sends the line up to the cursor instead, split at
+blanks as `degrade` reads it, trims each reply to the part bash replaces, and adds no space
+after a key (`experiment=`), whose value follows.
+"""
+
+from __future__ import annotations
+
+# Filled in by Typer as its own template is (`%%` is a literal `%`).
+BASH_SCRIPT = r"""
+%(complete_func)s() {
+    local line=${COMP_LINE:0:COMP_POINT}
+    local -a words
+    read -ra words <<< "$line"
+    local cword=${#words[@]} cur=""
+    if [[ $line != *[[:blank:]] && $cword -gt 0 ]]; then
+        cword=$((cword - 1))
+        cur=${words[cword]}
+    fi
+    local IFS=$'\n'
+    COMPREPLY=( $( env COMP_WORDS="$line" COMP_CWORD="$cword" \
+                   %(autocomplete_var)s=complete_bash "$1" ) )
+    if [[ $cur == *[=:]* ]]; then
+        local head=${cur%%"${cur##*[=:]}"}
+        COMPREPLY=( "${COMPREPLY[@]#"$head"}" )
+    fi
+    local reply
+    for reply in "${COMPREPLY[@]}"; do
+        if [[ $reply == *= ]]; then
+            compopt -o nospace
+            break
+        fi
+    done
+    return 0
+}
+
+complete -o default -F %(complete_func)s %(prog_name)s
+"""
+
+
+def use_bash_script() -> None:
+    """Make Typer's `--install-completion` and `--show-completion` write BASH_SCRIPT for
+    bash. Typer keeps its templates in a private table; tests/test_completion.py fails if
+    that ever stops working."""
+    from typer import _completion_classes, _completion_shared
+
+    _completion_shared._completion_scripts["bash"] = BASH_SCRIPT
+    _completion_classes.BashComplete.source_template = BASH_SCRIPT
