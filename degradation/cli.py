@@ -339,6 +339,7 @@ def plot(
     from degradation.analysis.board import study_command
     from degradation.analysis.figures import plot_command
 
+    _check_out(path, out)
     with _warnings_to_stderr():  # both read the runs: each warning once
         for written in _analysis(plot_command, path, out, linear, recursive):
             typer.echo(written)
@@ -359,6 +360,7 @@ def table(
     """
     from degradation.analysis.results import table_command
 
+    _check_out(path, out)
     text, written = _analysis(table_command, path, out, recursive)
     typer.echo(text)
     for file in written:
@@ -401,6 +403,7 @@ def responses(
     """
     from degradation.analysis.responses import responses_command
 
+    _check_out(path, out)
     for written in _analysis(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
 
@@ -418,6 +421,7 @@ def claims(
     """
     from degradation.analysis.claims import claims_command
 
+    _check_out(path, out)
     text, written = _analysis(claims_command, path, out, recursive)
     typer.echo(text)
     for file in written:
@@ -437,6 +441,7 @@ def gradients(
     """
     from degradation.analysis.figures import gradients_command
 
+    _check_out(path, out)
     written = _analysis(gradients_command, path, out, recursive)
     if not written:
         typer.echo(f"no gradient logs (grad_norms.csv) in the finished runs under {path}: "
@@ -454,6 +459,7 @@ def report(
     """One HTML page with the figures, the tables and every run's config, code version, time."""
     from degradation.analysis.report import report_command
 
+    _check_out(path, out)
     typer.echo(_analysis(report_command, path, out, recursive))
 
 
@@ -547,8 +553,22 @@ def _analysis(command, *args, **kwargs):
     with _warnings_to_stderr():
         try:
             return command(*args, **kwargs)
-        except (AnalysisError, *USER_ERRORS) as error:
+        except AnalysisError as error:  # nothing (of the kind asked for) to analyse
             fail(str(error), code=FAILED_EXIT)
+        except USER_ERRORS as error:  # a bad value, or a place that cannot be written
+            fail(str(error))
+
+
+def _check_out(path: Path, out: Path | None) -> None:
+    """Refuse, before any run is read, a folder for figures and tables that cannot be
+    written (a file, a read-only tree, /proc): one line, exit 2, nothing written."""
+    from degradation.analysis.results import figures_dir
+    from degradation.storage import StorageError, check_writable
+
+    try:
+        check_writable(figures_dir(path, out))
+    except StorageError as error:
+        fail(str(error))
 
 
 @contextlib.contextmanager
