@@ -384,6 +384,7 @@ def export(
     refusal = format_refusal(fmt)
     if refusal:
         fail(refusal)
+    _check_writable(out.parent)
     typer.echo(_analysis(export_command, path, out, fmt, recursive))
 
 
@@ -563,10 +564,16 @@ def _check_out(path: Path, out: Path | None) -> None:
     """Refuse, before any run is read, a folder for figures and tables that cannot be
     written (a file, a read-only tree, /proc): one line, exit 2, nothing written."""
     from degradation.analysis.results import figures_dir
+
+    _check_writable(figures_dir(path, out))
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse a folder that is not, and cannot be made, writable: one line, exit 2."""
     from degradation.storage import StorageError, check_writable
 
     try:
-        check_writable(figures_dir(path, out))
+        check_writable(folder)
     except StorageError as error:
         fail(str(error))
 

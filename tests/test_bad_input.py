@@ -442,3 +442,14 @@ def test_an_analysis_on_a_full_disk_is_one_line_and_leaves_no_half_files(
     monkeypatch.undo()
     assert_refused(result, "cannot write", "No space left on device", code=2)
     assert_intact(before, snapshot(outputs), exactly=True)
+
+
+@pytest.mark.parametrize("target", ["afile/points.csv", "afile/sub/points.csv", "folder"])
+def test_an_export_that_cannot_be_written_is_refused(outputs: Path, tmp_path: Path, target: str
+                                                     ) -> None:
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    (tmp_path / "folder").mkdir()
+    before = snapshot(tmp_path)
+    result = degrade_here("export", tmp_path / target, "--from", outputs)
+    assert_refused(result, str(tmp_path / ("folder" if target == "folder" else "afile")), code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
