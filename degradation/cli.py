@@ -507,9 +507,13 @@ def generate_data(
     seed: int = typer.Option(0),
 ) -> None:
     """Write a small synthetic data set in CIFAR-10's official format (offline demos)."""
-    from degradation.data.cifar import write_cifar10
+    from degradation.data.cifar import BATCH_DIR, DataError, write_cifar10
 
-    written = write_cifar10(root, train_per_batch, test_size, seed)
+    _check_writable(root / BATCH_DIR)
+    try:
+        written = write_cifar10(root, train_per_batch, test_size, seed)
+    except DataError as error:  # a folder that holds data already: never overwritten
+        fail(str(error))
     typer.echo(f"wrote {written}")
 
 

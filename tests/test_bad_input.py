@@ -453,3 +453,23 @@ def test_an_export_that_cannot_be_written_is_refused(outputs: Path, tmp_path: Pa
     result = degrade_here("export", tmp_path / target, "--from", outputs)
     assert_refused(result, str(tmp_path / ("folder" if target == "folder" else "afile")), code=2)
     assert_intact(before, snapshot(tmp_path), exactly=True)
+
+
+def test_generate_data_into_a_folder_holding_data_is_refused(data: Path) -> None:
+    before = snapshot(data)
+    result = degrade_here("generate-data", data)
+    assert_refused(result, str(data / BATCH_DIR), "already holds", "another folder", code=2)
+    assert_intact(before, snapshot(data), exactly=True)
+
+
+@pytest.mark.parametrize("where", ["under a file", "/proc"])
+def test_generate_data_where_it_cannot_write_is_refused(tmp_path: Path, where: str) -> None:
+    if where == "/proc" and not Path("/proc/self").exists():
+        pytest.skip("no /proc on this system")
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    root = tmp_path / "afile" / "sub" if where == "under a file" else Path("/proc/x")
+    before = snapshot(tmp_path)
+    result = degrade_here("generate-data", root)
+    assert_refused(result, f"cannot write into {root / BATCH_DIR}", code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
+    assert not Path("/proc/x").exists()
