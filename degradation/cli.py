@@ -294,19 +294,20 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
     from degradation.launch import compose, plan
     from degradation.runs import CONFIG_FILE, run_dir
 
-    configs = []
+    configs, folders = [], []
     if overrides:
         try:
             jobs = compose.expand(overrides)
             configs = [compose.compose_config(job) for job in jobs]
+            folders = [run_dir(config) for config in configs]  # reads the data: may be damaged
         except plan.USER_ERRORS as error:
             fail(str(error))
     root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
     # Runs under PATH as their folders show them, then the runs asked for that have none yet.
     unstarted: dict[Path, object] = {}
-    for config in configs:  # one per folder: plain nets under several shortcuts are one run
-        if not (run_dir(config) / CONFIG_FILE).exists():
-            unstarted.setdefault(run_dir(config), config)
+    for config, folder in zip(configs, folders, strict=True):
+        if not (folder / CONFIG_FILE).exists():  # one per folder: plain nets under several
+            unstarted.setdefault(folder, config)  # shortcuts are one run
     asked = configs_views(unstarted.values())
 
     def snapshot():

@@ -473,3 +473,14 @@ def test_generate_data_where_it_cannot_write_is_refused(tmp_path: Path, where: s
     assert_refused(result, f"cannot write into {root / BATCH_DIR}", code=2)
     assert_intact(before, snapshot(tmp_path), exactly=True)
     assert not Path("/proc/x").exists()
+
+
+@pytest.mark.parametrize("path", [[], ["outputs"]], ids=["overrides", "path and overrides"])
+def test_status_of_runs_on_data_missing_its_test_batch_is_one_line(
+        data: Path, tmp_path: Path, path: list[str]) -> None:
+    (data / BATCH_DIR / "test_batch").unlink()
+    before = snapshot(tmp_path)
+    result = degrade_here("status", *[tmp_path / name for name in path],
+                          *tiny_overrides(data, tmp_path / "outputs"))
+    assert_refused(result, str(data / BATCH_DIR / "test_batch"), "is missing", code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
