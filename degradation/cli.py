@@ -334,7 +334,12 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
     from degradation.analysis.watch import configs_views, not_started, view_of
     from degradation.launch import compose, plan
     from degradation.launch.sweeps import live_sweeps
+    from degradation.runs import run_dir
+    from degradation.storage import path_refusal
 
+    refusal = path_refusal(path) if path is not None else None
+    if refusal is not None:  # before the sweeps' folder under it is looked at
+        fail(f"{path} cannot be read: {refusal}")
     if path is not None and overrides and not any(
             override.split("=", 1)[0].lstrip("+~") == "output_dir" for override in overrides):
         overrides = [*overrides, f"output_dir={path}"]  # the runs asked for are PATH's
@@ -343,6 +348,8 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
         try:
             jobs = compose.expand(overrides)
             configs = [compose.compose_config(job) for job in jobs]
+            for config in configs:  # a run's folder names its data: damaged data fails here
+                run_dir(config)
         except plan.USER_ERRORS as error:
             fail(str(error))
     root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
@@ -391,6 +398,7 @@ def plot(
     from degradation.analysis.board import study_command
     from degradation.analysis.figures import plot_command
 
+    _check_out(path, out)
     with _warnings_to_stderr():  # both read the runs: each warning once
         for written in _analysis(plot_command, path, out, linear, recursive):
             typer.echo(written)
@@ -411,6 +419,7 @@ def table(
     """
     from degradation.analysis.results import table_command
 
+    _check_out(path, out)
     text, written = _analysis(table_command, path, out, recursive)
     typer.echo(text)
     for file in written:
@@ -435,6 +444,7 @@ def export(
     refusal = format_refusal(fmt)
     if refusal:
         fail(refusal)
+    _check_writable(out.parent)
     typer.echo(_analysis(export_command, path, out, fmt, recursive))
 
 
@@ -454,6 +464,7 @@ def responses(
     """
     from degradation.analysis.responses import responses_command
 
+    _check_out(path, out)
     for written in _analysis(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
 
@@ -508,6 +519,7 @@ def claims(
     """
     from degradation.analysis.claims import claims_command
 
+    _check_out(path, out)
     text, written = _analysis(claims_command, path, out, recursive)
     typer.echo(text)
     for file in written:
@@ -527,6 +539,7 @@ def gradients(
     """
     from degradation.analysis.figures import gradients_command
 
+    _check_out(path, out)
     written = _analysis(gradients_command, path, out, recursive)
     if not written:
         typer.echo(f"no gradient logs (grad_norms.csv) in the finished runs under {path}: "
@@ -544,6 +557,7 @@ def report(
     """One HTML page with the figures, the tables and every run's config, code version, time."""
     from degradation.analysis.report import report_command
 
+    _check_out(path, out)
     typer.echo(_analysis(report_command, path, out, recursive))
 
 
@@ -590,9 +604,13 @@ def generate_data(
     seed: int = typer.Option(0),
 ) -> None:
     """Write a small synthetic data set in CIFAR-10's official format (offline demos)."""
-    from degradation.data.cifar import write_cifar10
+    from degradation.data.cifar import BATCH_DIR, DataError, write_cifar10
 
-    written = write_cifar10(root, train_per_batch, test_size, seed)
+    _check_writable(root / BATCH_DIR)
+    try:
+        written = write_cifar10(root, train_per_batch, test_size, seed)
+    except DataError as error:  # a folder that holds data already: never overwritten
+        fail(str(error))
     typer.echo(f"wrote {written}")
 
 
@@ -637,8 +655,28 @@ def _analysis(command, *args, **kwargs):
     with _warnings_to_stderr():
         try:
             return command(*args, **kwargs)
-        except (AnalysisError, *USER_ERRORS) as error:
+        except AnalysisError as error:  # nothing (of the kind asked for) to analyse
             fail(str(error), code=FAILED_EXIT)
+        except USER_ERRORS as error:  # a bad value, or a place that cannot be written
+            fail(str(error))
+
+
+def _check_out(path: Path, out: Path | None) -> None:
+    """Refuse, before any run is read, a folder for figures and tables that cannot be
+    written (a file, a read-only tree, /proc): one line, exit 2, nothing written."""
+    from degradation.analysis.results import figures_dir
+
+    _check_writable(figures_dir(path, out))
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse a folder that is not, and cannot be made, writable: one line, exit 2."""
+    from degradation.storage import StorageError, check_writable
+
+    try:
+        check_writable(folder)
+    except StorageError as error:
+        fail(str(error))
 
 
 @contextlib.contextmanager

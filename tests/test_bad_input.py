@@ -519,3 +519,92 @@ def test_an_analysis_path_with_a_name_too_long_is_refused(tmp_path: Path, comman
     result = degrade_here(command, tmp_path / LONG_NAME)
     assert_refused(result, "300 bytes long")
     assert not list(tmp_path.iterdir())
+
+
+# Analysis outputs that cannot be written: exit 2, nothing written ------------------------------
+
+ANALYSES = ["plot", "report", "gradients", "table", "claims"]
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "/proc"])
+@pytest.mark.parametrize("command", ANALYSES)
+def test_an_analysis_out_that_cannot_be_written_is_refused_up_front(
+        outputs: Path, tmp_path: Path, command: str, where: str) -> None:
+    if where == "/proc" and not Path("/proc/self").exists():
+        pytest.skip("no /proc on this system")
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    out = {"a file": tmp_path / "afile", "under a file": tmp_path / "afile" / "sub",
+           "/proc": Path("/proc/x")}[where]
+    before = snapshot(tmp_path)
+    result = degrade_here(command, outputs, "--out", out)
+    assert_refused(result, f"cannot write into {out}", code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
+
+
+@pytest.mark.parametrize("command", ANALYSES)
+def test_an_analysis_of_a_read_only_tree_is_refused_up_front(
+        outputs: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    # Permission bits do not stop root, so the tree is made read-only where the check reads it.
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        not (mode & os.W_OK and Path(path).is_relative_to(outputs)) and access(path, mode, **kw)))
+    before = snapshot(outputs)
+    result = degrade_here(command, outputs)
+    assert_refused(result, f"cannot write into {outputs / 'figures'}", "not writable", code=2)
+    assert_intact(before, snapshot(outputs), exactly=True)
+
+
+@pytest.mark.parametrize("command", ANALYSES)
+def test_an_analysis_on_a_full_disk_is_one_line_and_leaves_no_half_files(
+        outputs: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    def no_space(_fd: int) -> None:  # every write of ours fails as on a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    before = snapshot(outputs)
+    result = degrade_here(command, outputs)
+    monkeypatch.undo()
+    assert_refused(result, "cannot write", "No space left on device", code=2)
+    assert_intact(before, snapshot(outputs), exactly=True)
+
+
+@pytest.mark.parametrize("target", ["afile/points.csv", "afile/sub/points.csv", "folder"])
+def test_an_export_that_cannot_be_written_is_refused(outputs: Path, tmp_path: Path, target: str
+                                                     ) -> None:
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    (tmp_path / "folder").mkdir()
+    before = snapshot(tmp_path)
+    result = degrade_here("export", tmp_path / target, "--from", outputs)
+    assert_refused(result, str(tmp_path / ("folder" if target == "folder" else "afile")), code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
+
+
+def test_generate_data_into_a_folder_holding_data_is_refused(data: Path) -> None:
+    before = snapshot(data)
+    result = degrade_here("generate-data", data)
+    assert_refused(result, str(data / BATCH_DIR), "already holds", "another folder", code=2)
+    assert_intact(before, snapshot(data), exactly=True)
+
+
+@pytest.mark.parametrize("where", ["under a file", "/proc"])
+def test_generate_data_where_it_cannot_write_is_refused(tmp_path: Path, where: str) -> None:
+    if where == "/proc" and not Path("/proc/self").exists():
+        pytest.skip("no /proc on this system")
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    root = tmp_path / "afile" / "sub" if where == "under a file" else Path("/proc/x")
+    before = snapshot(tmp_path)
+    result = degrade_here("generate-data", root)
+    assert_refused(result, f"cannot write into {root / BATCH_DIR}", code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
+    assert not Path("/proc/x").exists()
+
+
+@pytest.mark.parametrize("path", [[], ["outputs"]], ids=["overrides", "path and overrides"])
+def test_status_of_runs_on_data_missing_its_test_batch_is_one_line(
+        data: Path, tmp_path: Path, path: list[str]) -> None:
+    (data / BATCH_DIR / "test_batch").unlink()
+    before = snapshot(tmp_path)
+    result = degrade_here("status", *[tmp_path / name for name in path],
+                          *tiny_overrides(data, tmp_path / "outputs"))
+    assert_refused(result, str(data / BATCH_DIR / "test_batch"), "is missing", code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)

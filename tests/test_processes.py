@@ -233,7 +233,7 @@ def test_of_two_identical_sweeps_started_at_once_one_trains_the_other_leaves_it(
                                env=env) for _ in range(2)]
     outputs = [sweep.communicate(timeout=DEADLINE_S)[0] for sweep in sweeps]
     assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
-    assert all("1 runs: 1 to start" in output for output in outputs), outputs
+    assert all("1 run: 1 to start" in output for output in outputs), outputs
     folder = run_dir(compose_config(overrides))
     left = [output for output in outputs if "left to it" in output]
     assert len(left) == 1, outputs  # before: "failed: ...: did not finish", exit 1

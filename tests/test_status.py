@@ -182,7 +182,7 @@ def test_status_watch_follows_a_sweep_before_its_runs_write_anything(tmp_path: P
     assert 1 < len(refreshes) < 300  # waited for the sweep, and stopped when it ended
     assert refreshes[-1] == "sweep: 1/2 runs ended, 1 not started"  # what the sweep left
     assert not (tmp_path / SWEEPS_DIR).exists()
-    assert degrade_here("status", str(tmp_path)).output.splitlines()[-1] == "1 runs: 1 done"
+    assert degrade_here("status", str(tmp_path)).output.splitlines()[-1] == "1 run: 1 done"
 
 
 @pytest.mark.slow

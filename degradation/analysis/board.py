@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tempfile
@@ -18,6 +19,8 @@ import pandas as pd
 from torch.utils.tensorboard import SummaryWriter
 
 from degradation.analysis.results import aggregate, read_scalars
+
+log = logging.getLogger("degrade")
 
 STUDY_DIR = "study"
 FIGURE6 = "Figure 6"
@@ -52,8 +55,13 @@ def write_study(output_dir: Path, scalars: pd.DataFrame) -> Path | None:
         return None
     means = aggregate(errors).reset_index()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{STUDY_DIR}-", dir=output_dir))
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{STUDY_DIR}-", dir=output_dir))
+    except OSError as error:  # a read-only tree: the figures may still go elsewhere (--out)
+        log.warning("warning: no TensorBoard view of the study: cannot write into %s (%s)",
+                    output_dir, error.strerror or error)
+        return None
     writer = SummaryWriter(log_dir=str(staging))
     writer.add_custom_scalars(figure6_layout(means))
     for row in means.itertuples(index=False):

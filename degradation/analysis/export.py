@@ -106,6 +106,5 @@ def export_command(path: Path, out: Path, fmt: str, recursive: bool = False) -> 
     else:
         buffer.write(table.to_csv(index=False, lineterminator="\n").encode())
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buffer.getvalue())
+    atomic_write_bytes(out, buffer.getvalue())  # makes the folder; a failure is one line
     return out

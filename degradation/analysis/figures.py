@@ -11,6 +11,7 @@ Over 400 lines because the figures share their colours, axes and notes (one look
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from degradation.analysis.results import (
     read_responses,
     scalars_of,
 )
+from degradation.storage import atomic_write_bytes
 
 ITERATION_UNIT = 1e4  # the paper's x-axis: "iter. (1e4)"
 PAPER_ITERATIONS = 64000
@@ -399,11 +401,13 @@ GRADIENT_COLOURS = ("#56B4E9", "#009E73", "#E69F00", "#CC79A7", "#000000")
 
 
 def save_figure(fig: Figure, folder: Path, name: str) -> list[Path]:
-    """Write `name.png` and `name.pdf` into `folder`; return both paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write `name.png` and `name.pdf` into `folder`, each atomically (a full disk leaves
+    the previous file, never half of one); return both paths."""
     paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150)
+        image = io.BytesIO()
+        fig.savefig(image, format=path.suffix[1:], dpi=150)
+        atomic_write_bytes(path, image.getvalue())
     return paths
 
 

@@ -134,8 +134,8 @@ def write_cifar10(root: Path, train_per_batch: int, test_size: int, seed: int = 
     folder = Path(root) / BATCH_DIR
     existing = [name for name in (*TRAIN_FILES, TEST_FILE) if (folder / name).exists()]
     if existing:  # never overwrite a real copy of CIFAR-10
-        raise DataError(f"{folder} already holds {existing[0]}; write_cifar10 writes only into "
-                        "a folder without CIFAR-10 batches")
+        raise DataError(f"{folder} already holds {existing[0]}; data is generated only into "
+                        "a folder without CIFAR-10 batches (choose another folder)")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     # Class k has its own colour and stripe pattern (orientation k % 2, period 4 + k // 2);
