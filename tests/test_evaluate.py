@@ -47,6 +47,7 @@ def stored(folder: Path) -> dict:
     return json.loads(next(folder.rglob(EVALUATION_FILE)).read_text())
 
 
+@pytest.mark.trains  # trains two tiny networks once per module
 def test_evaluate_measures_each_finished_run_once_per_checkpoint_and_split(outputs: Path):
     rows = evaluate_command(outputs, "train", "cpu")
     assert [(row.network, row.cached) for row in rows] == [("plain-8", False),
@@ -71,6 +72,7 @@ def test_evaluate_measures_each_finished_run_once_per_checkpoint_and_split(outpu
     assert entry["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
 
 
+@pytest.mark.trains  # trains two tiny networks once per module
 def test_a_checkpoint_evaluated_twice_gives_identical_numbers(outputs: Path):
     first = evaluate_command(outputs, "train", "cpu")
     for path in outputs.rglob(EVALUATION_FILE):
@@ -82,6 +84,7 @@ def test_a_checkpoint_evaluated_twice_gives_identical_numbers(outputs: Path):
             two.entry["error"], two.entry["loss"], two.entry["wrong"])
 
 
+@pytest.mark.trains  # trains two tiny networks once per module
 def test_another_checkpoint_is_evaluated_again(outputs: Path):
     evaluate_command(outputs, "train", "cpu")
     path = next(outputs.rglob(EVALUATION_FILE))
@@ -92,6 +95,7 @@ def test_another_checkpoint_is_evaluated_again(outputs: Path):
     assert json.loads(path.read_text())["sha256"] == kept["sha256"]
 
 
+@pytest.mark.trains  # trains two tiny networks once per module
 def test_runs_that_cannot_be_evaluated_say_why_in_their_row(outputs: Path):
     rows = evaluate_command(outputs, "val", "cpu")  # trained without data.val_split
     assert [row.entry for row in rows] == [None, None]
@@ -103,6 +107,7 @@ def test_runs_that_cannot_be_evaluated_say_why_in_their_row(outputs: Path):
     assert len(result.stdout.strip().splitlines()) == 2
 
 
+@pytest.mark.trains  # trains two tiny networks once per module
 def test_degrade_evaluate_prints_one_row_per_run(outputs: Path):
     result = degrade_here("evaluate", outputs, "--device", "cpu")
     assert result.exit_code == 0, result.stderr
@@ -112,6 +117,7 @@ def test_degrade_evaluate_prints_one_row_per_run(outputs: Path):
         next(outputs.rglob("plain-8/*")).relative_to(outputs).as_posix())
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(("args", "named"), [
     (["--split", "everything"], "--split 'everything' is not a split (allowed: train, test, "
                                 "val)"),

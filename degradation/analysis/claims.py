@@ -716,7 +716,8 @@ def _gradients(study: Study) -> Claim:
 
 def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
     """The claims as a frame (columns `CLAIM_COLUMNS`), for claims.csv."""
-    return pd.DataFrame([asdict(claim) for claim in claims], columns=CLAIM_COLUMNS)
+    frame = pd.DataFrame([asdict(claim) for claim in claims], columns=CLAIM_COLUMNS)
+    return frame.astype({"seeds": "Int64"})  # whole numbers, empty where nothing is compared
 
 
 def header(study: Study) -> str:
@@ -724,13 +725,13 @@ def header(study: Study) -> str:
     runs = len(study.finals)
     text = (f"Judged on {runs} finished run{'s' if runs != 1 else ''} of "
             f"{study.iterations:,} iterations (plain nets and ResNets with shortcut A; errors "
-            "are means over seeds, spreads min-max). Each ordering a claim makes is judged by "
-            f"the {stats.RULE}; a network with one seed takes a stated floor for its spread")
+            "are means over seeds, spreads min-max)")
     if study.short:
         text += f": a {study.schedule_note()}"
     if study.left_out:
         text += f"; {study.left_out} runs of other recipes or shortcut options are left out"
-    return text + "."
+    return (f"{text}. Each ordering a claim makes is judged by the {stats.RULE}; a network "
+            "with one seed takes a stated floor for its spread.")
 
 
 def verdict_counts(claims: Sequence[Claim]) -> str:
