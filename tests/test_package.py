@@ -155,6 +155,7 @@ def test_every_declared_floor_is_a_minimum_version_that_make_test_min_installs()
     # What the code needs: typer that reads `str | None` and brings a click it works with
     # (0.12-0.15.3 pair with click >= 8.2 and break), and rich for the live table.
     assert min(floors["typer"]) >= Version("0.15.4") and "rich" in floors
+    assert min(floors["torch"]) >= Version("2.3")  # SGD(fused=...), which make_sgd passes
 
 
 def test_build_leftovers_are_ignored_by_git() -> None:
