@@ -167,8 +167,8 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
     for name, value, least in (("steps", steps, 1), ("warmup_steps", warmup_steps, 1),
                                ("repeats", repeats, 1), ("workers", workers, 0),
                                ("eval_steps", eval_steps, 1), ("runs", runs, 1)):
-        if value < least:
-            raise ConfigError(f"{name}={value} must be >= {least}")
+        if value < least:  # named as the command line spells it
+            raise ConfigError(f"--{name.replace('_', '-')}={value} must be >= {least}")
     fixed = [*([f"train.batch_size={batch_size}"] if batch_size is not None else []),
              *([f"device={device}"] if device is not None else []), *overrides]
     configs = [compose_config([f"arch={arch}", f"depth={depth}", *fixed])
@@ -177,7 +177,7 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
         raise ConfigError("nothing to benchmark: give at least one --arch and one --depth")
     batch = configs[0].train.batch_size
     if images < batch:
-        raise ConfigError(f"images={images} must be at least the batch size {batch}")
+        raise ConfigError(f"--images={images} must be at least the batch size {batch}")
     data = _synthetic(images, eval_steps + 1, configs[0].train.eval_batch_size)
     rows = []
     for config in configs:

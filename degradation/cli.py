@@ -589,6 +589,10 @@ def bench(
     """
     from degradation.bench import bench_command
 
+    if record:  # refused now, not after minutes of timing
+        _check_writable(benchmarks_file.parent)
+        if benchmarks_file.is_dir():
+            fail(f"--benchmarks-file {benchmarks_file} is a folder; give a Markdown file")
     typer.echo(_analysis(bench_command, arch, depth, batch_size, device, steps, warmup_steps,
                          record, benchmarks_file, repeats=repeats, workers=workers,
                          images=images, eval_steps=eval_steps, overrides=overrides or [],

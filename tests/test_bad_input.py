@@ -608,3 +608,46 @@ def test_status_of_runs_on_data_missing_its_test_batch_is_one_line(
                           *tiny_overrides(data, tmp_path / "outputs"))
     assert_refused(result, str(data / BATCH_DIR / "test_batch"), "is missing", code=2)
     assert_intact(before, snapshot(tmp_path), exactly=True)
+
+
+# bench refuses bad input as every command does: exit 2, nothing written -----------------------
+
+@pytest.mark.parametrize("bad, named", [
+    ("--steps 0", "--steps=0 must be >= 1"),
+    ("--steps -1", "--steps=-1 must be >= 1"),
+    ("--warmup-steps 0", "--warmup-steps=0 must be >= 1"),
+    ("--repeats 0", "--repeats=0 must be >= 1"),
+    ("--eval-steps -1", "--eval-steps=-1 must be >= 1"),
+    ("--runs 0", "--runs=0 must be >= 1"),
+    ("--workers -1", "--workers=-1 must be >= 0"),
+    ("--images -5", "--images=-5 must be at least the batch size 8"),
+    ("--batch-size 0", "train.batch_size=0 must be > 0"),
+    ("--depth 9", "depth=9 is not 6n+2"),
+    ("--arch foo", "arch='foo' is not one of: plain, resnet"),
+    ("--device tpu", "device='tpu' is not one of: auto, cpu, cuda"),
+    ("train.lr=-1", "train.lr=-1.0 must be > 0"),
+])
+def test_bench_refuses_bad_input_with_exit_2(tmp_path: Path, bad: str, named: str) -> None:
+    record = tmp_path / "BENCHMARKS.md"
+    record.write_text("# Benchmarks\n")
+    result = degrade_here("bench", "--depth", "8", "--batch-size", "8", "--images", "64",
+                          "--record", "--benchmarks-file", record, *bad.split())
+    assert_refused(result, named, code=2)
+    assert [path.name for path in tmp_path.iterdir()] == ["BENCHMARKS.md"]
+    assert record.read_text() == "# Benchmarks\n"
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
+def test_bench_refuses_a_record_file_it_cannot_write_before_timing(tmp_path: Path, where: str
+                                                                   ) -> None:
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    (tmp_path / "folder").mkdir()
+    target = tmp_path / ("afile/BENCHMARKS.md" if where == "under a file" else "folder")
+    before = snapshot(tmp_path)
+    result = degrade_here("bench", "--depth", "8", "--batch-size", "8", "--images", "64",
+                          "--steps", "1", "--warmup-steps", "1", "--repeats", "1",
+                          "--eval-steps", "1", "--workers", "0", "train.compile=false",
+                          "--record", "--benchmarks-file", target)
+    assert_refused(result, str(tmp_path / ("afile" if where == "under a file" else "folder")),
+                   code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)
