@@ -128,3 +128,16 @@ def test_grad_norms_lost_before_the_checkpoint_come_back_from_the_tensorboard_ev
     assert "it reads only up to iteration 10, and 3 log points up to the checkpoint's 40 are " \
         "taken from the TensorBoard events" in warning
     assert path.read_bytes() == whole[: whole.index(b"\n50,0,") + 1]  # byte for byte
+
+
+def test_the_analysis_takes_a_cut_row_for_damage_not_for_lr_zero(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from degradation.analysis.results import read_run_scalars
+
+    (tmp_path / METRICS_FILE).write_text(GOOD + "15,0.0\n")
+    with caplog.at_level(logging.WARNING, logger="degrade"):
+        points = read_run_scalars(tmp_path)
+    assert sorted(set(points["iteration"])) == [10, 20]  # no point at iteration 15
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning == (f"warning: {tmp_path / METRICS_FILE} is damaged (line 4: 2 fields where "
+                       "the header has 6); its points after that line are left out")
