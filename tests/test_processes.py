@@ -43,8 +43,9 @@ def test_a_sweep_too_large_to_plan_is_refused_before_composing(generated: Path,
     zero_step = degrade_here("sweep", "--dry-run", "seed=range(0,10,0)",
                              *tiny_overrides(generated, tmp_path / "out"))
     assert zero_step.exit_code == 2
-    assert zero_step.output.strip() == ("error: seed=range(0,10,0): range() arg 3 must not "
-                                        "be zero")
+    assert zero_step.output.strip() == (
+        "error: seed=range(0,10,0) cannot be listed: range() arg 3 must not be zero (a sweep "
+        "is values a,b,c or range(start, stop[, step]) with a step other than 0)")
 
     assert f"at most {MAX_SWEEP_RUNS} runs" in (PROJECT / "README.md").read_text()  # as said
 

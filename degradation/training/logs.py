@@ -274,10 +274,14 @@ def _csv_lines(path: Path) -> Iterator[tuple[int, list[str], str | None]]:
     for number, line in enumerate(lines[:-1], start=1):
         try:
             text = line.decode("utf-8")
+            fields = next(csv.reader([text])) if text else []
         except UnicodeDecodeError:
             yield number, [], "not UTF-8 text"
             return
-        yield number, next(csv.reader([text])) if text else [], None
+        except csv.Error as error:  # Python < 3.11 refuses a NUL byte, for one
+            yield number, [], f"not CSV ({error})"
+            return
+        yield number, fields, None
     if lines[-1]:
         yield len(lines), [], "cut short (no line break at its end)"
 
