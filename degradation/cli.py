@@ -11,7 +11,9 @@ Typer needs them; each command only parses, calls the module that does the work,
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +35,31 @@ def _without_flag_types(params: list) -> list:
     return params
 
 
+_LIST_OR_BLOCK = re.compile(r"\s|[-*\u2022]\s|\d+[.)]\s")
+
+
+def reflowed(text: str | None) -> str | None:
+    """A docstring as `--help` should show it: each paragraph one line, for rich to wrap.
+
+    The source's line breaks only keep it under the line limit; rich would print them as
+    ragged lines. Blank lines still separate paragraphs, and a paragraph holding a list or an
+    indented block keeps its lines.
+    """
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph if any(_LIST_OR_BLOCK.match(line) for line in paragraph.splitlines()[1:])
+        or paragraph.startswith("\b") else " ".join(paragraph.split("\n"))
+        for paragraph in paragraphs)
+
+
 class _Command(typer.core.TyperCommand):
-    """A command whose flags show no value type in `--help`."""
+    """A command whose help reads as paragraphs and whose flags show no value type."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = reflowed(self.help)
 
     def get_params(self, ctx):  # (Click's signature)
         return _without_flag_types(super().get_params(ctx))

@@ -90,3 +90,24 @@ def test_the_readme_says_each_thing_once_and_where_it_is() -> None:
     assert [line for line in timed if line not in development] == []
     # Example output says whose machine it came from, as it differs from one CPU to another.
     assert "2 cores of an AMD EPYC" in _section("Example output")
+
+
+def test_help_shows_each_docstring_paragraph_as_one_flowing_text() -> None:
+    # The docstrings break lines ("...with the\nrun's configuration..."); --help reflows them,
+    # in the list of commands and in a command's later paragraphs alike.
+    listing = degrade_here("--help", env={"COLUMNS": "200"})
+    train = degrade_here("train", "--help", env={"COLUMNS": "200"})
+    for result, broken, flowing in (
+            (listing, "with the", "with the run's configuration"),
+            (train, "with", "with config.yaml, TensorBoard events")):
+        assert result.exit_code == 0, result.output
+        lines = [line.strip(" │") for line in result.stdout.splitlines()]
+        assert not any(line.endswith(f" {broken}") for line in lines)
+        assert any(flowing in line for line in lines)
+
+
+def test_reflowing_keeps_paragraph_breaks_and_lists() -> None:
+    from degradation.cli import reflowed
+
+    text = "First\n    line.\n\n    Second\n    paragraph.\n\n    Items:\n    - one\n    - two\n"
+    assert reflowed(text) == "First line.\n\nSecond paragraph.\n\nItems:\n- one\n- two"
