@@ -453,22 +453,30 @@ def table(
 
 @app.command()
 def export(
-    out: Path = typer.Argument(..., help="File to write, e.g. outputs/points.csv."),
-    path: Path = typer.Option(Path("outputs"), "--from", help="Folder to search for runs."),
+    path: Path = RUNS_PATH,
+    out: Path | None = typer.Option(None, "--out", help="File to write (default "
+                                    "PATH/figures/points.csv, or .parquet with --format "
+                                    "parquet)."),
     fmt: str | None = typer.Option(None, "--format", help="csv or parquet (needs pyarrow); "
                                    "default: parquet for a .parquet file, else csv."),
     recursive: bool = RECURSIVE,
+    runs_from: Path | None = typer.Option(None, "--from", hidden=True,
+                                          help="The former form, `export FILE --from PATH`."),
 ) -> None:
-    """Every logged point of every run as one table: a row per run and iteration, with the
-    run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*, ...) and
-    one column per metric (error/train, error/test, loss/train, loss/test, lr), as each
-    run's metrics.csv holds them."""
+    """Every logged point of every run under PATH as one table: a row per run and iteration,
+    with the run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*,
+    ...) and one column per metric (error/train, error/test, loss/train, loss/test, lr), as
+    each run's metrics.csv holds them."""
     from degradation.analysis.export import export_command, format_refusal
+    from degradation.analysis.results import figures_dir
 
-    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
+    if runs_from is not None:  # `export FILE --from PATH`, as scripts written for it say
+        path, out = runs_from, path
+    fmt = fmt or ("parquet" if out is not None and out.suffix == ".parquet" else "csv")
     refusal = format_refusal(fmt)
     if refusal:
         fail(refusal)
+    out = out if out is not None else figures_dir(path, None) / f"points.{fmt}"
     _check_writable(out.parent)
     typer.echo(_analysis(export_command, path, out, fmt, recursive))
 
