@@ -22,7 +22,7 @@ import typer
 
 from degradation.completion import use_bash_script
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
-from degradation.package import presets
+from degradation.package import config_default, presets
 
 use_bash_script()  # bash completion that knows `=` splits bash's words
 
@@ -120,7 +120,7 @@ def _config_keys() -> list[str]:
     values = OmegaConf.load(data_dir("conf") / "config.yaml")
     return walk(values, "") if isinstance(values, DictConfig) else []
 
-RUNS_PATH = typer.Argument(Path("outputs"), help="Folder to search for runs.")
+RUNS_PATH = typer.Argument(Path(config_default("output_dir")), help="Folder to search for runs.")
 OUT = typer.Option(None, "--out", help="Where to write (default PATH/figures).")
 RECURSIVE = typer.Option(False, "--recursive", help="Also read the output trees nested inside "
                          "PATH (folders holding their own runs/, e.g. a backup copy); a run "
@@ -377,7 +377,8 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
                 run_dir(config)
         except plan.USER_ERRORS as error:
             fail(str(error))
-    root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
+    root = path if path is not None else Path(configs[0].output_dir if configs
+                                              else config_default("output_dir"))
     asked = configs_views(configs)
     planned: dict[Path, object] = {}  # kept once seen: what a sweep leaves unstarted shows
 

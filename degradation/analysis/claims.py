@@ -33,6 +33,7 @@ import pandas as pd
 from degradation.analysis import stats
 from degradation.analysis.results import (
     PAPER_FIGURE6_PLAIN,
+    PAPER_ITERATIONS,
     PAPER_TABLE6,
     PAPER_TABLE6_NOTES,
     REPRODUCTIONS,
@@ -48,11 +49,11 @@ from degradation.analysis.results import (
 from degradation.config import Config, load_config, yaml_defaults
 from degradation.console import override, shell_command
 from degradation.errors import error_line
+from degradation.package import config_default
 from degradation.runs import RunRecord, hashed_identity
 from degradation.storage import DamagedFile, atomic_write_text
 from degradation.training.logs import read_grad_norms
 
-PAPER_ITERATIONS = 64000
 REPRODUCED, NOT_REPRODUCED = stats.REPRODUCED, stats.NOT_REPRODUCED
 INCONCLUSIVE, NOT_ENOUGH = stats.INCONCLUSIVE, stats.NOT_ENOUGH
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_ENOUGH)
@@ -244,9 +245,9 @@ def run_command(study: Study, networks: Sequence[tuple[str, int]], flags: str = 
     extra = _recipe_overrides(study.reference) if study.reference is not None else []
     # Where the study's runs were written (PATH may be a folder above or below that).
     output_dir = Path(study.reference.output_dir) if study.reference is not None else study.root
-    if output_dir != Path("outputs"):
+    if output_dir != Path(config_default("output_dir")):
         extra.append(override("output_dir", str(output_dir)))
-    if study.reference is not None and study.reference.data.root != "data":
+    if study.reference is not None and study.reference.data.root != config_default("data.root"):
         extra.append(override("data.root", str(study.reference.data.root)))
     tail = [*extra, *([flags] if flags else [])]
     commands = []

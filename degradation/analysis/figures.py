@@ -28,6 +28,7 @@ from degradation.analysis import claims
 from degradation.analysis.results import (
     GROUP,
     PAPER_FIGURE6_PLAIN,
+    PAPER_ITERATIONS,
     PAPER_TABLE6,
     PLAIN_SHORTCUT,
     STATE_ORDER,
@@ -42,7 +43,6 @@ from degradation.analysis.results import (
 from degradation.storage import atomic_write_bytes
 
 ITERATION_UNIT = 1e4  # the paper's x-axis: "iter. (1e4)"
-PAPER_ITERATIONS = 64000
 Y_MAX = 20.0  # Figure 6 shows 0-20%; plain-110 (above 60%) is off the chart in the paper
 TRAIN_STYLE = {"linestyle": "--", "linewidth": 1.0}  # "dashed lines denote training error"
 TEST_STYLE = {"linestyle": "-", "linewidth": 2.2}  # "bold lines denote testing error"
