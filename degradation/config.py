@@ -94,6 +94,12 @@ class Config:
         return asdict(self)
 
     @property
+    def network_shortcut(self) -> str | None:
+        """The shortcut option the network has: None for a plain net, which has none (its
+        `shortcut` key, `A` by default, is then ignored)."""
+        return None if self.arch == "plain" else self.shortcut
+
+    @property
     def warmup_enabled(self) -> bool:
         """Warm-up at lr 0.01 is the paper's choice for depth 110 and above unless set."""
         if self.train.warmup is None:

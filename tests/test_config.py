@@ -103,3 +103,16 @@ def test_each_device_refusal_is_worded_in_config_alone() -> None:
         holders = [source.relative_to(root).as_posix() for source in root.rglob("*.py")
                    if words in source.read_text(encoding="utf-8")]
         assert holders == ["config.py"], words
+
+
+def test_a_plain_net_has_no_shortcut_whatever_the_key_says() -> None:
+    import re
+
+    assert compose_config(["arch=plain", "shortcut=B"]).network_shortcut is None
+    assert compose_config(["arch=resnet", "shortcut=B"]).network_shortcut == "B"
+    # Decided there alone: the folders, summaries, responses and HParams ask the config.
+    root = Path(__file__).resolve().parents[1] / "degradation"
+    deciding = [source.name for source in root.rglob("*.py")
+                if re.search(r'\w\.arch == "plain" (else|or) .*shortcut',
+                             source.read_text(encoding="utf-8"))]
+    assert deciding == ["config.py"]

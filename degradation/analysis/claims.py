@@ -129,7 +129,7 @@ def _recipe_key(config: Config) -> str:
 
 
 def _in_claims(record: RunRecord) -> bool:
-    return record.config.arch == "plain" or record.config.shortcut == "A"
+    return record.config.network_shortcut in (None, "A")
 
 
 def select_study(records: Sequence[RunRecord], root: Path) -> Study:

@@ -175,7 +175,7 @@ def _newest_file_time(folder: Path, names: Iterable[str] | None = None) -> float
 
 def shortcut_of(record: RunRecord) -> str:
     """The run's shortcut option, or `PLAIN_SHORTCUT` for a plain net."""
-    return PLAIN_SHORTCUT if record.config.arch == "plain" else record.config.shortcut
+    return record.config.network_shortcut or PLAIN_SHORTCUT
 
 
 def network_label(arch: str, depth: int, shortcut: str | None = None) -> str:
