@@ -769,7 +769,7 @@ def _write_study(planned) -> None:
 def _cpu_estimate(runs) -> str | None:
     """Where the runs would train on this machine's CPU: a warning when they take over an
     hour."""
-    from degradation.analysis.watch import cpu_estimate, progress
+    from degradation.analysis.watch import cpu_estimate, run_progress
     from degradation.config import ConfigError
     from degradation.runs import read_run
     from degradation.training.device import resolve_device
@@ -784,7 +784,7 @@ def _cpu_estimate(runs) -> str | None:
     for run in runs:
         record = read_run(run.folder) if run.action == "resume" else None
         # A damaged log of a run to resume is named by the resume itself.
-        done = progress(record, name_damage=False).iteration if record is not None else 0
+        done = run_progress(record, name_damage=False).iteration if record is not None else 0
         left.append((run.config, run.config.train.iterations - done))
     return cpu_estimate(left)
 

@@ -622,7 +622,7 @@ def _plain_110(study: Study, errors: pd.DataFrame) -> Claim:
 GRADIENT_COLUMNS = ["arch", "depth", "seed", "iteration", "layer", "name", "grad_norm"]
 
 
-def gradient_norms(study: Study) -> pd.DataFrame:
+def gradient_norm_table(study: Study) -> pd.DataFrame:
     """The logged per-layer gradient norms of the study's finished runs (columns
     `GRADIENT_COLUMNS`); empty when no run has `grad_norms.csv`."""
     frames = []
@@ -683,7 +683,7 @@ def _gradients(study: Study) -> Claim:
     missing = _missing(study, errors, [("plain", 56), ("resnet", 56)])
     if missing:
         return _not_enough(8, claim, paper, missing)
-    ratios = gradient_ratios(gradient_norms(study))
+    ratios = gradient_ratios(gradient_norm_table(study))
     have = set(zip(ratios["arch"], ratios["depth"], strict=True))
     lacking = [key for key in (("plain", 56), ("resnet", 56)) if key not in have]
     if lacking:
@@ -741,7 +741,7 @@ def verdict_counts(claims: Sequence[Claim]) -> str:
     return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
 
 
-def render_markdown(study: Study, claims: Sequence[Claim]) -> str:
+def claims_markdown(study: Study, claims: Sequence[Claim]) -> str:
     """The verdicts as a Markdown table under a one-line header."""
     summary = verdict_counts(claims)
     rows = [[str(c.number), c.claim, c.paper, c.ours, f"**{c.verdict_text}**", c.note]
@@ -756,7 +756,7 @@ def claims_command(path: Path, out: Path | None, recursive: bool = False
     path = Path(path)
     study = select_study(load_runs(path, recursive), path)
     claims = judge(study)
-    markdown = render_markdown(study, claims)
+    markdown = claims_markdown(study, claims)
     folder = figures_dir(path, out)
     written = [folder / "claims.md", folder / "claims.csv"]
     atomic_write_text(written[0], markdown)

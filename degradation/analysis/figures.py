@@ -436,7 +436,7 @@ def gradients_command(path: Path, out: Path | None, recursive: bool = False) -> 
     """`degrade gradients`: the per-layer gradient norms figure; no paths when no run logged
     gradients (runs trained before gradient logging have none)."""
     study = claims.select_study(load_runs(Path(path), recursive), Path(path))
-    norms = claims.gradient_norms(study)
+    norms = claims.gradient_norm_table(study)
     if norms.empty:
         return []
     return save_figure(gradients_figure(norms, study.iterations), figures_dir(path, out),
