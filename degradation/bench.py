@@ -195,9 +195,9 @@ def bench_command(archs: list[str], depths: list[int], batch_size: int | None = 
                      f"separate {row.separate:,.1f} img/s, one run {row.lone:,.1f} img/s")
     device_name = _device_name(rows[0].device)
     tables = [f"device: {device_name}, torch {torch.__version__}, {machine()}",
-              markdown_table(COLUMNS, [row.cells() for row in rows])]
+              unpadded_table(COLUMNS, [row.cells() for row in rows])]
     if packing:
-        tables += ["", markdown_table(PACKING_COLUMNS, [row.cells() for row in packing])]
+        tables += ["", unpadded_table(PACKING_COLUMNS, [row.cells() for row in packing])]
     if record:
         command = command_line(archs, depths, batch, rows[0].config.device, steps, warmup_steps,
                                repeats, workers, images, eval_steps, overrides, runs)
@@ -697,8 +697,8 @@ def markdown_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
 
-def markdown_table(columns: Sequence[str], rows: list[list[str]]) -> str:
-    """A header, its separator and the rows."""
+def unpadded_table(columns: Sequence[str], rows: list[list[str]]) -> str:
+    """A header, its separator and the rows, unpadded: BENCHMARKS.md gains a row at a time."""
     return "\n".join([markdown_row(columns), markdown_row(["---"] * len(columns)),
                       *(markdown_row(row) for row in rows)])
 
@@ -711,7 +711,7 @@ def append_records(path: Path, columns: Sequence[str], rows: list[list[str]]) ->
     header = markdown_row(columns)
     starts = [index for index, line in enumerate(lines) if line == header]
     if not starts:
-        lines += ["", markdown_table(columns, [])]
+        lines += ["", unpadded_table(columns, [])]
         lines = "\n".join(lines).splitlines()
         starts = [len(lines) - 2]
     end = starts[-1] + 2  # after the header and its separator

@@ -11,7 +11,9 @@ Typer needs them; each command only parses, calls the module that does the work,
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import typer
 
 from degradation.completion import use_bash_script
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
-from degradation.package import presets
+from degradation.package import config_default, presets
 
 use_bash_script()  # bash completion that knows `=` splits bash's words
 
@@ -33,8 +35,31 @@ def _without_flag_types(params: list) -> list:
     return params
 
 
+_LIST_OR_BLOCK = re.compile(r"\s|[-*\u2022]\s|\d+[.)]\s")
+
+
+def reflowed(text: str | None) -> str | None:
+    """A docstring as `--help` should show it: each paragraph one line, for rich to wrap.
+
+    The source's line breaks only keep it under the line limit; rich would print them as
+    ragged lines. Blank lines still separate paragraphs, and a paragraph holding a list or an
+    indented block keeps its lines.
+    """
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph if any(_LIST_OR_BLOCK.match(line) for line in paragraph.splitlines()[1:])
+        or paragraph.startswith("\b") else " ".join(paragraph.split("\n"))
+        for paragraph in paragraphs)
+
+
 class _Command(typer.core.TyperCommand):
-    """A command whose flags show no value type in `--help`."""
+    """A command whose help reads as paragraphs and whose flags show no value type."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = reflowed(self.help)
 
     def get_params(self, ctx):  # (Click's signature)
         return _without_flag_types(super().get_params(ctx))
@@ -95,7 +120,7 @@ def _config_keys() -> list[str]:
     values = OmegaConf.load(data_dir("conf") / "config.yaml")
     return walk(values, "") if isinstance(values, DictConfig) else []
 
-RUNS_PATH = typer.Argument(Path("outputs"), help="Folder to search for runs.")
+RUNS_PATH = typer.Argument(Path(config_default("output_dir")), help="Folder to search for runs.")
 OUT = typer.Option(None, "--out", help="Where to write (default PATH/figures).")
 RECURSIVE = typer.Option(False, "--recursive", help="Also read the output trees nested inside "
                          "PATH (folders holding their own runs/, e.g. a backup copy); a run "
@@ -352,7 +377,8 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
                 run_dir(config)
         except plan.USER_ERRORS as error:
             fail(str(error))
-    root = path if path is not None else Path(configs[0].output_dir if configs else "outputs")
+    root = path if path is not None else Path(configs[0].output_dir if configs
+                                              else config_default("output_dir"))
     asked = configs_views(configs)
     planned: dict[Path, object] = {}  # kept once seen: what a sweep leaves unstarted shows
 
@@ -428,22 +454,30 @@ def table(
 
 @app.command()
 def export(
-    out: Path = typer.Argument(..., help="File to write, e.g. outputs/points.csv."),
-    path: Path = typer.Option(Path("outputs"), "--from", help="Folder to search for runs."),
+    path: Path = RUNS_PATH,
+    out: Path | None = typer.Option(None, "--out", help="File to write (default "
+                                    "PATH/figures/points.csv, or .parquet with --format "
+                                    "parquet)."),
     fmt: str | None = typer.Option(None, "--format", help="csv or parquet (needs pyarrow); "
                                    "default: parquet for a .parquet file, else csv."),
     recursive: bool = RECURSIVE,
+    runs_from: Path | None = typer.Option(None, "--from", hidden=True,
+                                          help="The former form, `export FILE --from PATH`."),
 ) -> None:
-    """Every logged point of every run as one table: a row per run and iteration, with the
-    run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*, ...) and
-    one column per metric (error/train, error/test, loss/train, loss/test, lr), as each
-    run's metrics.csv holds them."""
+    """Every logged point of every run under PATH as one table: a row per run and iteration,
+    with the run's configuration as columns (arch, depth, shortcut, seed, train.*, data.*,
+    ...) and one column per metric (error/train, error/test, loss/train, loss/test, lr), as
+    each run's metrics.csv holds them."""
     from degradation.analysis.export import export_command, format_refusal
+    from degradation.analysis.results import figures_dir
 
-    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
+    if runs_from is not None:  # `export FILE --from PATH`, as scripts written for it say
+        path, out = runs_from, path
+    fmt = fmt or ("parquet" if out is not None and out.suffix == ".parquet" else "csv")
     refusal = format_refusal(fmt)
     if refusal:
         fail(refusal)
+    out = out if out is not None else figures_dir(path, None) / f"points.{fmt}"
     _check_writable(out.parent)
     typer.echo(_analysis(export_command, path, out, fmt, recursive))
 
@@ -735,7 +769,7 @@ def _write_study(planned) -> None:
 def _cpu_estimate(runs) -> str | None:
     """Where the runs would train on this machine's CPU: a warning when they take over an
     hour."""
-    from degradation.analysis.watch import cpu_estimate, progress
+    from degradation.analysis.watch import cpu_estimate, run_progress
     from degradation.config import ConfigError
     from degradation.runs import read_run
     from degradation.training.device import resolve_device
@@ -750,7 +784,7 @@ def _cpu_estimate(runs) -> str | None:
     for run in runs:
         record = read_run(run.folder) if run.action == "resume" else None
         # A damaged log of a run to resume is named by the resume itself.
-        done = progress(record, name_damage=False).iteration if record is not None else 0
+        done = run_progress(record, name_damage=False).iteration if record is not None else 0
         left.append((run.config, run.config.train.iterations - done))
     return cpu_estimate(left)
 

@@ -94,6 +94,12 @@ class Config:
         return asdict(self)
 
     @property
+    def network_shortcut(self) -> str | None:
+        """The shortcut option the network has: None for a plain net, which has none (its
+        `shortcut` key, `A` by default, is then ignored)."""
+        return None if self.arch == "plain" else self.shortcut
+
+    @property
     def warmup_enabled(self) -> bool:
         """Warm-up at lr 0.01 is the paper's choice for depth 110 and above unless set."""
         if self.train.warmup is None:
@@ -265,13 +271,22 @@ def device_refusal(config: Config, cuda: bool | None) -> str | None:
     cluster node), so that only what fails everywhere (`device=cpu`) is refused.
     """
     if config.device == "cuda" and cuda is False:
-        return "device='cuda' but no CUDA device is available (allowed here: auto, cpu)"
+        return NO_CUDA
     on_cuda = {"cpu": False, "cuda": True}.get(config.device, cuda)
     if on_cuda is not False:
         return None
-    if config.train.precision == "bf16":
+    return cpu_refusal(config.train, config.trainer)
+
+
+NO_CUDA = "device='cuda' but no CUDA device is available (allowed here: auto, cpu)"
+
+
+def cpu_refusal(train: TrainConfig, trainer: TrainerConfig | None = None) -> str | None:
+    """What a run on the CPU cannot have (None: nothing): bf16, or SyncBatchNorm across
+    processes (`trainer` None: a single process's recipe alone)."""
+    if train.precision == "bf16":
         return "train.precision=bf16 needs a CUDA device; on the CPU use fp32"
-    if config.trainer.sync_batchnorm and config.trainer.gpus > 1:
+    if trainer is not None and trainer.sync_batchnorm and trainer.gpus > 1:
         return ("trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm has no CPU kernel); on "
                 "the CPU each process keeps its own BN statistics")
     return None

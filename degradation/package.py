@@ -8,10 +8,12 @@ install reads them where they are.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DISTRIBUTION = "degrade"
@@ -22,6 +24,16 @@ def data_dir(name: str) -> Path:
     """The folder `conf` or `experiments`: inside the installed package, else the checkout's."""
     packaged = PACKAGE_DIR / name
     return packaged if packaged.is_dir() else PACKAGE_DIR.parent / name
+
+
+@functools.cache
+def config_default(key: str) -> Any:
+    """The value of a dotted key in conf/config.yaml (`output_dir`, `data.root`): the one
+    place a default is written, read without importing torch."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(OmegaConf.load(data_dir("conf") / "config.yaml"), key,
+                            throw_on_missing=True)
 
 
 def presets(config_dir: Path | None = None) -> dict[str, Path]:

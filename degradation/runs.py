@@ -54,7 +54,7 @@ def runs_count(count: int) -> str:
 
 def network_name(config: Config) -> str:
     """`plain-20`, `resnet-56-A`: the network as the paper names it."""
-    if config.arch == "plain":
+    if config.network_shortcut is None:
         return f"plain-{config.depth}"  # plain nets have no shortcut to choose
     return f"{config.arch}-{config.depth}-{config.shortcut}"
 
@@ -64,7 +64,7 @@ def identity(config: Config) -> dict[str, Any]:
     flat = _flatten(config.to_dict())
     for key in NOT_IDENTITY:
         flat.pop(key, None)
-    if config.arch == "plain":
+    if config.network_shortcut is None:
         flat.pop("shortcut")
     if config.trainer.gpus == 1:
         # One process: the paper's single-batch BN, whatever the multi-process options say;
@@ -169,7 +169,7 @@ def check_consistency(record: RunRecord) -> str | None:
         return f"its folder {path.name} is not seed-{config.seed}-<hash> of its config.yaml"
     summary = record.summary or {}
     ours = {"arch": config.arch, "depth": config.depth,
-            "shortcut": None if config.arch == "plain" else config.shortcut,
+            "shortcut": config.network_shortcut,
             "seed": config.seed, "iterations": config.train.iterations}
     for key, value in ours.items():
         if key in summary and summary[key] != value:

@@ -308,7 +308,7 @@ def test_gradients_figure_and_command(tmp_path):
     assert written == [tmp_path / "figures" / "gradients.png",
                        tmp_path / "figures" / "gradients.pdf"]
     study = claims.select_study(find_runs(tmp_path), tmp_path)
-    fig = figures.gradients_figure(claims.gradient_norms(study), FULL)
+    fig = figures.gradients_figure(claims.gradient_norm_table(study), FULL)
     assert [ax.get_title() for ax in fig.axes] == ["depth 20: gradient norm per conv layer",
                                                    "depth 56: gradient norm per conv layer"]
     ax = fig.axes[1]
@@ -398,7 +398,7 @@ def test_a_damaged_gradient_log_is_named_in_a_warning_and_left_out(tmp_path, cap
     damaged = next(iter(folders.values())) / GRAD_NORMS_FILE
     damaged.write_text(damaged.read_text()[:-20])  # cut mid-row, as a torn copy leaves it
     study = claims.select_study(find_runs(tmp_path), tmp_path)
-    norms = claims.gradient_norms(study)
+    norms = claims.gradient_norm_table(study)
     (warning,) = [record.getMessage() for record in caplog.records]
     assert warning.startswith(f"warning: {damaged} is damaged (line ")
     assert warning.endswith("; its gradient norms are left out")

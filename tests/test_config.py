@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from degradation.config import ConfigError
@@ -91,3 +93,26 @@ def test_quick_preset_is_plain_and_resnet_at_20_and_56_on_a_short_schedule() -> 
     # The paper's proportions: lr divided at 1/2 and 3/4 of the schedule (32k, 48k of 64k).
     assert train.milestones == [train.iterations // 2, train.iterations * 3 // 4]
     assert train.iterations < 64000 and train.batch_size == 128
+
+
+def test_each_device_refusal_is_worded_in_config_alone() -> None:
+    # The planner, the device and the DDP launcher refuse with config's words, not copies.
+    root = Path(__file__).resolve().parents[1] / "degradation"
+    for words in ("no CUDA device is available", "needs a CUDA device",
+                  "SyncBatchNorm has no CPU kernel"):
+        holders = [source.relative_to(root).as_posix() for source in root.rglob("*.py")
+                   if words in source.read_text(encoding="utf-8")]
+        assert holders == ["config.py"], words
+
+
+def test_a_plain_net_has_no_shortcut_whatever_the_key_says() -> None:
+    import re
+
+    assert compose_config(["arch=plain", "shortcut=B"]).network_shortcut is None
+    assert compose_config(["arch=resnet", "shortcut=B"]).network_shortcut == "B"
+    # Decided there alone: the folders, summaries, responses and HParams ask the config.
+    root = Path(__file__).resolve().parents[1] / "degradation"
+    deciding = [source.name for source in root.rglob("*.py")
+                if re.search(r'\w\.arch == "plain" (else|or) .*shortcut',
+                             source.read_text(encoding="utf-8"))]
+    assert deciding == ["config.py"]

@@ -90,3 +90,72 @@ def test_the_readme_says_each_thing_once_and_where_it_is() -> None:
     assert [line for line in timed if line not in development] == []
     # Example output says whose machine it came from, as it differs from one CPU to another.
     assert "2 cores of an AMD EPYC" in _section("Example output")
+
+
+def test_help_shows_each_docstring_paragraph_as_one_flowing_text() -> None:
+    # The docstrings break lines ("...with the\nrun's configuration..."); --help reflows them,
+    # in the list of commands and in a command's later paragraphs alike.
+    listing = degrade_here("--help", env={"COLUMNS": "200"})
+    train = degrade_here("train", "--help", env={"COLUMNS": "200"})
+    for result, broken, flowing in (
+            (listing, "with the", "with the run's configuration"),
+            (train, "with", "with config.yaml, TensorBoard events")):
+        assert result.exit_code == 0, result.output
+        lines = [line.strip(" │") for line in result.stdout.splitlines()]
+        assert not any(line.endswith(f" {broken}") for line in lines)
+        assert any(flowing in line for line in lines)
+
+
+def test_reflowing_keeps_paragraph_breaks_and_lists() -> None:
+    from degradation.cli import reflowed
+
+    text = "First\n    line.\n\n    Second\n    paragraph.\n\n    Items:\n    - one\n    - two\n"
+    assert reflowed(text) == "First line.\n\nSecond paragraph.\n\nItems:\n- one\n- two"
+
+
+def test_the_readme_table_of_defaults_says_what_conf_holds() -> None:
+    import yaml
+    from omegaconf import OmegaConf
+
+    from degradation.config import yaml_defaults
+
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Configuration")[1]
+    section = section.split("\n## ")[0]
+    rows = re.findall(r"^\| (`[^|]+`) \| (`[^|]+`) \|", section, flags=re.MULTILINE)
+    assert len(rows) >= 20  # the table is found, not an empty match
+    conf = OmegaConf.to_container(yaml_defaults())
+    checked = 0
+    for keys, values in rows:
+        names = re.findall(r"`([^`]+)`", keys)
+        said = [yaml.safe_load(value) for value in re.findall(r"`([^`]+)`", values)]
+        said = said * len(names) if len(said) == 1 else said  # one value for all the keys
+        assert len(said) == len(names), keys
+        for name, value in zip(names, said, strict=True):
+            node = conf
+            for part in name.split("."):
+                node = node[part]
+            assert node == value, f"README says {name}: {value!r}; conf/config.yaml: {node!r}"
+            checked += 1
+    assert checked >= 25
+
+
+def test_the_python_code_writes_no_default_folder_of_its_own() -> None:
+    # outputs/ and data/ are conf/config.yaml's defaults (package.config_default reads them);
+    # the paper's 64k iterations are defined once.
+    import ast
+
+    literals, definitions = [], []
+    for source in [*(ROOT / "degradation").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in ("outputs", "outputs/"):
+                literals.append(f"{source.name}:{node.lineno}")
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(side, ast.Constant) and side.value == "data"
+                    for side in node.comparators):
+                literals.append(f"{source.name}:{node.lineno}")
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(target, ast.Name) and target.id == "PAPER_ITERATIONS"
+                    for target in node.targets):
+                definitions.append(source.name)
+    assert literals == []
+    assert definitions == ["results.py"]

@@ -31,7 +31,7 @@ def logged_run(root: Path, arch: str, seed: int, iterations: int) -> Path:
 def test_export_writes_one_row_per_logged_point_with_the_config(tmp_path: Path) -> None:
     folders = [logged_run(tmp_path, "plain", 0, 400), logged_run(tmp_path, "resnet", 1, 300)]
     out = tmp_path / "export" / "points.csv"
-    result = degrade_here("export", str(out), "--from", str(tmp_path))
+    result = degrade_here("export", str(tmp_path), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(out)
     table = pd.read_csv(out)
@@ -54,7 +54,7 @@ def test_parquet_without_pyarrow_is_refused_in_one_line(tmp_path: Path,
     logged_run(tmp_path, "resnet", 0, 200)
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
     out = tmp_path / "points.parquet"
-    result = degrade_here("export", str(out), "--from", str(tmp_path))
+    result = degrade_here("export", str(tmp_path), "--out", str(out))
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "install pyarrow" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -70,7 +70,7 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
 def test_export_writes_the_values_of_metrics_csv_not_float32(tmp_path: Path) -> None:
     folder = logged_run(tmp_path, "resnet", 0, 400)
     out = tmp_path / "points.csv"
-    assert degrade_here("export", str(out), "--from", str(tmp_path)).exit_code == 0
+    assert degrade_here("export", str(tmp_path), "--out", str(out)).exit_code == 0
     table = pd.read_csv(out).set_index("iteration")
     assert set(table["lr"]) == {0.1}  # TensorBoard holds 0.10000000149011612
     assert "0.1," in out.read_text() and "0.10000000149" not in out.read_text()
@@ -85,12 +85,41 @@ def test_export_takes_from_the_events_only_the_points_the_csv_lacks(tmp_path: Pa
     lines = csv.read_text().splitlines()
     csv.write_text("\n".join([lines[0], *lines[3:]]) + "\n")  # from iteration 300 on only
     out = tmp_path / "points.csv"
-    assert degrade_here("export", str(out), "--from", str(tmp_path)).exit_code == 0
+    assert degrade_here("export", str(tmp_path), "--out", str(out)).exit_code == 0
     table = pd.read_csv(out).set_index("iteration")
     assert list(table.index) == [100, 200, 300, 400]
     assert table.loc[100, "lr"] == pytest.approx(0.1) and table.loc[100, "lr"] != 0.1
     assert table.loc[300, "lr"] == 0.1 and table.loc[400, "error/test"] == 40.0
     assert pd.isna(table.loc[300, "error/test"])
     csv.unlink()  # a run logged before metrics.csv: its events alone
-    assert degrade_here("export", str(out), "--from", str(tmp_path)).exit_code == 0
+    assert degrade_here("export", str(tmp_path), "--out", str(out)).exit_code == 0
     assert list(pd.read_csv(out)["iteration"]) == [100, 200, 300, 400]
+
+
+def test_export_takes_the_runs_folder_as_the_other_analysis_commands_do(tmp_path: Path) -> None:
+    # `degrade export outputs` reads outputs/ and writes outputs/figures/points.csv.
+    logged_run(tmp_path, "resnet", 0, 200)
+    result = degrade_here("export", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "figures" / "points.csv"
+    assert result.output.strip() == str(out)
+    assert list(pd.read_csv(out)["iteration"]) == [100, 200]
+    usage = degrade_here("export", "--help", env={"COLUMNS": "120"}).stdout
+    assert "export [OPTIONS] [path]" in usage and "{out}" not in usage
+
+
+def test_parquet_export_without_pyarrow_writes_nothing_under_path(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # refused before anything is read
+    result = degrade_here("export", str(tmp_path), "--format", "parquet")
+    assert result.exit_code == 2 and "install pyarrow" in result.output
+    assert not (tmp_path / "figures").exists()
+
+
+def test_export_still_reads_the_former_form_file_from_path(tmp_path: Path) -> None:
+    logged_run(tmp_path, "plain", 0, 200)
+    out = tmp_path / "points.csv"
+    result = degrade_here("export", str(out), "--from", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == 2

@@ -87,3 +87,15 @@ def test_the_package_never_imports_its_hydra_plugin() -> None:
     wrong = {name: sorted(target for target in targets if target.startswith(PLUGIN))
              for name, targets in graph.items() if name.startswith(PACKAGE)}
     assert {name: targets for name, targets in wrong.items() if targets} == {}
+
+
+def test_names_that_meant_two_things_are_defined_once() -> None:
+    # A tensor and a DataFrame, two Markdown renderers, a function beside a class: each
+    # name now has one meaning.
+    defined: dict[str, list[str]] = {}
+    for path in [*ROOT.glob(f"{PACKAGE}/**/*.py"), *ROOT.glob(f"{PLUGIN}/**/*.py")]:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                defined.setdefault(node.name, []).append(module_name(path))
+    for name in ("gradient_norms", "markdown_table", "render_markdown", "progress"):
+        assert len(defined.get(name, [])) <= 1, (name, defined[name])

@@ -33,6 +33,7 @@ import pandas as pd
 from degradation.analysis import stats
 from degradation.analysis.results import (
     PAPER_FIGURE6_PLAIN,
+    PAPER_ITERATIONS,
     PAPER_TABLE6,
     PAPER_TABLE6_NOTES,
     REPRODUCTIONS,
@@ -48,11 +49,11 @@ from degradation.analysis.results import (
 from degradation.config import Config, load_config, yaml_defaults
 from degradation.console import override, shell_command
 from degradation.errors import error_line
+from degradation.package import config_default
 from degradation.runs import RunRecord, hashed_identity
 from degradation.storage import DamagedFile, atomic_write_text
 from degradation.training.logs import read_grad_norms
 
-PAPER_ITERATIONS = 64000
 REPRODUCED, NOT_REPRODUCED = stats.REPRODUCED, stats.NOT_REPRODUCED
 INCONCLUSIVE, NOT_ENOUGH = stats.INCONCLUSIVE, stats.NOT_ENOUGH
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_ENOUGH)
@@ -128,7 +129,7 @@ def _recipe_key(config: Config) -> str:
 
 
 def _in_claims(record: RunRecord) -> bool:
-    return record.config.arch == "plain" or record.config.shortcut == "A"
+    return record.config.network_shortcut in (None, "A")
 
 
 def select_study(records: Sequence[RunRecord], root: Path) -> Study:
@@ -244,9 +245,9 @@ def run_command(study: Study, networks: Sequence[tuple[str, int]], flags: str = 
     extra = _recipe_overrides(study.reference) if study.reference is not None else []
     # Where the study's runs were written (PATH may be a folder above or below that).
     output_dir = Path(study.reference.output_dir) if study.reference is not None else study.root
-    if output_dir != Path("outputs"):
+    if output_dir != Path(config_default("output_dir")):
         extra.append(override("output_dir", str(output_dir)))
-    if study.reference is not None and study.reference.data.root != "data":
+    if study.reference is not None and study.reference.data.root != config_default("data.root"):
         extra.append(override("data.root", str(study.reference.data.root)))
     tail = [*extra, *([flags] if flags else [])]
     commands = []
@@ -621,7 +622,7 @@ def _plain_110(study: Study, errors: pd.DataFrame) -> Claim:
 GRADIENT_COLUMNS = ["arch", "depth", "seed", "iteration", "layer", "name", "grad_norm"]
 
 
-def gradient_norms(study: Study) -> pd.DataFrame:
+def gradient_norm_table(study: Study) -> pd.DataFrame:
     """The logged per-layer gradient norms of the study's finished runs (columns
     `GRADIENT_COLUMNS`); empty when no run has `grad_norms.csv`."""
     frames = []
@@ -682,7 +683,7 @@ def _gradients(study: Study) -> Claim:
     missing = _missing(study, errors, [("plain", 56), ("resnet", 56)])
     if missing:
         return _not_enough(8, claim, paper, missing)
-    ratios = gradient_ratios(gradient_norms(study))
+    ratios = gradient_ratios(gradient_norm_table(study))
     have = set(zip(ratios["arch"], ratios["depth"], strict=True))
     lacking = [key for key in (("plain", 56), ("resnet", 56)) if key not in have]
     if lacking:
@@ -740,7 +741,7 @@ def verdict_counts(claims: Sequence[Claim]) -> str:
     return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
 
 
-def render_markdown(study: Study, claims: Sequence[Claim]) -> str:
+def claims_markdown(study: Study, claims: Sequence[Claim]) -> str:
     """The verdicts as a Markdown table under a one-line header."""
     summary = verdict_counts(claims)
     rows = [[str(c.number), c.claim, c.paper, c.ours, f"**{c.verdict_text}**", c.note]
@@ -755,7 +756,7 @@ def claims_command(path: Path, out: Path | None, recursive: bool = False
     path = Path(path)
     study = select_study(load_runs(path, recursive), path)
     claims = judge(study)
-    markdown = render_markdown(study, claims)
+    markdown = claims_markdown(study, claims)
     folder = figures_dir(path, out)
     written = [folder / "claims.md", folder / "claims.csv"]
     atomic_write_text(written[0], markdown)

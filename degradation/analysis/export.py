@@ -1,7 +1,7 @@
 """`degrade export`: every logged point of every run as one tidy table, config as columns.
 
-    degrade export outputs/points.csv                     # CSV, readable anywhere
-    degrade export outputs/points.parquet --format parquet  # needs pyarrow
+    degrade export outputs                       # outputs/figures/points.csv
+    degrade export outputs --out points.parquet  # Parquet: needs pyarrow
 
 One row per (run, iteration) with the run's configuration flattened to dotted columns
 (`train.lr`, `data.val_split`, ...), its folder and state, and one column per logged tag

@@ -28,6 +28,7 @@ from degradation.analysis import claims
 from degradation.analysis.results import (
     GROUP,
     PAPER_FIGURE6_PLAIN,
+    PAPER_ITERATIONS,
     PAPER_TABLE6,
     PLAIN_SHORTCUT,
     STATE_ORDER,
@@ -42,7 +43,6 @@ from degradation.analysis.results import (
 from degradation.storage import atomic_write_bytes
 
 ITERATION_UNIT = 1e4  # the paper's x-axis: "iter. (1e4)"
-PAPER_ITERATIONS = 64000
 Y_MAX = 20.0  # Figure 6 shows 0-20%; plain-110 (above 60%) is off the chart in the paper
 TRAIN_STYLE = {"linestyle": "--", "linewidth": 1.0}  # "dashed lines denote training error"
 TEST_STYLE = {"linestyle": "-", "linewidth": 2.2}  # "bold lines denote testing error"
@@ -436,7 +436,7 @@ def gradients_command(path: Path, out: Path | None, recursive: bool = False) -> 
     """`degrade gradients`: the per-layer gradient norms figure; no paths when no run logged
     gradients (runs trained before gradient logging have none)."""
     study = claims.select_study(load_runs(Path(path), recursive), Path(path))
-    norms = claims.gradient_norms(study)
+    norms = claims.gradient_norm_table(study)
     if norms.empty:
         return []
     return save_figure(gradients_figure(norms, study.iterations), figures_dir(path, out),

@@ -100,7 +100,7 @@ def write_report(path: Path, out_dir: Path | None = None, recursive: bool = Fals
         body.append(_figure_section("Figure 7: layer responses", figures.figure7(responses),
                                     folder, "figure7", "Top: network order; bottom: sorted."))
 
-    norms = claims.gradient_norms(study)
+    norms = claims.gradient_norm_table(study)
     if not norms.empty:
         body.append(_figure_section("Gradient norms per layer", figures.gradients_figure(
             norms, study.iterations), folder, "gradients", "The L2 norm of each conv layer's "

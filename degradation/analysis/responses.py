@@ -127,7 +127,7 @@ def compute_run_responses(record: RunRecord, data_root: Path | None, device: str
     names = {module: name for name, module in model.named_modules()}
     result = {
         "family": network_name(config), "arch": config.arch, "depth": config.depth,
-        "shortcut": None if config.arch == "plain" else config.shortcut, "seed": config.seed,
+        "shortcut": config.network_shortcut, "seed": config.seed,
         "checkpoint_iteration": state["iteration"], "eval_set": splits.eval_set,
         "images": len(splits.eval_images), "pooling": POOLING,
         "layers": [names[module] for module in response_modules(model)],

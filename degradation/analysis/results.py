@@ -49,6 +49,8 @@ from degradation.runs import (
 from degradation.storage import DamagedFile, atomic_write_text, path_refusal, read_json
 from degradation.training.logs import HPARAMS_METRICS, TAGS, read_metrics_prefix
 
+PAPER_ITERATIONS = 64000  # He et al. 2016: "terminate training at 64k iterations"
+
 # He et al. 2016, Table 6: ResNet test error (%) on CIFAR-10, all with shortcut option A.
 # For most depths the paper prints one number, which our mean is compared with; for ResNet-110
 # it prints the best of 5 runs and their mean ± std: mean is compared with mean, best with best.
@@ -173,7 +175,7 @@ def _newest_file_time(folder: Path, names: Iterable[str] | None = None) -> float
 
 def shortcut_of(record: RunRecord) -> str:
     """The run's shortcut option, or `PLAIN_SHORTCUT` for a plain net."""
-    return PLAIN_SHORTCUT if record.config.arch == "plain" else record.config.shortcut
+    return record.config.network_shortcut or PLAIN_SHORTCUT
 
 
 def network_label(arch: str, depth: int, shortcut: str | None = None) -> str:

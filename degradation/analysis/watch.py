@@ -62,7 +62,7 @@ class RunProgress:
     iterations_per_s: float | None = None  # running runs: the speed of the last log points
 
 
-def progress(record: RunRecord, name_damage: bool = True) -> RunProgress:
+def run_progress(record: RunRecord, name_damage: bool = True) -> RunProgress:
     """Iteration, last errors, ETA (running runs) and error message (failed runs) of a run.
 
     `name_damage=False`: a damaged `metrics.csv` gives blank progress without a warning (for
@@ -149,7 +149,7 @@ class RunView:
 
 def view_of(record: RunRecord) -> RunView:
     """What the run in `record`'s folder shows now."""
-    where = progress(record)
+    where = run_progress(record)
     rate = where.iterations_per_s
     state, error = record.state, where.error
     errors = where.train_error, where.test_error

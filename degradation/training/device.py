@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from degradation.config import Config, ConfigError, TrainConfig
+from degradation.config import NO_CUDA, Config, ConfigError, TrainConfig, cpu_refusal
 from degradation.errors import one_line
 from degradation.hardware import usable_cores
 from degradation.models import build_model
@@ -34,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA device is available (allowed here: auto, cpu)")
+        raise ConfigError(NO_CUDA)
     return torch.device(name)
 
 
@@ -61,9 +61,10 @@ class Speed:
 
 def resolve_speed(recipe: TrainConfig, device: torch.device) -> Speed:
     """Fill in the nulls with what pays on `device` (the measurements are in BENCHMARKS.md)."""
-    if recipe.precision == "bf16" and device.type != "cuda":
+    refusal = cpu_refusal(recipe) if device.type != "cuda" else None
+    if refusal:
         # CPU runs stay fp32: exactly reproducible, and this CPU has no fast bf16 anyway.
-        raise ConfigError("train.precision=bf16 needs a CUDA device; on the CPU use fp32")
+        raise ConfigError(refusal)
     channels_last = True if recipe.channels_last is None else recipe.channels_last
     compile_model = recipe.compile
     if compile_model is None:

@@ -464,7 +464,7 @@ def write_hparams(writer: SummaryWriter, config: Config, summary: dict[str, Any]
     its curves.
     """
     values = {"arch": config.arch, "depth": config.depth,
-              "shortcut": PLAIN_SHORTCUT if config.arch == "plain" else config.shortcut,
+              "shortcut": config.network_shortcut or PLAIN_SHORTCUT,
               "seed": config.seed}
     # Every metric is declared, so runs that diverged before an evaluation still compare.
     metrics = dict.fromkeys([*HPARAMS_METRICS, *HPARAMS_CURVES], 0.0)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from degradation.config import Config, ConfigError
+from degradation.config import Config, ConfigError, device_refusal
 from degradation.errors import INTERRUPTED_EXIT
 from degradation.hardware import usable_cores
 from degradation.training.signals import noting_stop_signals
@@ -47,9 +47,9 @@ def spawn(config: Config) -> Outcome:
 
     size = config.trainer.gpus
     device = resolve_device(config.device)
-    if config.trainer.sync_batchnorm and device.type != "cuda":
-        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm has no CPU "
-                          "kernel); on the CPU each process keeps its own BN statistics")
+    refusal = device_refusal(config, cuda=device.type == "cuda")  # the resolved device's
+    if refusal:
+        raise ConfigError(refusal)
     if device.type == "cuda" and torch.cuda.device_count() < size:
         raise ConfigError(f"trainer.gpus={size} but {torch.cuda.device_count()} GPU(s) are "
                           "visible to this run")

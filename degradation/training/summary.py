@@ -53,7 +53,7 @@ def summary_of(config: Config, ending: Ending, eval_set: str, device: torch.devi
         "status": ending.status,
         "arch": config.arch,
         "depth": config.depth,
-        "shortcut": None if config.arch == "plain" else config.shortcut,
+        "shortcut": config.network_shortcut,
         "seed": config.seed,
         "iterations": config.train.iterations,
         "iterations_done": ending.iterations_done,
