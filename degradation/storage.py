@@ -80,6 +80,20 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+DAMAGED_SUFFIX = ".damaged"  # a damaged checkpoint or log, set aside and kept as evidence
+
+
+def set_aside_damaged(path: Path) -> Path:
+    """Rename a damaged file to `<name>.damaged` (kept for inspection, never read again)."""
+    target = Path(path).with_name(Path(path).name + DAMAGED_SUFFIX)
+    try:
+        os.replace(path, target)
+    except OSError as error:
+        raise StorageError(f"cannot move the damaged file {path} aside: "
+                           f"{error.strerror or error}") from None
+    return target
+
+
 def path_refusal(path: Path | str) -> str | None:
     """Why `path` cannot name a file on this system (a name or the whole path longer than
     the file system allows), or None. Checked before use: `stat` would raise instead of

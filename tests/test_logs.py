@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE
-from degradation.storage import DamagedFile
+from degradation.storage import DAMAGED_SUFFIX, DamagedFile
 from degradation.training.logs import (
-    DAMAGED,
     MetricsLog,
     read_grad_norm_prefix,
     read_grad_norms,
@@ -111,7 +110,7 @@ def test_a_resume_keeps_the_valid_rows_up_to_the_checkpoint_and_sets_the_damaged
     assert warning.startswith(f"warning: {path} is damaged (")
     assert "kept its valid log points up to iteration 30 (the damaged" in warning
     assert "short of" not in warning  # every row up to the checkpoint read
-    assert (folder / (name + DAMAGED)).read_bytes() == cut
+    assert (folder / (name + DAMAGED_SUFFIX)).read_bytes() == cut
     rows = (read_metrics_prefix if name == METRICS_FILE else read_grad_norm_prefix)(path)
     assert rows[1] is None and list(rows[0]) == [10, 20, 30]  # repaired at once
 
@@ -141,3 +140,10 @@ def test_the_analysis_takes_a_cut_row_for_damage_not_for_lr_zero(
     (warning,) = [record.getMessage() for record in caplog.records]
     assert warning == (f"warning: {tmp_path / METRICS_FILE} is damaged (line 4: 2 fields where "
                        "the header has 6); its points after that line are left out")
+
+
+def test_an_empty_grad_norms_csv_is_named_as_damaged(tmp_path: Path) -> None:
+    # A run killed just after creating its log leaves it empty: named, not an OS error.
+    (tmp_path / GRAD_NORMS_FILE).write_bytes(b"")
+    with pytest.raises(DamagedFile, match=r"grad_norms.csv is damaged \(line 1: it is empty\)"):
+        read_grad_norms(tmp_path)

@@ -10,7 +10,6 @@ the newest and `checkpoint.prev.pt` the one before; each is verified (zip CRCs) 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import re
 import zipfile
@@ -23,13 +22,17 @@ import torch
 from degradation.config import Config, ConfigError, from_dict
 from degradation.errors import error_line
 from degradation.runs import CHECKPOINT, PREVIOUS_CHECKPOINT, identity
-from degradation.storage import StorageError, atomic_write_bytes, keep_as_previous
+from degradation.storage import (
+    StorageError,
+    atomic_write_bytes,
+    keep_as_previous,
+    set_aside_damaged,
+)
 
 FORMAT = 1  # the "format" entry; a checkpoint of another format is refused, never guessed at
 KEYS = frozenset({
     "config", "iteration", "model", "optimizer", "batches", "rng", "warming_up", "best",
     "last_test", "last_train", "accumulators", "elapsed_s"})
-DAMAGED_SUFFIX = ".damaged"
 
 
 class DamagedCheckpoint(StorageError):
@@ -135,17 +138,6 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not (isinstance(state, dict) and "iteration" in state and "model" in state):
         raise DamagedCheckpoint(f"checkpoint {path} is not a degrade checkpoint")
     return state
-
-
-def set_aside_damaged(path: Path) -> Path:
-    """Rename a damaged checkpoint to `<name>.damaged` (kept for inspection, never loaded)."""
-    target = Path(path).with_name(Path(path).name + DAMAGED_SUFFIX)
-    try:
-        os.replace(path, target)
-    except OSError as error:
-        raise StorageError(f"cannot move the damaged checkpoint {path} aside: "
-                           f"{error.strerror or error}") from None
-    return target
 
 
 def check_checkpoint(path: Path, state: dict[str, Any], config: Config) -> None:

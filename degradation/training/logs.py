@@ -24,7 +24,7 @@ from torch.utils.tensorboard.summary import hparams
 from degradation.config import Config
 from degradation.errors import error_line
 from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, PLAIN_SHORTCUT, TENSORBOARD_DIR
-from degradation.storage import DamagedFile, atomic_write_text
+from degradation.storage import DamagedFile, atomic_write_text, set_aside_damaged
 
 if TYPE_CHECKING:  # pandas is imported only by the readers, not by every training process
     import pandas as pd
@@ -111,9 +111,6 @@ class MetricsLog:
         atomic_write_text(self.csv_path, buffer.getvalue())
 
 
-DAMAGED = ".damaged"  # `<log>.damaged`: a damaged log set aside on resume, kept as evidence
-
-
 def _resumed_rows(path: Path, read_prefix: Callable[[Path], tuple[dict[int, Any], str | None]],
                   resume_from: int, recover: Callable[[], dict[int, Any]] | None = None
                   ) -> tuple[dict[int, Any], bool]:
@@ -139,8 +136,7 @@ def _resumed_rows(path: Path, read_prefix: Callable[[Path], tuple[dict[int, Any]
             f", and {len(found)} log points up to the checkpoint's {resume_from} are taken "
             "from the TensorBoard events" if found else f", short of the checkpoint's "
             f"{resume_from}")
-    aside = path.with_name(path.name + DAMAGED)
-    path.replace(aside)
+    aside = set_aside_damaged(path)
     log.warning("warning: %s; kept its valid log points up to iteration %d%s (the damaged "
                 "file is kept as %s)", damage, resume_from, note, aside)
     return dict(sorted(kept.items())), True
@@ -346,6 +342,8 @@ def _whole_grad_norms(path: Path) -> pd.DataFrame | None:
 
     with path.open("rb") as file:
         head = file.readline()
+        if not head:  # empty: the strict reader names it
+            return None
         file.seek(-1, 2)
         if head != (",".join(GRAD_NORM_COLUMNS) + "\n").encode() or file.read(1) != b"\n":
             return None
