@@ -312,8 +312,8 @@ def degradation_figure(study: claims.Study) -> Figure:
         depths = part["depth"].to_numpy()
         paper = _paper_errors(arch, int(depths.min()), int(depths.max()))
         series = [("error/train", "train_error"), ("error/test", "test_error")]
-        clean = study.finals.loc[study.finals["arch"] == arch, "clean_train_error"]
-        if clean.notna().all():
+        networks = [(arch, int(depth)) for depth in depths]
+        if claims.training_measure(study, networks) == "clean_train_error":
             series.append(("error/train_clean", "clean_train_error"))
         for metric, column in series:
             name, colour, linestyle, marker = DEGRADATION_STYLE[metric]

@@ -31,7 +31,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
-from degradation.analysis.stats import LEVEL, t_quantile
+from degradation.analysis.stats import LEVEL, mean_interval
 from degradation.errors import DegradeError, error_line
 from degradation.runs import (
     METRICS_FILE,
@@ -439,17 +439,6 @@ TABLE_COLUMNS = [
     "paper_best_test_error", "paper_fig6_test", "paper_fig6_train", "reproductions",
     "difference", "best_difference",
 ]
-
-
-def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
-    """The t-interval of the mean of `values` at `level` (NaNs for fewer than 2 values)."""
-    n = len(values)
-    if n < 2:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    std = math.sqrt(sum((value - mean) ** 2 for value in values) / (n - 1))
-    half = t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n)
-    return mean - half, mean + half
 
 
 def reproductions_of(arch: str, depth: int) -> str:

@@ -209,6 +209,16 @@ class Comparison:
         return f"{self.difference:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
 
 
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
+    """The t-interval of the mean of `values` at `level` (NaNs for fewer than 2 values)."""
+    n = len(values)
+    if n < 2:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    half = t_quantile(0.5 + level / 2.0, n - 1) * sample_std(values) / math.sqrt(n)
+    return mean - half, mean + half
+
+
 def welch(a: Sample, b: Sample, level: float = LEVEL) -> tuple[float, float, float, float]:
     """(difference, low, high, df): Welch's interval of mean(b) - mean(a) at `level`, each
     side's variance with its own degrees of freedom (Satterthwaite)."""

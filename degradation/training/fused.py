@@ -95,7 +95,6 @@ class FusedNetwork:
         self.base = copy.deepcopy(models[0]).to("meta")
         self.recipe, self.device = recipe, device
         self.optimizer = make_sgd(self.params.values(), recipe, device)
-        self.compiled = False
         self.eager()
         if compile_model:
             self._own, self._shared = (torch.compile(self._own, dynamic=False),

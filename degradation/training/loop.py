@@ -244,7 +244,9 @@ class _Trainer:
         goes on exactly as an eager run would. Any other error is the run's."""
         if what not in self.not_compiled_yet:
             return compute()
-        before = [copy.deepcopy(self.network.saved(index)) for index in range(len(self.runs))]
+        # Only a step changes the state (an evaluation leaves weights and optimizer as they are).
+        before = [copy.deepcopy(self.network.saved(index)) for index in range(len(self.runs))
+                  ] if what == "step" else []
         try:
             result = compute()
         except Exception as error:
