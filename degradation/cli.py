@@ -357,6 +357,7 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
     each once, those whose folder holds no run yet as not started."""
     from degradation.analysis.results import AnalysisError, load_runs
     from degradation.analysis.watch import configs_views, not_started, view_of
+    from degradation.console import override
     from degradation.launch import compose, plan
     from degradation.launch.sweeps import live_sweeps
     from degradation.runs import run_dir
@@ -366,8 +367,9 @@ def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
     if refusal is not None:  # before the sweeps' folder under it is looked at
         fail(f"{path} cannot be read: {refusal}")
     if path is not None and overrides and not any(
-            override.split("=", 1)[0].lstrip("+~") == "output_dir" for override in overrides):
-        overrides = [*overrides, f"output_dir={path}"]  # the runs asked for are PATH's
+            compose.override_key(override) == "output_dir" for override in overrides):
+        # The runs asked for are PATH's (quoted for Hydra: `out,v2` is one folder, no sweep).
+        overrides = [*overrides, override("output_dir", str(path))]
     configs = []
     if overrides:
         try:

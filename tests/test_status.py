@@ -230,3 +230,15 @@ def test_a_sweep_whose_record_cannot_be_written_goes_on(tmp_path: Path,
         went_on = True
         assert live_sweeps(tmp_path) == []
     assert went_on and "lists this sweep's runs only once they start" in caplog.text
+
+
+def test_status_with_overrides_reads_a_path_whose_name_hydra_would_split(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = tmp_path / "out,v2 $(x)"  # unquoted, Hydra reads a sweep over two folders
+    run(outputs, 0, final_test_error=8.25, final_train_error=0.5)
+    monkeypatch.chdir(tmp_path)
+    result = degrade_here("status", str(outputs), "seed=0", f"train.iterations={TOTAL}",
+                          "train.milestones=[500,750]")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2 and lines[0].split()[3] == "done" and str(outputs) in lines[0]

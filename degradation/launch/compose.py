@@ -138,10 +138,15 @@ def fixed_overrides(overrides: list[str]) -> list[str]:
     return [o.input_line for o in parsed if not o.is_sweep_override()]
 
 
+def override_key(override: str) -> str:
+    """The key an override sets: `output_dir` of `output_dir=x`, `+output_dir=x`, `~output_dir`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def refuse_run_folder_overrides(overrides: list[str]) -> None:
     """Refuse `hydra.run.dir` and the like: the run folder comes from `output_dir`."""
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         if key in RUN_FOLDER_KEYS:
             raise ConfigError(
                 f"{key} cannot be set: a run's folder is output_dir/runs/<network>/"
