@@ -178,11 +178,14 @@ def fail(message: str, code: int = BAD_INPUT_EXIT) -> None:
     raise typer.Exit(code)
 
 
+FORCE = typer.Option(False, "--force", help="Retrain finished runs too (each old folder is kept "
+                     "beside it as <folder>.replaced-<time>).")
+
+
 @app.command()
 def train(
     overrides: list[str] = OVERRIDES,
-    force: bool = typer.Option(False, "--force", help="Retrain a finished run (the old folder "
-                               "is kept beside it as <folder>.replaced-<time>)."),
+    force: bool = FORCE,
     show_config: bool = typer.Option(False, "--show-config",
                                      help="Print the resolved configuration and exit."),
     cfg: str | None = CFG,
@@ -196,11 +199,7 @@ def train(
     The run's folder is outputs/runs/<arch>-<depth>[-<shortcut>]/seed-<seed>-<hash>/ with
     config.yaml, TensorBoard events, metrics.csv, checkpoint.pt, summary.json and train.log.
     """
-    from degradation.config import ConfigError
-    from degradation.launch import plan
-    from degradation.runs import SUMMARY_FILE
-    from degradation.storage import RunLock
-    from degradation.training.device import resolve_device
+    from degradation.launch import session
 
     overrides = overrides or []
     if _inspect(overrides, False, cfg, resolve, package, info, config_dir):
@@ -208,34 +207,13 @@ def train(
     if show_config:  # as `--cfg job`: showing a configuration needs no data and no folder
         _show_config(overrides, config_dir)
         return
-    planned = _plan(overrides, sweep=False, force=force, fetch=True, config_dir=config_dir)[0]
-    if planned.action == "running":
-        lock = RunLock(planned.folder)
-        fail(str(lock.refusal(lock.holder() or "unknown")), code=FAILED_EXIT)
-    try:
-        resolve_device(planned.config.device)  # checked here only: sweeps may run elsewhere
-    except ConfigError as error:
-        fail(str(error))
-    if planned.action == "skip" and not planned.config.trainer.fuse_with:
-        # (With fuse_with the runs fused with it may be unfinished: training skips each
-        # finished one and says so.)
-        typer.echo(plan.skipped_line(planned) + "; --force retrains it")
-        return
-    warning = _cpu_estimate([planned])
-    if warning:
-        typer.echo(warning, err=True)
-    if force:  # the runs fused with it (trainer.fuse_with) are retrained too
-        for folder in plan.member_folders(planned.config):
-            if (folder / SUMMARY_FILE).exists():
-                typer.echo(f"previous run kept in {plan.set_aside(folder)}")
-    plan.launch(overrides, sweep=False, config_dir=config_dir)
+    _launching(session.train, overrides, force, config_dir, typer.echo)
 
 
 @app.command()
 def sweep(
     overrides: list[str] = OVERRIDES,
-    force: bool = typer.Option(False, "--force", help="Retrain finished runs too (old folders "
-                               "are kept as <folder>.replaced-<time>)."),
+    force: bool = FORCE,
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="List the runs and what would happen to each; start none."),
     cfg: str | None = CFG,
@@ -250,59 +228,28 @@ def sweep(
     `experiment=fig6`. Finished runs are skipped, interrupted ones resumed; a failing run
     does not stop the others.
     """
-    from degradation.launch import plan
-    from degradation.launch.sweeps import recorded
-    from degradation.runs import ERROR_FILE, last_line, read_run, runs_count
+    from degradation.launch import session
 
     overrides = overrides or []
     if _inspect(overrides, True, cfg, resolve, package, info, config_dir):
         return
-    planned = _plan(overrides, sweep=True, force=force, fetch=not dry_run,
-                    config_dir=config_dir)
-    counts = {action: sum(p.action == action for p in planned)
-              for action in ("start", "resume", "skip", "retrain", "running")}
-    typer.echo(f"{runs_count(len(planned))}: {counts['start']} to start, "
-               f"{counts['resume']} to resume, "
-               f"{counts['retrain']} to retrain, {counts['skip']} finished (skipped)"
-               + (f", {counts['running']} being trained elsewhere" if counts["running"] else ""))
-    warning = _cpu_estimate(plan.to_launch(planned))
-    if warning:
-        typer.echo(warning, err=True)
-    if dry_run:
-        todo = plan.to_launch(planned)
-        fused_with = {job[0].folder: [run.config.seed for run in job[1:]]
-                      for job in plan.fuse_runs(todo) if len(job) > 1}
-        for run in planned:
-            seeds = fused_with.get(run.folder)
-            typer.echo(f"  {run.action:8} {run.folder}  [{' '.join(run.overrides)}]"
-                       + (f"  (one fused job with seeds {seeds})" if seeds else ""))
-        return
-    for run in planned:
-        if run.action == "retrain":
-            plan.set_aside(run.folder)
-    if counts["start"] + counts["resume"] + counts["retrain"] == 0:
-        return
-    with recorded([(run.config, run.folder) for run in planned]):  # for `degrade status`
-        plan.launch(overrides, sweep=True, config_dir=config_dir)
-    _write_study(planned)
-    records = [read_run(run.folder) for run in planned]
-    states = [record.state if record else "failed" for record in records]
-    done = sum(state in ("done", "diverged") for state in states)
-    others = [run for run, state in zip(planned, states, strict=True) if state == "running"]
-    typer.echo(f"sweep finished: {done}/{len(planned)} runs ended "
-               f"({states.count('diverged')} diverged)"
-               + (f", {len(others)} being trained by another process" if others else ""))
-    for run in others:  # every job of this sweep has ended: the lock is another process's
-        typer.echo(f"  {run.folder}: {plan.LEFT_TO_OTHER}")
-    failed = [run for run, state in zip(planned, states, strict=True)
-              if state not in ("done", "diverged", "running")]
-    for run in failed:
-        # error.txt as far as it reads: a binary file or a folder in its place is no reason
-        # to end in a traceback
-        reason = last_line(run.folder / ERROR_FILE) or "did not finish"
-        typer.echo(f"  failed: {run.folder}: {reason}", err=True)
-    if failed:
-        raise typer.Exit(FAILED_EXIT)
+    _launching(session.sweep, overrides, force, dry_run, config_dir, typer.echo)
+
+
+def _launching(command, *args) -> None:
+    """Run `train` or `sweep` (launch.session): a refusal is one line and exit 2, a failed
+    run exit 1."""
+    from degradation.launch.plan import USER_ERRORS
+    from degradation.launch.session import CommandFailed
+
+    try:
+        command(*args)
+    except USER_ERRORS as error:
+        fail(str(error))
+    except CommandFailed as error:
+        if str(error):
+            typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(FAILED_EXIT) from None
 
 
 @app.command()
@@ -758,50 +705,6 @@ class _Once(logging.Filter):
         return True
 
 
-def _write_study(planned) -> None:
-    """The study's TensorBoard view (Figure 6 layout, mean curves) for each output folder."""
-    from degradation.analysis.board import study_command
-    from degradation.analysis.results import AnalysisError
-
-    for output_dir in dict.fromkeys(Path(run.config.output_dir) for run in planned):
-        with contextlib.suppress(AnalysisError):  # no run has logged yet: nothing to show
-            study_command(output_dir)
-
-
-def _cpu_estimate(runs) -> str | None:
-    """Where the runs would train on this machine's CPU: a warning when they take over an
-    hour."""
-    from degradation.analysis.watch import cpu_estimate, run_progress
-    from degradation.config import ConfigError
-    from degradation.runs import read_run
-    from degradation.training.device import resolve_device
-
-    try:
-        # A cluster's nodes are not this machine: their speed is not measured here.
-        if not runs or not runs[0].here or resolve_device(runs[0].config.device).type != "cpu":
-            return None
-    except ConfigError:  # device=cuda without one: training itself says so
-        return None
-    left = []
-    for run in runs:
-        record = read_run(run.folder) if run.action == "resume" else None
-        # A damaged log of a run to resume is named by the resume itself.
-        done = run_progress(record, name_damage=False).iteration if record is not None else 0
-        left.append((run.config, run.config.train.iterations - done))
-    return cpu_estimate(left)
-
-
-def _plan(overrides: list[str], sweep: bool, force: bool, fetch: bool,
-          config_dir: Path | None = None):
-    from degradation.launch import plan
-
-    try:
-        return plan.plan(overrides, sweep=sweep, force=force, fetch=fetch,
-                              config_dir=config_dir)
-    except plan.USER_ERRORS as error:
-        fail(str(error))
-
-
 def _show_config(overrides: list[str], config_dir: Path | None) -> None:
     """Print the validated configuration of one run (`train --show-config`)."""
     import yaml
@@ -842,7 +745,9 @@ def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
         compose.show_config(fixed, "job", config_dir=config_dir)  # a bad value: one line
     except plan.USER_ERRORS as error:
         fail(str(error))
-    plan.launch(fixed, sweep=False, config_dir=config_dir, hydra_flags=["--info", topic])
+    from degradation.launch.run import launch
+
+    launch(fixed, sweep=False, config_dir=config_dir, hydra_flags=["--info", topic])
     return True
 
 

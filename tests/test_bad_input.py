@@ -383,22 +383,23 @@ def test_a_finished_run_with_a_damaged_config_is_skipped_naming_the_file_and_why
 def test_an_unreadable_error_txt_is_no_traceback_in_the_sweeps_report(
         cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         error_txt: str) -> None:
-    from degradation.launch import plan
-    from degradation.runs import CONFIG_FILE, ERROR_FILE
+    from degradation.launch import run
+    from degradation.runs import CONFIG_FILE, ERROR_FILE, run_dir
 
-    def failing(overrides: list[str], sweep: bool, config_dir: Path | None = None) -> None:
+    def failing(config) -> list:
         # Each run fails, leaving an error.txt that cannot be read as text.
-        for run in planned:
-            run.folder.mkdir(parents=True)
-            (run.folder / CONFIG_FILE).write_text("depth: 8\n")
-            if error_txt == "binary":
-                (run.folder / ERROR_FILE).write_bytes(b"\xff\xfe\x00\x80 out of memory\n\x9c")
-            else:
-                (run.folder / ERROR_FILE).mkdir()
+        folder = run_dir(config)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text("depth: 8\n")
+        if error_txt == "binary":
+            (folder / ERROR_FILE).write_bytes(b"\xff\xfe\x00\x80 out of memory\n\x9c")
+        else:
+            (folder / ERROR_FILE).mkdir()
+        return []
 
-    planned = plan.plan(overrides(cifar_root, tmp_path, "seed=0,1"), sweep=True)
-    monkeypatch.setattr(plan, "launch", failing)
-    result = degrade_here("sweep", *overrides(cifar_root, tmp_path, "seed=0,1"))
+    monkeypatch.setattr(run, "train_all", failing)  # the jobs run here: hydra/launcher=basic
+    result = degrade_here("sweep", *overrides(cifar_root, tmp_path, "seed=0,1"),
+                          "hydra/launcher=basic")
     assert result.exit_code == 1 and "Traceback" not in result.stdout + result.stderr
     failed = [line for line in result.stderr.splitlines() if line.startswith("  failed: ")]
     assert len(failed) == 2, result.stderr

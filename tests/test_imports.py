@@ -99,3 +99,45 @@ def test_names_that_meant_two_things_are_defined_once() -> None:
                 defined.setdefault(node.name, []).append(module_name(path))
     for name in ("gradient_norms", "markdown_table", "render_markdown", "progress"):
         assert len(defined.get(name, [])) <= 1, (name, defined[name])
+
+
+def plugin_named_by(source: str) -> list[str]:
+    """Where `source` reaches a module by name (`importlib.import_module`, `__import__`) or
+    names the plugin in a string (a class path): each as `line N: what`. Docstrings may
+    describe the plugin; code may not name it."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                                | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(
+                node.func, "id", None)
+            if called in ("import_module", "__import__"):
+                found.append(f"line {node.lineno}: {called}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in docstrings and node.value.startswith(PLUGIN):
+            found.append(f"line {node.lineno}: {node.value!r}")
+    return found
+
+
+def test_the_guard_sees_a_plugin_reached_by_name() -> None:
+    source = ('"""Builds on hydra_plugins.degrade_launcher."""\n'
+              'import importlib\n'
+              'importlib.import_module("hydra_plugins.degrade_launcher")\n'
+              'HERE = ("hydra_plugins.degrade_launcher.local_launcher.LocalLauncher",)\n'
+              'module = __import__(name)\n')
+    assert sorted(plugin_named_by(source)) == [
+        "line 3: 'hydra_plugins.degrade_launcher'", "line 3: import_module",
+        "line 4: 'hydra_plugins.degrade_launcher.local_launcher.LocalLauncher'",
+        "line 5: __import__"]
+
+
+def test_the_package_never_reaches_its_plugin_by_name() -> None:
+    # No import by name and no class path in a string: the package finds its sweeper and
+    # launchers through the entry point the plugin declares (pyproject.toml).
+    found = {module_name(path): plugin_named_by(path.read_text(encoding="utf-8"))
+             for path in ROOT.glob(f"{PACKAGE}/**/*.py")}
+    assert {name: where for name, where in found.items() if where} == {}

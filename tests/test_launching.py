@@ -33,7 +33,7 @@ from degradation.launch.plan import fuse_runs, job_overrides, plan
 from degradation.runs import CHECKPOINT, PREVIOUS_CHECKPOINT, SUMMARY_FILE, find_runs, run_dir
 from degradation.storage import LOCK, read_json
 from degradation.training.loop import train
-from hydra_plugins.degrade_launcher.local_launcher import JobFailed, LocalLauncher
+from hydra_plugins.degrade_launcher.local_launcher import JobFailed, ParallelLauncher
 from tests.conftest import degrade, tiny_overrides
 
 
@@ -45,9 +45,9 @@ def launcher_settings(config: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def local_launcher(*overrides: str) -> LocalLauncher:
+def local_launcher(*overrides: str) -> ParallelLauncher:
     """The local launcher as `degrade sweep OVERRIDES` configures it."""
-    return LocalLauncher(**launcher_settings(compose_tree(list(overrides), with_hydra=True)))
+    return ParallelLauncher(**launcher_settings(compose_tree(list(overrides), with_hydra=True)))
 
 
 def test_launcher_counts_gpus_without_using_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,8 +72,8 @@ def test_hydras_plugin_scan_finds_and_imports_our_plugins() -> None:
     found = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
                            text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert found.returncode == 0, found.stderr
-    for name in ("local_launcher.LocalLauncher", "sweeper.DegradeSweeper",
-                 "submitit_launchers.SlurmLauncher", "submitit_launchers.LocalLauncher"):
+    for name in ("local_launcher.ParallelLauncher", "sweeper.DegradeSweeper",
+                 "submitit_launchers.SlurmLauncher", "submitit_launchers.SlurmLocalLauncher"):
         assert f"hydra_plugins.degrade_launcher.{name}" in found.stdout
 
 
@@ -152,7 +152,7 @@ def test_local_launcher_runs_jobs_at_once_pinned_and_isolated(tmp_path: Path) ->
         config = compose("config", overrides=fixed, return_hydra_config=True)
         loader = GlobalHydra.instance().config_loader()
         # Two fake GPUs: the jobs never touch CUDA, they only report what they were given.
-        launcher = LocalLauncher(**{**launcher_settings(config), "gpus": ["0", "1"],
+        launcher = ParallelLauncher(**{**launcher_settings(config), "gpus": ["0", "1"],
                                      "poll_s": 0.05})
         launcher.setup(hydra_context=HydraContext(config_loader=loader,
                                                   callbacks=Callbacks(config)),
@@ -277,3 +277,121 @@ def test_slurm_path_requeues_a_preempted_run_which_resumes(cifar_root: Path, tmp
     summary = read_json(folder / SUMMARY_FILE)
     assert summary["status"] == "done" and summary["iterations_done"] == 24
     assert list(tmp_path.glob("submitit/*/*_submitted.pkl"))  # it went through submitit
+
+
+# --- a sweep is planned once: the plan --dry-run prints is the plan the launcher gets -------
+
+# Every process of a sweep (the command, each job's worker) notes what it does into COUNTS:
+# each Hydra composition (its overrides), each validation of a configuration asked for (a run
+# read back from its folder is not one), each data check made before training (a run's own
+# loading of its data is not one), and the jobs the sweep hands its launcher.
+COUNTING_HOOK = '''
+import json, os, sys
+
+COUNTS = {counts!r}
+
+
+def _note(*entry):
+    with open(COUNTS, "a") as file:
+        file.write(json.dumps(entry) + "\\n")
+
+
+def _inside(name):
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+_compose = ConfigLoaderImpl.load_configuration
+def load_configuration(self, config_name, overrides, *args, **kwargs):
+    _note("composition", list(overrides))
+    return _compose(self, config_name, overrides, *args, **kwargs)
+ConfigLoaderImpl.load_configuration = load_configuration
+
+import degradation.config
+_validate = degradation.config.validate
+def validate(config):
+    if not _inside("_read_record"):  # a run's config.yaml read back
+        _note("validation", config.seed)
+    return _validate(config)
+degradation.config.validate = validate
+
+import degradation.data.cifar
+_ensure = degradation.data.cifar.ensure_cifar10
+def ensure_cifar10(root, *args, **kwargs):
+    if not _inside("load_cifar10"):
+        _note("data check", str(root))
+    return _ensure(root, *args, **kwargs)
+degradation.data.cifar.ensure_cifar10 = ensure_cifar10
+
+import degradation.launch.session
+_run_sweep = degradation.launch.session.run_sweep
+def run_sweep(jobs, compose, launch_jobs, here):
+    def launch(planned):
+        _note("launched", [job.overrides for job in planned])
+        return launch_jobs(planned)
+    return _run_sweep(jobs, compose, launch, here)
+degradation.launch.session.run_sweep = run_sweep
+'''
+
+
+def counted(counts: Path) -> dict[str, list[Any]]:
+    """What the processes noted into `counts`, by kind."""
+    noted: dict[str, list[Any]] = {}
+    for line in counts.read_text().splitlines():
+        kind, value = json.loads(line)
+        noted.setdefault(kind, []).append(value)
+    return noted
+
+
+@pytest.mark.slow
+@pytest.mark.trains
+def test_a_sweep_is_planned_once_and_launched_as_its_dry_run_lists(cifar_root: Path,
+                                                                    tmp_path: Path) -> None:
+    sweep = ["seed=0,1,2", "trainer.fuse=2", *tiny_overrides(cifar_root, tmp_path / "out"),
+             "hydra.launcher.parallel_runs=2"]
+    dry_counts, counts = tmp_path / "dry.jsonl", tmp_path / "sweep.jsonl"
+    dry = degrade("sweep", "--dry-run", *sweep, hook_dir=tmp_path / "dry-hook",
+                  hook=COUNTING_HOOK.format(counts=str(dry_counts)))
+    assert dry.returncode == 0, dry.stderr
+    listed = re.findall(r"^  start +(\S+)  \[(.*)\]"
+                        r"(?:  \(one fused job with seeds (\[.*\])\))?$", dry.stdout, re.MULTILINE)
+    assert len(listed) == 3, dry.stdout
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+    result = degrade("sweep", *sweep, hook=COUNTING_HOOK.format(counts=str(counts)),
+                     hook_dir=tmp_path / "hook")
+    assert result.returncode == 0, result.stderr
+    noted = counted(counts)
+    # The jobs launched are the jobs listed: each listed run that heads a job, with the seeds
+    # fused into it named as their override would.
+    fused_into_others = {seed for _, _, seeds in listed for seed in json.loads(seeds or "[]")}
+    expected = [[*overrides.split(" "), *fused_with(seeds)]
+                for folder, overrides, seeds in listed
+                if int(Path(folder).name.split("-")[1]) not in fused_into_others]
+    assert noted["launched"] == [expected]
+    assert sorted(str(record.path) for record in find_runs(tmp_path / "out")) == sorted(
+        folder for folder, _, _ in listed)
+    for seed in (0, 1, 2):
+        # One composition and one validation per run, in every process of the sweep
+        # together (the job of seeds 0 and 1 trains both: its worker validates neither).
+        assert sum(f"seed={seed}" in overrides for overrides in noted["composition"]) == 1
+        assert noted["validation"].count(seed) == 1, noted["validation"]
+    assert noted["data check"] == [str(cifar_root)]  # one data folder: checked once
+    assert counted(dry_counts)["validation"] == [0, 1, 2]  # the dry run plans the same way
+
+
+def fused_with(seeds: str) -> list[str]:
+    """The override that names a job's fused seeds, from a dry run's `[1, 2]` (none: [])."""
+    return [f"trainer.fuse_with=[{','.join(map(str, json.loads(seeds)))}]"] if seeds else []
+
+
+def test_the_plugins_are_found_through_their_entry_point() -> None:
+    from degradation.launch.compose import declared_plugins
+
+    names = {plugin.__name__ for plugin in declared_plugins()}
+    assert {"DegradeSweeper", "ParallelLauncher"} <= names

@@ -191,12 +191,12 @@ def test_train_warns_before_a_long_cpu_run_as_sweep_does(generated: Path, tmp_pa
                                                           ) -> None:
     import degradation.analysis.watch
     import degradation.bench
-    from degradation.launch import plan
+    from degradation.launch import session
 
     monkeypatch.setattr(degradation.bench, "step_seconds", lambda config: 0.5)
     monkeypatch.setattr(degradation.analysis.watch, "usable_cores", lambda: [0, 1])
     launched = []
-    monkeypatch.setattr(plan, "launch", lambda *args, **kwargs: launched.append(args))
+    monkeypatch.setattr(session, "launch", lambda *args, **kwargs: launched.append(args))
     result = degrade_here("train", "device=cpu", "depth=20", f"data.root={generated}",
                           "data.download=false", "train.batch_size=32",
                           f"output_dir={tmp_path / 'out'}")

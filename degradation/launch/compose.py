@@ -11,7 +11,7 @@ into the typed `Config`. Nothing here trains or launches (plan.py does).
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.metadata
 import itertools
 import math
 import re
@@ -45,7 +45,9 @@ from degradation.runs import (
     run_path,
 )
 
-PLUGIN_PACKAGE = "hydra_plugins.degrade_launcher"  # our sweeper and launchers
+# Installed packages name their Hydra plugins under this entry-point group (pyproject.toml):
+# the package finds its sweeper and launchers there, never by their module's name.
+PLUGIN_ENTRY_POINTS = "degrade.hydra_plugins"
 
 
 # Hydra decides these from output_dir and the run's identity; set elsewhere, a run's files
@@ -62,8 +64,9 @@ def register(config_dir: Path | None = None) -> None:
     """Make `experiment=NAME`, the run-folder resolver and our plugins known to Hydra.
 
     Idempotent. Hydra finds plugins by scanning the `hydra_plugins` namespace package, which
-    an editable install (PEP 660 import hooks) hides from the scan, so ours are registered
-    by hand as well (Hydra's documented `Plugins.register`).
+    an editable install (PEP 660 import hooks) hides from the scan, so the plugins installed
+    packages declare under `PLUGIN_ENTRY_POINTS` are registered as well (Hydra's documented
+    `Plugins.register`).
     """
     store = ConfigStore.instance()
     store.repo.pop("experiment", None)  # a preset of an earlier call's config_dir is gone
@@ -71,10 +74,15 @@ def register(config_dir: Path | None = None) -> None:
         node = OmegaConf.load(path)
         store.store(group="experiment", name=name, node=node, package="_global_")
     _register_resolver()
-    # By name, as Hydra's own scan imports plugins: the plugin builds on this package, so the
-    # package never imports it by an import statement (tests/test_imports.py).
-    for plugin in importlib.import_module(PLUGIN_PACKAGE).plugins():
+    for plugin in declared_plugins():
         Plugins.instance().register(plugin)
+
+
+def declared_plugins() -> list[type]:
+    """The Hydra plugin classes installed packages declare (`PLUGIN_ENTRY_POINTS`): each entry
+    point is a function that returns them."""
+    return [plugin for entry in importlib.metadata.entry_points(group=PLUGIN_ENTRY_POINTS)
+            for plugin in entry.load()()]
 
 
 def _register_resolver() -> None:
@@ -93,27 +101,25 @@ def compose_config(overrides: list[str], config_dir: Path | None = None) -> Conf
 
 def expand(overrides: list[str], config_dir: Path | None = None) -> list[list[str]]:
     """Every run's overrides for a sweep, in Hydra's basic-sweeper order."""
-    return expand_for_launch(overrides, config_dir)[0]
+    return sweep_jobs(check_sweep(overrides, config_dir), overrides)
 
 
-# Launchers whose jobs run on this machine: what this machine lacks, their runs lack too.
-LAUNCHERS_HERE = ("hydra_plugins.degrade_launcher.local_launcher.LocalLauncher",
-                  "hydra_plugins.degrade_launcher.submitit_launchers.LocalLauncher",
-                  "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+def check_sweep(overrides: list[str], config_dir: Path | None = None) -> dict[str, Any]:
+    """Refuse, in one line, what would stop a sweep before its first run is planned: a bad
+    value among the overrides that are not swept, a launcher setting that cannot work, or
+    more than `MAX_SWEEP_RUNS` runs. Returns the preset's grid (`hydra.sweeper.params`).
 
-
-def expand_for_launch(overrides: list[str], config_dir: Path | None = None
-                      ) -> tuple[list[list[str]], bool]:
-    """`expand`, and whether the sweep's launcher runs its jobs on this machine."""
+    One composition for the whole sweep, as Hydra's own before it starts the sweeper.
+    """
     try:
         tree = compose_tree(fixed_overrides(overrides), with_hydra=True, config_dir=config_dir)
-        hydra_node = tree.hydra
-        preset = hydra_node.sweeper.get("params") or {}
-        here = hydra_node.launcher.get("_target_") in LAUNCHERS_HERE
+        params = tree.hydra.sweeper.get("params")
+        preset = OmegaConf.to_container(params, resolve=True) if params else {}
         _check_local_launcher(tree)
-        return sweep_jobs(preset, overrides), here
     except (HydraException, OverrideParseException) as error:
         raise ConfigError(describe_hydra_error(error)) from None
+    check_sweep_size(preset, overrides)
+    return preset
 
 
 def _check_local_launcher(tree: DictConfig) -> None:
@@ -254,16 +260,27 @@ def sweep_jobs(params: Mapping[str, Any], overrides: list[str],
     A sweep of more than `MAX_SWEEP_RUNS` runs is a `ConfigError`, found from the parsed
     overrides alone, before any run is expanded or composed.
     """
-    from_preset = [f"{key}={value}" for key, value in params.items()]
-    parsed = (parser or OverridesParser.create()).parse_overrides(from_preset + overrides)
-    size = sweep_size(parsed)
-    if size > MAX_SWEEP_RUNS:
-        raise ConfigError(f"the sweep asks for {size} runs; at most {MAX_SWEEP_RUNS} runs in "
-                          "one sweep (split it into several sweeps, e.g. by seed ranges)")
+    parsed = check_sweep_size(params, overrides, parser)
     try:
         return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     except ValueError as error:  # a sweep that cannot be listed
         raise ConfigError(_unlistable_sweep(parsed, error)) from None
+
+
+def check_sweep_size(params: Mapping[str, Any], overrides: list[str],
+                     parser: OverridesParser | None = None) -> list[Override]:
+    """The parsed overrides of a sweep (preset grid first), refused in one line when they ask
+    for more than `MAX_SWEEP_RUNS` runs."""
+    from_preset = [f"{key}={value}" for key, value in params.items()]
+    try:
+        parsed = (parser or OverridesParser.create()).parse_overrides(from_preset + overrides)
+    except OverrideParseException as error:
+        raise ConfigError(describe_hydra_error(error)) from None
+    size = sweep_size(parsed)
+    if size > MAX_SWEEP_RUNS:
+        raise ConfigError(f"the sweep asks for {size} runs; at most {MAX_SWEEP_RUNS} runs in "
+                          "one sweep (split it into several sweeps, e.g. by seed ranges)")
+    return parsed
 
 
 def _unlistable_sweep(parsed: list[Override], error: ValueError) -> str:

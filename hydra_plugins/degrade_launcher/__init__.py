@@ -20,9 +20,10 @@ from __future__ import annotations
 
 
 def plugins() -> list[type]:
-    """Our plugin classes, for `Plugins.register` (the namespace scan misses editable installs)."""
-    from hydra_plugins.degrade_launcher.local_launcher import LocalLauncher
+    """Our plugin classes, for `Plugins.register` (the namespace scan misses editable
+    installs): the `degrade.hydra_plugins` entry point of pyproject.toml."""
+    from hydra_plugins.degrade_launcher.local_launcher import ParallelLauncher
     from hydra_plugins.degrade_launcher.submitit_launchers import available
     from hydra_plugins.degrade_launcher.sweeper import DegradeSweeper
 
-    return [DegradeSweeper, LocalLauncher, *available()]
+    return [DegradeSweeper, ParallelLauncher, *available()]

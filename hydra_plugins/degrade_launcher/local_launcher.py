@@ -37,15 +37,17 @@ from degradation.errors import INTERRUPTED_EXIT, LauncherError
 from degradation.hardware import Slot, assign_slots, available_memory, usable_cores, visible_gpus
 from hydra_plugins.degrade_launcher._core import Job, JobFailed, JobInterrupted
 
-__all__ = ["JobFailed", "JobInterrupted", "LauncherError", "LocalLauncher", "Slot",
+__all__ = ["JobFailed", "JobInterrupted", "LauncherError", "ParallelLauncher", "Slot",
            "assign_slots", "visible_gpus"]
 log = logging.getLogger(__name__)
 # The handler classes a job config may print to the console with.
 CONSOLE_HANDLERS = ("logging.StreamHandler", "degradation.console.ConsoleHandler")
 
 
-class LocalLauncher(Launcher):
+class ParallelLauncher(Launcher):
     """Runs jobs in parallel subprocesses, one per free GPU slot or CPU share."""
+
+    JOBS_RUN_HERE = True  # what this machine lacks (CUDA), the jobs lack too
 
     # No defaults here: conf/hydra/launcher/local.yaml is their one home.
     def __init__(self, *, device: str, runs_per_gpu: int, gpus_per_run: int,
@@ -153,13 +155,13 @@ class LocalLauncher(Launcher):
 class _Scheduler:
     """Starts jobs on free slots, collects them as they end, and stops cleanly on a signal."""
 
-    def __init__(self, launcher: LocalLauncher, jobs: list[Job], slots: list[Slot]) -> None:
+    def __init__(self, launcher: ParallelLauncher, jobs: list[Job], slots: list[Slot]) -> None:
         self.launcher, self.jobs, self.slots = launcher, jobs, slots
         self.free = list(slots)
         self.running: list[Job] = []
         self.returns: dict[int, JobReturn] = {}
         self.stopped_by: str | None = None
-        self.progress = _progress(jobs)
+        self.progress = _progress(jobs, launcher.task_function)
 
     def run(self) -> list[JobReturn]:
         pending = list(self.jobs)
@@ -259,17 +261,20 @@ def _name(job: Job) -> str:
     return str(job.folder)
 
 
-def _progress(jobs: list[Job]) -> tuple[Any, Any] | None:
+def _progress(jobs: list[Job], task: Any) -> tuple[Any, Any] | None:
     """`degrade`'s progress view over the runs of `jobs` (fused members included) and the
-    function that reads them, if the jobs are `degrade` runs."""
+    function that reads them, if the jobs are `degrade` runs. A planned sweep's task holds
+    their validated configs; others are read from the jobs' configurations."""
     try:
         from degradation.analysis.watch import ProgressView, configs_views
         from degradation.config import members
         from degradation.launch.compose import config_of
     except ImportError:
         return None
+    planned = getattr(task, "config_at", None)
     try:
-        configs = [member for job in jobs for member in members(config_of(job.config))]
+        configs = [member for job in jobs for member in members(
+            (planned and planned(job.folder)) or config_of(job.config))]
     except Exception:  # not a `degrade` config: no view, the launch goes on
         return None
     return ProgressView(sys.stdout), configs_views(configs)  # where Hydra logs the launch
@@ -278,7 +283,7 @@ def _progress(jobs: list[Job]) -> tuple[Any, Any] | None:
 def _describe(folder: Path) -> str | None:
     """`degrade`'s one-line account of a run (final errors, or its error), if it is one."""
     try:
-        from degradation.launch.plan import describe_run
+        from degradation.launch.run import describe_run
     except ImportError:
         return None
     return describe_run(folder)

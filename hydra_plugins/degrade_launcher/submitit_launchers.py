@@ -85,10 +85,12 @@ if _submitit is not None:
     class SlurmLauncher(_Requeueing, _submitit.SlurmLauncher):
         """`hydra/launcher=slurm`: one requeue-able SLURM job per run."""
 
-    class LocalLauncher(_Requeueing, _submitit.LocalLauncher):
+    class SlurmLocalLauncher(_Requeueing, _submitit.LocalLauncher):
         """`hydra/launcher=slurm_local`: the same on submitit's local executor."""
+
+        JOBS_RUN_HERE = True  # what this machine lacks (CUDA), the jobs lack too
 
 
 def available() -> list[type]:
     """The launcher classes defined here (none without hydra-submitit-launcher)."""
-    return [] if _submitit is None else [SlurmLauncher, LocalLauncher]
+    return [] if _submitit is None else [SlurmLauncher, SlurmLocalLauncher]
