@@ -99,3 +99,30 @@ def test_names_that_meant_two_things_are_defined_once() -> None:
                 defined.setdefault(node.name, []).append(module_name(path))
     for name in ("gradient_norms", "markdown_table", "render_markdown", "progress"):
         assert len(defined.get(name, [])) <= 1, (name, defined[name])
+
+
+def reached(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every project module `start` imports, directly or through others."""
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for other in graph[stack.pop()] - seen:
+            seen.add(other)
+            stack.append(other)
+    return seen
+
+
+def test_analysis_reads_runs_and_neither_launches_nor_trains_nor_benchmarks() -> None:
+    # Analysis reads what runs left in their folders: it never reaches the launcher, the
+    # training loop, the benchmark or the command line, even through another module
+    # (evaluate.py reuses the training step's evaluation, and only that).
+    graph = import_graph()
+    forbidden = ("degradation.bench", "degradation.launch", "degradation.training.loop",
+                 "degradation.cli")
+    analysis = [name for name in graph if name.startswith("degradation.analysis")]
+    assert "degradation.analysis.watch" in analysis  # the graph was read
+    wrong = {name: sorted(target for target in reached(graph, name)
+                          if any(target == module or target.startswith(f"{module}.")
+                                 for module in forbidden))
+             for name in analysis}
+    assert {name: targets for name, targets in wrong.items() if targets} == {}
