@@ -20,8 +20,8 @@ from pathlib import Path
 
 import typer
 
+from degradation.bench.settings import BENCHMARKS_FILE, BenchSettings
 from degradation.bench.settings import DEFAULTS as BENCH
-from degradation.bench.settings import BenchSettings
 from degradation.completion import use_bash_script
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
 from degradation.package import config_default, presets
@@ -617,7 +617,7 @@ def bench(
     runs: int = typer.Option(BENCH.runs, help="Also time this many runs at once: fused into "
                              "one model (trainer.fuse) against as many processes side by side."),
     record: bool = typer.Option(False, "--record", help="Append the rows to BENCHMARKS.md."),
-    benchmarks_file: Path = typer.Option(Path("BENCHMARKS.md"), help="Where --record writes."),
+    benchmarks_file: Path = typer.Option(BENCHMARKS_FILE, help="Where --record writes."),
 ) -> None:
     """Training and evaluation throughput: our pipeline vs the conventional one, same model.
 

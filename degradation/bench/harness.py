@@ -35,7 +35,12 @@ from degradation.bench.records import (
     machine,
     unpadded_table,
 )
-from degradation.bench.settings import DEFAULTS, BenchSettings, command_line
+from degradation.bench.settings import (
+    BENCHMARKS_FILE,
+    DEFAULTS,
+    BenchSettings,
+    command_line,
+)
 from degradation.config import Config, ConfigError
 from degradation.models import layer_names
 from degradation.runs import network_name
@@ -45,7 +50,7 @@ from degradation.training.step import gradient_norms
 
 def bench_command(archs: list[str], depths: list[int], batch_size: int | None = None,
                   device: str | None = None, settings: BenchSettings = DEFAULTS,
-                  record: bool = False, benchmarks_file: Path = Path("BENCHMARKS.md"), *,
+                  record: bool = False, benchmarks_file: Path = BENCHMARKS_FILE, *,
                   overrides: Sequence[str] = (),
                   progress: Callable[[str], None] | None = None) -> str:
     """Benchmark every arch x depth; return the table (and append it to BENCHMARKS.md if asked).

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from degradation.console import shell_command
 
+BENCHMARKS_FILE = Path("BENCHMARKS.md")  # where `--record` appends, from the working folder
+# The least value of each setting (`images`: at least a batch, known once a config is).
 LEAST = {"steps": 1, "warmup_steps": 1, "repeats": 1, "workers": 0, "eval_steps": 1, "runs": 1}
 
 
@@ -36,7 +39,7 @@ class BenchSettings:
             value = getattr(self, name)
             if value is not None and value < least:
                 return f"--{name.replace('_', '-')}={value} must be >= {least}"
-        return None  # `images` is checked against the batch size, once it is known
+        return None
 
 
 DEFAULTS = BenchSettings()  # what `degrade bench` measures when not told otherwise
