@@ -20,6 +20,8 @@ from pathlib import Path
 
 import typer
 
+from degradation.bench.settings import BENCHMARKS_FILE, BenchSettings
+from degradation.bench.settings import DEFAULTS as BENCH
 from degradation.completion import use_bash_script
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
 from degradation.package import config_default, presets
@@ -551,16 +553,18 @@ def bench(
     depth: list[int] = typer.Option([20, 56], "--depth", help="Repeat for several."),
     batch_size: int | None = typer.Option(None, help="Default: train.batch_size (128)."),
     device: str | None = typer.Option(None, help="auto, cpu or cuda (default: device)."),
-    steps: int = typer.Option(20, help="Timed training steps per repeat."),
-    warmup_steps: int = typer.Option(3, help="Untimed steps first (compilation, caches)."),
-    repeats: int = typer.Option(3, help="Timed repeats; the median is reported."),
-    workers: int | None = typer.Option(None, help="The conventional DataLoader's workers."),
-    images: int = typer.Option(50_000, help="Synthetic training images of CIFAR shape."),
-    eval_steps: int = typer.Option(2, help="Timed evaluation batches."),
-    runs: int = typer.Option(1, help="Also time this many runs at once: fused into one model "
-                             "(trainer.fuse) against as many processes side by side."),
+    steps: int = typer.Option(BENCH.steps, help="Timed training steps per repeat."),
+    warmup_steps: int = typer.Option(BENCH.warmup_steps,
+                                     help="Untimed steps first (compilation, caches)."),
+    repeats: int = typer.Option(BENCH.repeats, help="Timed repeats; the median is reported."),
+    workers: int | None = typer.Option(BENCH.workers,
+                                       help="The conventional DataLoader's workers."),
+    images: int = typer.Option(BENCH.images, help="Synthetic training images of CIFAR shape."),
+    eval_steps: int = typer.Option(BENCH.eval_steps, help="Timed evaluation batches."),
+    runs: int = typer.Option(BENCH.runs, help="Also time this many runs at once: fused into "
+                             "one model (trainer.fuse) against as many processes side by side."),
     record: bool = typer.Option(False, "--record", help="Append the rows to BENCHMARKS.md."),
-    benchmarks_file: Path = typer.Option(Path("BENCHMARKS.md"), help="Where --record writes."),
+    benchmarks_file: Path = typer.Option(BENCHMARKS_FILE, help="Where --record writes."),
 ) -> None:
     """Training and evaluation throughput: our pipeline vs the conventional one, same model.
 
@@ -570,16 +574,16 @@ def bench(
     evaluation images/s and peak memory; `--runs K` also times K runs fused against K
     processes side by side.
     """
-    from degradation.bench import bench_command
+    from degradation.bench.harness import bench_command
 
     if record:  # refused now, not after minutes of timing
         _check_writable(benchmarks_file.parent)
         if benchmarks_file.is_dir():
             fail(f"--benchmarks-file {benchmarks_file} is a folder; give a Markdown file")
-    typer.echo(_analysis(bench_command, arch, depth, batch_size, device, steps, warmup_steps,
-                         record, benchmarks_file, repeats=repeats, workers=workers,
-                         images=images, eval_steps=eval_steps, overrides=overrides or [],
-                         runs=runs,
+    settings = BenchSettings(steps=steps, warmup_steps=warmup_steps, repeats=repeats,
+                             workers=workers, images=images, eval_steps=eval_steps, runs=runs)
+    typer.echo(_analysis(bench_command, arch, depth, batch_size, device, settings, record,
+                         benchmarks_file, overrides=overrides or [],
                          progress=lambda line: typer.echo(line, err=True)))
 
 

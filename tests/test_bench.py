@@ -13,7 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from degradation import bench
+from degradation.bench import records
+from degradation.bench.harness import bench_command
+from degradation.bench.settings import BenchSettings, command_line
 from degradation.config import ConfigError
 from degradation.data.cifar import pixel_mean
 from degradation.data.stream import TrainBatches
@@ -71,16 +73,18 @@ def test_bench_measures_both_pipelines_and_records_them(
     monkeypatch.setattr(torch.cuda, "_lazy_init", no_cuda)  # every CUDA call goes through it
     record = tmp_path / "BENCHMARKS.md"
     lines: list[str] = []
-    table = bench.bench_command(
-        ["plain", "resnet"], [8], batch_size=8, device="cpu", steps=2, warmup_steps=1,
-        record=True, benchmarks_file=record, images=64, workers=1, eval_steps=1,
+    table = bench_command(
+        ["plain", "resnet"], [8], batch_size=8, device="cpu",
+        settings=BenchSettings(steps=2, warmup_steps=1, repeats=1, images=64, workers=1,
+                               eval_steps=1),
+        record=True, benchmarks_file=record,
         overrides=["train.eval_batch_size=16", "train.compile=false"], progress=lines.append)
     rows = table_rows(table)
     assert [row[0] for row in rows] == ["plain-8", "resnet-8-A"]
     assert len(lines) == 2 and "conventional" in lines[0]
     for row in rows:
-        assert len(row) == len(bench.COLUMNS)
-        cells = dict(zip(bench.COLUMNS, row, strict=True))
+        assert len(row) == len(records.COLUMNS)
+        cells = dict(zip(records.COLUMNS, row, strict=True))
         ours, theirs = number(cells["ours img/s"]), number(cells["conventional img/s"])
         assert ours > 0 and theirs > 0
         assert number(cells["speed-up"]) == pytest.approx(ours / theirs, rel=0.01, abs=0.01)
@@ -93,7 +97,7 @@ def test_bench_measures_both_pipelines_and_records_them(
     recorded = table_rows(record.read_text())
     assert len(recorded) == 2
     for row, printed in zip(recorded, rows, strict=True):
-        cells = dict(zip(bench.RECORD_COLUMNS, row, strict=True))
+        cells = dict(zip(records.RECORD_COLUMNS, row, strict=True))
         assert cells["device"] == "cpu" and cells["torch"] == torch.__version__
         assert "cores" in cells["machine"]
         assert cells["command"].startswith("`degrade bench --arch plain --arch resnet --depth 8 ")
@@ -103,20 +107,20 @@ def test_bench_measures_both_pipelines_and_records_them(
 
 def test_records_append_to_the_last_table_with_their_columns(tmp_path: Path) -> None:
     path = tmp_path / "BENCHMARKS.md"
-    row = [str(i) for i in range(len(bench.RECORD_COLUMNS))]
-    packed = [f"p{i}" for i in range(len(bench.PACKING_RECORD_COLUMNS))]
-    bench.append_records(path, bench.RECORD_COLUMNS, [row])
-    bench.append_records(path, bench.PACKING_RECORD_COLUMNS, [packed])
-    bench.append_records(path, bench.RECORD_COLUMNS, [row, row])  # above the packing table
+    row = [str(i) for i in range(len(records.RECORD_COLUMNS))]
+    packed = [f"p{i}" for i in range(len(records.PACKING_RECORD_COLUMNS))]
+    records.append_records(path, records.RECORD_COLUMNS, [row])
+    records.append_records(path, records.PACKING_RECORD_COLUMNS, [packed])
+    records.append_records(path, records.RECORD_COLUMNS, [row, row])  # above the packing table
     text = path.read_text()
     assert text.startswith("# Benchmarks\n")
-    assert text.count(bench.markdown_row(bench.RECORD_COLUMNS)) == 1
-    main, packing = text.split(bench.markdown_row(bench.PACKING_RECORD_COLUMNS))
+    assert text.count(records.markdown_row(records.RECORD_COLUMNS)) == 1
+    main, packing = text.split(records.markdown_row(records.PACKING_RECORD_COLUMNS))
     assert len(table_rows(main)) == 3 and "p0" not in main
-    assert table_rows(bench.markdown_row(bench.PACKING_RECORD_COLUMNS) + packing) == [packed]
+    assert table_rows(records.markdown_row(records.PACKING_RECORD_COLUMNS) + packing) == [packed]
     older = "| date | an older set of columns |\n| --- | --- |\n| 1 | 2 |\n"
     path.write_text(older)
-    bench.append_records(path, bench.RECORD_COLUMNS, [row])
+    records.append_records(path, records.RECORD_COLUMNS, [row])
     assert path.read_text().startswith(older)  # left as it was, a new table after it
     assert table_rows(path.read_text().split(older)[1]) == [row]
 
@@ -125,28 +129,31 @@ def test_records_append_to_the_last_table_with_their_columns(tmp_path: Path) -> 
 def test_packing_times_fused_and_separate_runs(tmp_path: Path) -> None:
     record = tmp_path / "BENCHMARKS.md"
     lines: list[str] = []
-    table = bench.bench_command(
-        ["resnet"], [8], batch_size=8, device="cpu", steps=2, warmup_steps=1, record=True,
-        benchmarks_file=record, images=64, workers=0, eval_steps=1, runs=2,
+    table = bench_command(
+        ["resnet"], [8], batch_size=8, device="cpu",
+        settings=BenchSettings(steps=2, warmup_steps=1, repeats=1, images=64, workers=0,
+                               eval_steps=1, runs=2),
+        record=True, benchmarks_file=record,
         overrides=["train.eval_batch_size=16", "train.compile=false"], progress=lines.append)
     main, packing = table.split("\n\n")
     assert len(table_rows(main)) == 1 and "x 2: fused" in lines[-1]
     [row] = table_rows(packing)
-    cells = dict(zip(bench.PACKING_COLUMNS, row, strict=True))
+    cells = dict(zip(records.PACKING_COLUMNS, row, strict=True))
     assert cells["network"] == "resnet-8-A" and cells["runs"] == "2"
     assert cells["threads per run"] == str(max(1, available_cores() // 2))
     fused, separate = number(cells["fused img/s"]), number(cells["separate img/s"])
     assert fused > 0 and separate > 0
     assert number(cells["fused / separate"]) == pytest.approx(fused / separate, abs=0.01)
     assert cells["one run img/s"] == table_rows(main)[0][4]
-    header = bench.markdown_row(bench.PACKING_RECORD_COLUMNS)
+    header = records.markdown_row(records.PACKING_RECORD_COLUMNS)
     [recorded] = table_rows(header + record.read_text().split(header)[1])
     assert recorded[4:-1] == row and "--runs 2" in recorded[-1]
 
 
 def test_command_line_round_trips_the_settings() -> None:
-    command = bench.command_line(["resnet"], [20, 56], 128, "cpu", 20, 3, 3, 4, 50_000, 2,
-                                 ["train.compile=true"], runs=4)
+    settings = BenchSettings(steps=20, warmup_steps=3, repeats=3, workers=4, images=50_000,
+                             eval_steps=2, runs=4)
+    command = command_line(["resnet"], [20, 56], 128, "cpu", settings, ["train.compile=true"])
     assert command == ("degrade bench --arch resnet --depth 20 --depth 56 --batch-size 128 "
                        "--device cpu --steps 20 --warmup-steps 3 --repeats 3 --workers 4 "
                        "--images 50000 --eval-steps 2 --runs 4 train.compile=true --record")
@@ -162,8 +169,10 @@ def test_command_line_round_trips_the_settings() -> None:
 ])
 def test_bad_bench_settings_are_refused_before_any_run(bad: dict, message: str) -> None:
     arguments = {"archs": ["resnet"], "depths": [8], "batch_size": 8, "device": "cpu", **bad}
+    settings = {name: arguments.pop(name) for name in list(arguments)
+                if name in BenchSettings.__dataclass_fields__}
     with pytest.raises(ConfigError, match=re.escape(message)):
-        bench.bench_command(**arguments)
+        bench_command(**arguments, settings=BenchSettings(**settings))
 
 
 # --- the speed settings -----------------------------------------------------------------------

@@ -141,3 +141,30 @@ def test_the_package_never_reaches_its_plugin_by_name() -> None:
     found = {module_name(path): plugin_named_by(path.read_text(encoding="utf-8"))
              for path in ROOT.glob(f"{PACKAGE}/**/*.py")}
     assert {name: where for name, where in found.items() if where} == {}
+
+
+def reached(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every project module `start` imports, directly or through others."""
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for other in graph[stack.pop()] - seen:
+            seen.add(other)
+            stack.append(other)
+    return seen
+
+
+def test_analysis_reads_runs_and_neither_launches_nor_trains_nor_benchmarks() -> None:
+    # Analysis reads what runs left in their folders: it never reaches the launcher, the
+    # training loop, the benchmark or the command line, even through another module
+    # (evaluate.py reuses the training step's evaluation, and only that).
+    graph = import_graph()
+    forbidden = ("degradation.bench", "degradation.launch", "degradation.training.loop",
+                 "degradation.cli")
+    analysis = [name for name in graph if name.startswith("degradation.analysis")]
+    assert "degradation.analysis.watch" in analysis  # the graph was read
+    wrong = {name: sorted(target for target in reached(graph, name)
+                          if any(target == module or target.startswith(f"{module}.")
+                                 for module in forbidden))
+             for name in analysis}
+    assert {name: targets for name, targets in wrong.items() if targets} == {}

@@ -64,7 +64,7 @@ def cpu_estimate(runs: Sequence[tuple[Config, int]],
     if images < MIN_CPU_IMAGES_PER_S * limit_s:
         return None  # too short to take an hour on any CPU: not worth timing steps
     if step_seconds is None:
-        from degradation.bench import step_seconds
+        from degradation.bench.measure import step_seconds
     from degradation.training.device import CPU_COMPILE_MIN_ITERATIONS  # (imports torch)
 
     cores = cores or len(usable_cores())
