@@ -131,7 +131,7 @@ def test_grad_norms_lost_before_the_checkpoint_come_back_from_the_tensorboard_ev
 
 def test_the_analysis_takes_a_cut_row_for_damage_not_for_lr_zero(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from degradation.analysis.results import read_run_scalars
+    from degradation.analysis.scalars import read_run_scalars
 
     (tmp_path / METRICS_FILE).write_text(GOOD + "15,0.0\n")
     with caplog.at_level(logging.WARNING, logger="degrade"):

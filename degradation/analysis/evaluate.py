@@ -21,15 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from degradation.analysis.measurements import EVALUATION_FILE, file_sha256, read_evaluation
 from degradation.analysis.responses import cached_splits
-from degradation.analysis.results import (
-    EVALUATION_FILE,
-    AnalysisError,
-    file_sha256,
-    load_runs,
-    read_evaluation,
-    run_label,
-)
+from degradation.analysis.results import AnalysisError, load_runs, run_label
 from degradation.data.cifar import TEST_FILE, ensure_cifar10, read_batch
 from degradation.models import build_model
 from degradation.runs import RunRecord, network_name

@@ -20,13 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from degradation.analysis.results import (
-    AnalysisError,
-    load_runs,
-    read_run_scalars,
-    run_label,
-    shortcut_of,
-)
+from degradation.analysis.results import AnalysisError, load_runs, run_label, shortcut_of
+from degradation.analysis.scalars import read_run_scalars
 from degradation.runs import METRICS_FILE, RunRecord, flat_config
 from degradation.storage import DamagedFile, atomic_write_bytes
 from degradation.training.logs import TAGS, read_metrics
