@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
@@ -476,3 +478,34 @@ def test_a_diverged_seed_is_left_out_and_named(tmp_path):
                                                         '"diverged"'))
     claim = verdicts(tmp_path)[1]
     assert claim.verdict == NOT_ENOUGH
+
+
+def test_the_noise_floor_is_pooled_once_per_metric_for_a_judgement(tmp_path, monkeypatch):
+    # The floor pools every network of the study: one computation per metric, not one for
+    # each ordering the claims make.
+    from degradation.analysis import stats
+
+    write_grid(tmp_path, {**PAPER_LIKE, ("plain", 32): (3.0, 11.0)}, seeds=(0,))
+    calls = []
+    pooled_floor = stats.pooled_floor
+    monkeypatch.setattr(stats, "pooled_floor",
+                        lambda groups, name: calls.append(name) or pooled_floor(groups, name))
+    study = select_study(find_runs(tmp_path), tmp_path)
+    first = claims.judge(study)
+    assert sorted(calls) == sorted(set(calls)) == ["test error", "training error"]
+    calls.clear()
+    assert [c.note for c in claims.judge(study)] == [c.note for c in first]  # judged afresh
+    assert sorted(calls) == ["test error", "training error"]
+
+
+def test_a_studys_diverged_seeds_are_counted_from_its_runs(tmp_path):
+    write_grid(tmp_path, seeds=(0,))
+    overrides = {"arch": "plain", "depth": 56, "seed": 2, "train.iterations": FULL,
+                 "train.milestones": [FULL // 2, FULL * 3 // 4]}
+    write_run(tmp_path, overrides, summary=make_summary(
+        make_config(tmp_path, overrides), "diverged", final_test_error=None,
+        final_train_error=None, iterations_done=900))
+    study = select_study(find_runs(tmp_path), tmp_path)
+    assert study.diverged == {("plain", 56): 1}
+    kept = [record for record in study.records if record.state != "diverged"]
+    assert replace(study, records=kept).diverged == {}  # derived, never stale
