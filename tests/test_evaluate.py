@@ -190,3 +190,24 @@ def test_evaluate_on_the_real_image_subset(tmp_path: Path):
     assert second[0].entry["error"] == first[0].entry["error"]
     assert second[0].entry["loss"] == first[0].entry["loss"]
     assert evaluate_command(tmp_path, "test", "cpu")[0].entry["images"] == 761
+
+
+@pytest.mark.trains  # trains two tiny networks once per module
+def test_evaluate_hashes_each_checkpoint_once(outputs: Path, monkeypatch: pytest.MonkeyPatch):
+    # A checkpoint can be large: `evaluate` reads its bytes once per run, also where
+    # evaluation.json already holds the split.
+    from degradation.analysis import evaluate, measurements
+
+    hashed = []
+
+    def counting(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return file_sha256(path)
+
+    for module in (evaluate, measurements):
+        monkeypatch.setattr(module, "file_sha256", counting)
+    evaluate_command(outputs, "train", "cpu")
+    assert len(hashed) == 2  # two runs
+    hashed.clear()
+    assert [row.cached for row in evaluate_command(outputs, "train", "cpu")] == [True, True]
+    assert len(hashed) == 2

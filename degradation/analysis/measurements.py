@@ -68,20 +68,30 @@ def file_sha256(path: Path) -> str:
 def read_evaluation(record: RunRecord) -> dict[str, Any] | None:
     """The run's `evaluation.json` if it measured the checkpoint the run holds now (its
     SHA-256 matches), else None; a damaged one is named in a `warning:` line."""
+    stored = stored_evaluation(record)
+    if stored is None:
+        return None
+    checkpoint = record.path / stored["checkpoint"]
+    if not checkpoint.is_file() or file_sha256(checkpoint) != stored["sha256"]:
+        return None
+    return stored
+
+
+def stored_evaluation(record: RunRecord) -> dict[str, Any] | None:
+    """The run's `evaluation.json` whichever checkpoint it measured (its `checkpoint` and
+    `sha256` say which), else None; a damaged one is named in a `warning:` line."""
     path = record.path / EVALUATION_FILE
     if not path.exists():
         return None
     try:
         stored = read_json(path)
-        checkpoint = record.path / stored["checkpoint"]
+        record.path / stored["checkpoint"]  # a name that makes no path is damage too
         valid = isinstance(stored["sha256"], str) and isinstance(stored["splits"], dict)
     except (OSError, ValueError, KeyError, TypeError) as error:
         log.warning("warning: %s is damaged (%s); left out (`degrade evaluate` measures it "
                     "again)", path, error_line(error, with_type=False))
         return None
-    if not valid or not checkpoint.is_file() or file_sha256(checkpoint) != stored["sha256"]:
-        return None
-    return stored
+    return stored if valid else None
 
 
 def clean_error(record: RunRecord, split: str) -> float:
