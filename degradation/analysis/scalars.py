@@ -61,7 +61,14 @@ def scalars_of(records: Sequence[RunRecord], root: Path) -> pd.DataFrame:
 
 
 def read_run_scalars(run_dir: Path) -> pd.DataFrame:
-    """One run's scalars (iteration, metric, value), from whichever of its two logs is complete.
+    """One run's scalars (iteration, metric, value), from whichever of its two logs is complete
+    (`run_scalars`)."""
+    return run_scalars(run_dir)[0]
+
+
+def run_scalars(run_dir: Path) -> tuple[pd.DataFrame, dict[int, dict[str, float]]]:
+    """One run's scalars (iteration, metric, value), from whichever of its two logs is complete,
+    and metrics.csv's rows as written ({} where it is damaged or missing): each log read once.
 
     metrics.csv is the run's record and TensorBoard's events a copy (which alone holds the
     gradient norms). The events are read where they hold every point of metrics.csv; where
@@ -76,14 +83,14 @@ def read_run_scalars(run_dir: Path) -> pd.DataFrame:
     try:
         rows, damage = read_metrics_prefix(path)
     except OSError:  # no metrics.csv: a run from before it, or one that has logged nothing yet
-        return events
+        return events, {}
     logged = _points(rows)
     in_events = set(zip(events["iteration"], events["metric"], strict=True))
     in_csv = set(zip(logged["iteration"], logged["metric"], strict=True))
     if in_csv <= in_events and (damage is None or len(_tags(in_events)) > len(in_csv)):
         if damage is not None:
             log.warning("warning: %s; its points are read from the TensorBoard events", damage)
-        return events
+        return events, {} if damage is not None else rows
     if damage is not None:
         log.warning("warning: %s; its points after that line are left out", damage)
     elif files and (run_dir / SUMMARY_FILE).exists():  # a finished run's events are whole
@@ -93,7 +100,7 @@ def read_run_scalars(run_dir: Path) -> pd.DataFrame:
                     len(in_csv), METRICS_FILE, METRICS_FILE)
     others = events[~events["metric"].isin(TAGS)]  # the gradient norms: in the events only
     return pd.concat([logged, others], ignore_index=True).sort_values(
-        ["metric", "iteration"], ignore_index=True)
+        ["metric", "iteration"], ignore_index=True), {} if damage is not None else rows
 
 
 def _tags(points: set[tuple[int, str]]) -> set[tuple[int, str]]:
