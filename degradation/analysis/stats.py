@@ -48,7 +48,8 @@ class Floor:
 # He et al. 2016, Table 6: ResNet-110, "mean ± std of 5 runs" = 6.61 ± 0.16 (4 degrees of
 # freedom). The paper publishes no other spread, so it stands in for training error too.
 PAPER_FLOOR = Floor(PAPER_TABLE6_STD[110], PAPER_TABLE6_RUNS[110] - 1,
-                    "the paper's ±0.16 over 5 runs of ResNet-110")
+                    f"the paper's ±{PAPER_TABLE6_STD[110]} over {PAPER_TABLE6_RUNS[110]} runs "
+                    "of ResNet-110")
 
 
 # --- the Student-t distribution ---------------------------------------------------------------

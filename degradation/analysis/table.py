@@ -31,11 +31,14 @@ from degradation.paper import (
     PAPER_TABLE6,
     PAPER_TABLE6_BEST,
     PAPER_TABLE6_NOTES,
+    PAPER_TABLE6_RUNS,
     PAPER_TABLE6_STD,
     REPRODUCTIONS,
 )
 from degradation.runs import PLAIN_SHORTCUT, RunRecord, data_name, identity
 from degradation.storage import atomic_write_text
+
+BEST_OF = f" (best of {PAPER_TABLE6_RUNS[110]})"  # the only depth with a best run printed
 
 
 def results_table(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -159,7 +162,7 @@ def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[s
             paper += f" ± {row.paper_test_error_std:.2f}"
         if paper and row.paper_note:
             paper += f" ({row.paper_note})"
-        best = [_number(row.paper_best_test_error) + (" (best of 5)" if not math.isnan(
+        best = [_number(row.paper_best_test_error) + (BEST_OF if not math.isnan(
             row.paper_best_test_error) else ""), _number(row.best_difference, signed=True)]
         rows.append([
             row.network, *([row.variant] if show_variant else []), f"{row.parameters:,}",
@@ -180,8 +183,10 @@ def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[s
         "Paper: He et al. 2016, Table 6 (ResNets, shortcut option A); plain nets have no Table 6 "
         "entry, their values are read off Figure 6 at 64k iterations.",
         "Where the paper prints one number for a depth it is compared with our mean. For "
-        "ResNet-110 it prints the best of 5 runs (6.43) and their mean (6.61 ± 0.16): our mean "
-        "is compared with its mean, and our best seed's final error with its best run.",
+        f"ResNet-110 it prints the best of {PAPER_TABLE6_RUNS[110]} runs "
+        f"({PAPER_TABLE6_BEST[110]}) and their mean ({PAPER_TABLE6[110]} ± "
+        f"{PAPER_TABLE6_STD[110]}): our mean is compared with its mean, and our best seed's "
+        "final error with its best run.",
     ]
     if "validation" in eval_sets:
         notes.append("Runs with data.val_split > 0 are evaluated on the held-out validation "
