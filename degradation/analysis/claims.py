@@ -12,7 +12,7 @@ a verdict judged on a schedule shorter than the paper's 64k iterations says so. 
 a claim makes (claims 1, 2, 3, 5 and 6) is judged on the difference of the two means and its
 interval over seeds (`stats.RULE`); a network with one seed takes a stated floor for its spread.
 
-The choice of runs is `study.py`, judging one ordering against the noise `orderings.py`.
+The runs are chosen in `study.py`; one ordering is judged against the noise in `orderings.py`.
 """
 
 from __future__ import annotations
