@@ -394,7 +394,7 @@ def table(
 
     Prints Markdown and writes table6.md and table6.csv beside the figures.
     """
-    from degradation.analysis.results import table_command
+    from degradation.analysis.table import table_command
 
     _check_out(path, out)
     text, written = _analysis(table_command, path, out, recursive)

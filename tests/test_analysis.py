@@ -11,8 +11,14 @@ import pandas as pd
 import pytest
 
 from degradation import runs
-from degradation.analysis import results
+from degradation.analysis import results, scalars
 from degradation.analysis.results import AnalysisError
+from degradation.analysis.table import (
+    markdown_table,
+    render_markdown,
+    results_table,
+    table_command,
+)
 from degradation.storage import write_json
 from tests.analysis_fixtures import make_config, make_summary, write_events, write_run, write_study
 
@@ -25,9 +31,9 @@ def test_scalars_round_trip_exactly(tmp_path):
                      zip(range(100, 2001, 100), rng.uniform(0, 100, 20), strict=True)]
                for tag in ("error/train", "loss/train", "lr", "error/test", "loss/test")}
     folder = write_run(tmp_path, {"arch": "plain", "depth": 20, **FAST}, scalars=written)
-    df = results.read_scalars(tmp_path)
+    df = scalars.read_scalars(tmp_path)
 
-    assert list(df.columns) == results.COLUMNS
+    assert list(df.columns) == scalars.COLUMNS
     assert set(df["run"]) == {folder.relative_to(tmp_path).as_posix()}
     assert set(df["shortcut"]) == {results.PLAIN_SHORTCUT}
     assert set(df["state"]) == {"pending"}  # no checkpoint, no summary, no lock
@@ -40,7 +46,7 @@ def test_scalars_round_trip_exactly(tmp_path):
 def test_every_point_is_read_beyond_tensorboards_default_10000(tmp_path):
     points = [(step, float(step % 97)) for step in range(1, 10_502)]
     write_run(tmp_path, FAST, scalars={"error/train": points})
-    df = results.read_scalars(tmp_path)
+    df = scalars.read_scalars(tmp_path)
     assert len(df) == 10_501
     assert df["iteration"].tolist() == list(range(1, 10_502))
 
@@ -51,7 +57,7 @@ def test_resumed_run_keeps_the_restarted_values(tmp_path):
     # and logs from 1100 on: its values replace the first process's 1100..1500.
     write_events(folder, {"error/train": [(s, 50.0) for s in range(100, 1501, 100)]}, 1.0e9)
     write_events(folder, {"error/train": [(s, 20.0) for s in range(1100, 1301, 100)]}, 2.0e9)
-    got = results.read_run_scalars(folder).set_index("iteration")["value"]
+    got = scalars.read_run_scalars(folder).set_index("iteration")["value"]
     assert got.index.tolist() == list(range(100, 1301, 100))  # 1400, 1500 were orphaned
     assert (got.loc[:1000] == 50.0).all()
     assert (got.loc[1100:] == 20.0).all()
@@ -60,7 +66,7 @@ def test_resumed_run_keeps_the_restarted_values(tmp_path):
 def test_a_point_written_twice_keeps_the_last(tmp_path):
     folder = write_run(tmp_path, FAST)
     write_events(folder, {"error/test": [(1000, 30.0), (2000, 12.0), (2000, 11.0)]})
-    got = results.read_run_scalars(folder)
+    got = scalars.read_run_scalars(folder)
     assert got["value"].tolist() == [30.0, 11.0]
 
 
@@ -69,7 +75,7 @@ def test_metrics_csv_is_read_when_there_are_no_events(tmp_path):
     (folder / "metrics.csv").write_text(
         "iteration,lr,error/train,loss/train,error/test,loss/test\n"
         "100,0.1,80.5,2.0,,\n200,0.1,70.25,1.5,60.0,1.2\n", encoding="utf-8")
-    got = results.read_run_scalars(folder)
+    got = scalars.read_run_scalars(folder)
     assert sorted(got.itertuples(index=False, name=None)) == sorted([
         (100, "lr", 0.1), (100, "error/train", 80.5), (100, "loss/train", 2.0),
         (200, "lr", 0.1), (200, "error/train", 70.25), (200, "loss/train", 1.5),
@@ -82,7 +88,7 @@ def test_aggregate_over_seeds_matches_numpy(tmp_path):
     for seed in range(3):
         points = [(step, float(values[seed, i])) for i, step in enumerate(range(400, 2001, 400))]
         write_run(tmp_path, {"seed": seed, "depth": 32, **FAST}, scalars={"error/test": points})
-    stats = results.aggregate(results.read_scalars(tmp_path))
+    stats = scalars.aggregate(scalars.read_scalars(tmp_path))
 
     assert len(stats) == 5
     assert set(stats["metric"]) == {"error/test"}
@@ -99,7 +105,7 @@ def test_a_different_recipe_is_a_separate_variant(tmp_path):
         write_run(tmp_path, {"seed": seed, **FAST}, scalars={"error/test": [(2000, 10.0)]})
     write_run(tmp_path, {"train.iterations": 500, "train.milestones": [200]},
               scalars={"error/test": [(500, 40.0)]})
-    stats = results.aggregate(results.read_scalars(tmp_path))
+    stats = scalars.aggregate(scalars.read_scalars(tmp_path))
     by_variant = stats.set_index("variant")
     assert by_variant.loc["", "count"] == 2
     assert by_variant.loc["train.iterations=500, train.milestones=[200]", "mean"] == 40.0
@@ -126,7 +132,7 @@ def _table_study(root):
 
 def test_results_table_matches_the_summaries_and_the_paper(tmp_path):
     finals = _table_study(tmp_path)
-    table = results.results_table(results.load_runs(tmp_path)).set_index("network")
+    table = results_table(results.load_runs(tmp_path)).set_index("network")
 
     assert table.index.tolist() == ["plain-56", "ResNet-20"]
     resnet = table.loc["ResNet-20"]
@@ -152,7 +158,7 @@ def test_paper_values_are_table6(tmp_path):
     for depth in (32, 44, 56, 110):
         write_run(tmp_path, {"depth": depth})
     write_run(tmp_path, {"depth": 56, "shortcut": "B"})
-    table = results.results_table(results.load_runs(tmp_path)).set_index("network")
+    table = results_table(results.load_runs(tmp_path)).set_index("network")
     assert table.loc["ResNet-32", "paper_test_error"] == 7.51
     assert table.loc["ResNet-44", "paper_test_error"] == 7.17
     assert table.loc["ResNet-56", "paper_test_error"] == 6.97
@@ -169,7 +175,7 @@ def test_paper_values_are_table6(tmp_path):
 
 def test_table_command_writes_markdown_and_csv(tmp_path):
     _table_study(tmp_path)
-    markdown, written = results.table_command(tmp_path, None)
+    markdown, written = table_command(tmp_path, None)
     assert [p.name for p in written] == ["table6.md", "table6.csv"]
     assert all(p.parent == tmp_path / "figures" for p in written)
     assert written[0].read_text(encoding="utf-8") == markdown
@@ -183,17 +189,17 @@ def test_table_command_writes_markdown_and_csv(tmp_path):
 
 
 def test_markdown_table_escapes_and_pads():
-    text = results.markdown_table(["a", "long header"], [["x|y", "1"]])
+    text = markdown_table(["a", "long header"], [["x|y", "1"]])
     assert text.splitlines() == ["| a    | long header |", "| ---- | ----------- |",
                                  "| x\\|y | 1           |"]
 
 
 def test_empty_or_missing_path_gives_one_line(tmp_path):
     with pytest.raises(AnalysisError, match="no runs under") as error:
-        results.read_scalars(tmp_path)
+        scalars.read_scalars(tmp_path)
     assert "\n" not in str(error.value)
     with pytest.raises(AnalysisError, match="does not exist"):
-        results.table_command(tmp_path / "nowhere", None)
+        table_command(tmp_path / "nowhere", None)
 
 
 def test_a_damaged_run_never_stops_the_analysis(tmp_path):
@@ -203,9 +209,9 @@ def test_a_damaged_run_never_stops_the_analysis(tmp_path):
     (broken / "tensorboard").mkdir()
     (broken / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"\x00garbage")
     (broken / "summary.json").write_text("{}", encoding="utf-8")
-    df = results.read_scalars(tmp_path)
+    df = scalars.read_scalars(tmp_path)
     assert set(df["seed"]) == {0}
-    table = results.results_table(results.load_runs(tmp_path))
+    table = results_table(results.load_runs(tmp_path))
     assert table.loc[0, "n"] == 1 and table.loc[0, "runs"] == "2 done"
 
 
@@ -216,7 +222,7 @@ def test_runs_on_other_data_are_rows_of_their_own_and_the_table_names_the_data(t
         summary = {**make_summary(make_config(tmp_path, overrides),
                                   final_test_error=8.0 + seed), "data": data}
         write_run(tmp_path, overrides, summary=summary)
-    markdown, _ = results.table_command(tmp_path, None)
+    markdown, _ = table_command(tmp_path, None)
     rows = [line for line in markdown.splitlines() if line.startswith("| ResNet-20")]
     assert len(rows) == 2  # the subset's error is not averaged with the official runs'
     assert any("8.50 ± 0.71 (2)" in row for row in rows)
@@ -236,10 +242,10 @@ def _resnet110_seeds(root, finals):
 def test_resnet110_compares_mean_with_mean_and_best_with_best(tmp_path):
     finals = [6.9, 7.1, 7.3]
     _resnet110_seeds(tmp_path, finals)
-    row = results.results_table(results.load_runs(tmp_path)).iloc[0]
+    row = results_table(results.load_runs(tmp_path)).iloc[0]
     assert row["difference"] == pytest.approx(np.mean(finals) - 6.61)  # mean vs the mean
     assert row["best_difference"] == pytest.approx(min(finals) - 6.43)  # best vs the best
-    markdown = results.render_markdown(results.results_table(results.load_runs(tmp_path)))
+    markdown = render_markdown(results_table(results.load_runs(tmp_path)))
     header, _, line = markdown.splitlines()[:3]
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in
                                                                line.split("|")], strict=True))
@@ -265,7 +271,7 @@ def test_a_run_copied_into_a_nested_output_tree_is_ignored_without_recursive(tmp
     _copy_run(folder, tmp_path, tmp_path / "old")  # outputs/old/runs/...: a backup
     records = results.load_runs(tmp_path)
     assert [record.path for record in records] == [folder]
-    row = results.results_table(records).iloc[0]
+    row = results_table(records).iloc[0]
     assert (row["runs"], row["n"]) == ("1 done", 1)
 
 
@@ -281,7 +287,7 @@ def test_a_run_found_twice_is_counted_once_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="degrade"):
         records = results.load_runs(tmp_path, recursive=True)
     assert [record.path for record in records] == [newer]  # the newest finished copy
-    table = results.results_table(records).iloc[0]
+    table = results_table(records).iloc[0]
     assert (table["runs"], table["n"], table["test_error_mean"]) == ("1 done", 1, 8.0)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("warning: resnet-20-A seed 0 is in 2 folders")
@@ -318,7 +324,7 @@ def test_runs_of_different_recipes_are_never_pooled(tmp_path):
     other = {"depth": 20, "seed": 0, **FAST, "train.weight_decay": 0.0005}
     write_run(tmp_path, other, summary=make_summary(make_config(tmp_path, other),
                                                     final_test_error=30.0))
-    table = results.results_table(results.load_runs(tmp_path)).set_index("variant")
+    table = results_table(results.load_runs(tmp_path)).set_index("variant")
     assert table.loc["", "n"] == 2 and table.loc["", "test_error_mean"] == 8.5
     assert table.loc["train.weight_decay=0.0005", "test_error_mean"] == 30.0
 
@@ -333,7 +339,7 @@ def test_runs_on_different_data_are_not_pooled_once_the_identity_tells_them_apar
         overrides = {"depth": 20, "seed": seed, **FAST, "data.root": root}
         write_run(tmp_path, overrides, summary=make_summary(make_config(tmp_path, overrides),
                                                             final_test_error=8.0 + seed))
-    table = results.results_table(results.load_runs(tmp_path))
+    table = results_table(results.load_runs(tmp_path))
     assert sorted(table["n"]) == [1, 2]
     assert sorted(table["test_error_mean"]) == [8.5, 10.0]
 
@@ -341,11 +347,11 @@ def test_runs_on_different_data_are_not_pooled_once_the_identity_tells_them_apar
 def test_table6_has_the_95_percent_interval_of_the_mean_and_the_reproductions(tmp_path):
     finals = [6.9, 7.1, 7.3]
     _resnet110_seeds(tmp_path, finals)
-    table = results.results_table(results.load_runs(tmp_path))
+    table = results_table(results.load_runs(tmp_path))
     # t(0.975, 2) = 4.302653: 7.1 ± 4.302653 * 0.2 / sqrt(3) = 7.1 ± 0.4968.
     assert table.loc[0, "test_error_ci_low"] == pytest.approx(7.1 - 0.496828, abs=1e-6)
     assert table.loc[0, "test_error_ci_high"] == pytest.approx(7.1 + 0.496828, abs=1e-6)
-    markdown = results.render_markdown(table)
+    markdown = render_markdown(table)
     header, _, line = markdown.splitlines()[:3]
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in
                                                                line.split("|")], strict=True))
@@ -359,9 +365,9 @@ def test_table6_has_the_95_percent_interval_of_the_mean_and_the_reproductions(tm
 
 def test_table6_gives_one_seed_no_interval(tmp_path):
     _resnet110_seeds(tmp_path, [7.0])
-    table = results.results_table(results.load_runs(tmp_path))
+    table = results_table(results.load_runs(tmp_path))
     assert math.isnan(table.loc[0, "test_error_ci_low"])
-    header, _, line = results.render_markdown(table).splitlines()[:3]
+    header, _, line = render_markdown(table).splitlines()[:3]
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in
                                                                line.split("|")], strict=True))
     assert cells["95% CI of the mean"] == "" and cells["test error (%), final: mean ± std (n)"] \

@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from degradation.analysis.board import STUDY_DIR
-from degradation.analysis.results import read_run_scalars, read_scalars
+from degradation.analysis.scalars import read_run_scalars, read_scalars
 from degradation.runs import TENSORBOARD_DIR
 from degradation.training.logs import HPARAMS_METRICS, MetricsLog, write_hparams
 from tests.analysis_fixtures import curves, make_config, make_summary, write_run, write_study

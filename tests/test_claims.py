@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
-from degradation.analysis import claims
+from degradation.analysis import claims, gradients
 from degradation.analysis.claims import INCONCLUSIVE, NOT_ENOUGH, NOT_REPRODUCED, REPRODUCED
-from degradation.analysis.results import RESPONSES_FILE
+from degradation.analysis.measurements import RESPONSES_FILE
+from degradation.analysis.study import select_study
 from degradation.runs import GRAD_NORMS_FILE, find_runs
 from degradation.storage import DamagedFile, write_json
 from degradation.training.logs import GRAD_NORM_COLUMNS, read_grad_norms
@@ -27,7 +30,7 @@ def finished(root, arch, depth, train, test, seed=0, iterations=FULL, shortcut="
 
 
 def verdicts(root):
-    study = claims.select_study(find_runs(root), root)
+    study = select_study(find_runs(root), root)
     return {claim.number: claim for claim in claims.judge(study)}
 
 
@@ -121,7 +124,7 @@ def test_a_short_schedule_says_so_and_does_not_judge_the_final_numbers(tmp_path)
 def test_the_longest_recipe_is_judged_and_others_are_left_out(tmp_path):
     write_grid(tmp_path, seeds=(0,))
     finished(tmp_path, "plain", 56, 0.1, 0.1, iterations=40)  # a smoke run: not averaged in
-    study = claims.select_study(find_runs(tmp_path), tmp_path)
+    study = select_study(find_runs(tmp_path), tmp_path)
     assert study.iterations == FULL and study.left_out == 1
     assert verdicts(tmp_path)[1].verdict == REPRODUCED
 
@@ -201,9 +204,9 @@ def test_gradient_logs_out_of_the_writers_order_are_damage_not_data(tmp_path):
 
 def test_gradient_iterations_follow_the_papers_proportions():
     logged = range(100, 64001, 100)
-    assert claims.gradient_iterations(logged, 64000) == [1000, 16000, 48000, 64000]
-    assert claims.gradient_iterations([500, 1000, 1500, 2000], 2000) == [500, 1500, 2000]
-    assert claims.gradient_iterations([], 2000) == []
+    assert gradients.gradient_iterations(logged, 64000) == [1000, 16000, 48000, 64000]
+    assert gradients.gradient_iterations([500, 1000, 1500, 2000], 2000) == [500, 1500, 2000]
+    assert gradients.gradient_iterations([], 2000) == []
 
 
 @pytest.mark.parametrize(("plain_ratio", "verdict"), [(0.5, REPRODUCED), (1e-4, NOT_REPRODUCED)])
@@ -228,7 +231,7 @@ def test_gradient_ratios_are_geometric_means_over_seeds(tmp_path):
                           "iteration": 100, "layer": [0, 1, 0, 1],
                           "name": ["conv1", "x", "conv1", "x"],
                           "grad_norm": [1.0, 4.0, 4.0, 1.0]})
-    ratios = claims.gradient_ratios(norms)
+    ratios = gradients.gradient_ratios(norms)
     assert ratios["ratio"].tolist() == [1.0] and ratios["seeds"].tolist() == [2]
 
 
@@ -258,7 +261,7 @@ def test_degradation_figure_plain_and_resnet_with_spread_and_the_paper(tmp_path)
     from degradation.analysis import figures
 
     write_grid(tmp_path, {**PAPER_LIKE, ("plain", 32): (2.0, 10.5)})
-    study = claims.select_study(find_runs(tmp_path), tmp_path)
+    study = select_study(find_runs(tmp_path), tmp_path)
     fig = figures.degradation_figure(study)
     plain, resnet = fig.axes
     assert (plain.get_title(), resnet.get_title()) == ("plain", "ResNet (shortcut A)")
@@ -307,8 +310,8 @@ def test_gradients_figure_and_command(tmp_path):
     written = figures.gradients_command(tmp_path, None)
     assert written == [tmp_path / "figures" / "gradients.png",
                        tmp_path / "figures" / "gradients.pdf"]
-    study = claims.select_study(find_runs(tmp_path), tmp_path)
-    fig = figures.gradients_figure(claims.gradient_norm_table(study), FULL)
+    study = select_study(find_runs(tmp_path), tmp_path)
+    fig = figures.gradients_figure(gradients.gradient_norm_table(study), FULL)
     assert [ax.get_title() for ax in fig.axes] == ["depth 20: gradient norm per conv layer",
                                                    "depth 56: gradient norm per conv layer"]
     ax = fig.axes[1]
@@ -397,8 +400,8 @@ def test_a_damaged_gradient_log_is_named_in_a_warning_and_left_out(tmp_path, cap
         write_grad_norms(folder, 0.5 if arch == "plain" else 0.8)
     damaged = next(iter(folders.values())) / GRAD_NORMS_FILE
     damaged.write_text(damaged.read_text()[:-20])  # cut mid-row, as a torn copy leaves it
-    study = claims.select_study(find_runs(tmp_path), tmp_path)
-    norms = claims.gradient_norm_table(study)
+    study = select_study(find_runs(tmp_path), tmp_path)
+    norms = gradients.gradient_norm_table(study)
     (warning,) = [record.getMessage() for record in caplog.records]
     assert warning.startswith(f"warning: {damaged} is damaged (line ")
     assert warning.endswith("; its gradient norms are left out")
@@ -431,7 +434,7 @@ def test_a_suggested_command_pasted_into_a_shell_runs_nothing_else(tmp_path):
 
 def test_degradation_figure_legend_says_what_the_bars_are_and_draws_the_clean_error(tmp_path):
     from degradation.analysis import figures
-    from degradation.analysis.results import EVALUATION_FILE, file_sha256
+    from degradation.analysis.measurements import EVALUATION_FILE, file_sha256
     from degradation.runs import CHECKPOINT
 
     folders = write_grid(tmp_path)
@@ -441,7 +444,7 @@ def test_degradation_figure_legend_says_what_the_bars_are_and_draws_the_clean_er
             write_json(folder / EVALUATION_FILE, {
                 "checkpoint": CHECKPOINT, "sha256": file_sha256(folder / CHECKPOINT),
                 "splits": {"train": {"error": 0.5 + seed}}})
-    fig = figures.degradation_figure(claims.select_study(find_runs(tmp_path), tmp_path))
+    fig = figures.degradation_figure(select_study(find_runs(tmp_path), tmp_path))
     plain, resnet = fig.axes
     labels = [text.get_text() for text in plain.get_legend().get_texts()]
     assert "ours: training error (mean; bars: min-max over 2 seeds)" in labels
@@ -452,7 +455,7 @@ def test_degradation_figure_legend_says_what_the_bars_are_and_draws_the_clean_er
     # The ResNets have no clean measurement: not drawn.
     assert all(line.get_gid() != "error/train_clean" for line in resnet.get_lines())
     write_grid(tmp_path / "one", seeds=(0,))
-    fig = figures.degradation_figure(claims.select_study(find_runs(tmp_path / "one"),
+    fig = figures.degradation_figure(select_study(find_runs(tmp_path / "one"),
                                                          tmp_path / "one"))
     labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
     assert "ours: test error (one seed, no bars)" in labels
@@ -475,3 +478,34 @@ def test_a_diverged_seed_is_left_out_and_named(tmp_path):
                                                         '"diverged"'))
     claim = verdicts(tmp_path)[1]
     assert claim.verdict == NOT_ENOUGH
+
+
+def test_the_noise_floor_is_pooled_once_per_metric_for_a_judgement(tmp_path, monkeypatch):
+    # The floor pools every network of the study: one computation per metric, not one for
+    # each ordering the claims make.
+    from degradation.analysis import stats
+
+    write_grid(tmp_path, {**PAPER_LIKE, ("plain", 32): (3.0, 11.0)}, seeds=(0,))
+    calls = []
+    pooled_floor = stats.pooled_floor
+    monkeypatch.setattr(stats, "pooled_floor",
+                        lambda groups, name: calls.append(name) or pooled_floor(groups, name))
+    study = select_study(find_runs(tmp_path), tmp_path)
+    first = claims.judge(study)
+    assert sorted(calls) == sorted(set(calls)) == ["test error", "training error"]
+    calls.clear()
+    assert [c.note for c in claims.judge(study)] == [c.note for c in first]  # judged afresh
+    assert sorted(calls) == ["test error", "training error"]
+
+
+def test_a_studys_diverged_seeds_are_counted_from_its_runs(tmp_path):
+    write_grid(tmp_path, seeds=(0,))
+    overrides = {"arch": "plain", "depth": 56, "seed": 2, "train.iterations": FULL,
+                 "train.milestones": [FULL // 2, FULL * 3 // 4]}
+    write_run(tmp_path, overrides, summary=make_summary(
+        make_config(tmp_path, overrides), "diverged", final_test_error=None,
+        final_train_error=None, iterations_done=900))
+    study = select_study(find_runs(tmp_path), tmp_path)
+    assert study.diverged == {("plain", 56): 1}
+    kept = [record for record in study.records if record.state != "diverged"]
+    assert replace(study, records=kept).diverged == {}  # derived, never stale

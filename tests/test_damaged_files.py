@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from degradation.analysis.results import RESPONSES_FILE
+from degradation.analysis.measurements import RESPONSES_FILE
 from degradation.runs import CONFIG_FILE, ERROR_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from degradation.storage import write_json
 from tests.analysis_fixtures import write_study

@@ -158,4 +158,4 @@ def test_the_python_code_writes_no_default_folder_of_its_own() -> None:
                     for target in node.targets):
                 definitions.append(source.name)
     assert literals == []
-    assert definitions == ["results.py"]
+    assert definitions == ["paper.py"]

@@ -12,7 +12,8 @@ import pytest
 
 from degradation.analysis import claims
 from degradation.analysis.evaluate import evaluate_command
-from degradation.analysis.results import EVALUATION_FILE, clean_error, file_sha256
+from degradation.analysis.measurements import EVALUATION_FILE, clean_error, file_sha256
+from degradation.analysis.study import select_study
 from degradation.data.cifar import write_cifar10
 from degradation.runs import CHECKPOINT, find_runs
 from degradation.storage import write_json
@@ -157,7 +158,7 @@ def test_claim_1_is_judged_on_the_clean_training_error_where_every_run_has_it(tm
     # The running error says plain-56 is worse; the clean one says it is not (by far).
     folders = [finished_with_clean(tmp_path, depth, seed, running, clean)
                for depth, running, clean in ((20, 1.0, 3.0), (56, 6.0, 0.5)) for seed in (0, 1)]
-    study = claims.select_study(find_runs(tmp_path), tmp_path)
+    study = select_study(find_runs(tmp_path), tmp_path)
     claim = claims.judge(study)[0]
     assert claim.ours.startswith("clean training error (%): plain-56 0.50 < plain-20 3.00")
     assert claim.verdict == claims.NOT_REPRODUCED
@@ -165,12 +166,12 @@ def test_claim_1_is_judged_on_the_clean_training_error_where_every_run_has_it(tm
     assert clean_error(study.records[0], "train") in (3.0, 0.5)
     # One run without it: the running error for every run, and the note says how to measure.
     (folders[-1] / EVALUATION_FILE).unlink()
-    claim = claims.judge(claims.select_study(find_runs(tmp_path), tmp_path))[0]
+    claim = claims.judge(select_study(find_runs(tmp_path), tmp_path))[0]
     assert claim.ours.startswith("training error (%): plain-56 6.00 > plain-20 1.00")
     assert f"`degrade evaluate {tmp_path} --split train` measures the clean one" in claim.note
     # An evaluation of another checkpoint does not count.
     (folders[0] / CHECKPOINT).write_bytes(b"retrained")
-    assert claims.select_study(find_runs(tmp_path), tmp_path).finals[
+    assert select_study(find_runs(tmp_path), tmp_path).finals[
         "clean_train_error"].isna().sum() == 2
 
 
@@ -189,3 +190,24 @@ def test_evaluate_on_the_real_image_subset(tmp_path: Path):
     assert second[0].entry["error"] == first[0].entry["error"]
     assert second[0].entry["loss"] == first[0].entry["loss"]
     assert evaluate_command(tmp_path, "test", "cpu")[0].entry["images"] == 761
+
+
+@pytest.mark.trains  # trains two tiny networks once per module
+def test_evaluate_hashes_each_checkpoint_once(outputs: Path, monkeypatch: pytest.MonkeyPatch):
+    # A checkpoint can be large: `evaluate` reads its bytes once per run, also where
+    # evaluation.json already holds the split.
+    from degradation.analysis import evaluate, measurements
+
+    hashed = []
+
+    def counting(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return file_sha256(path)
+
+    for module in (evaluate, measurements):
+        monkeypatch.setattr(module, "file_sha256", counting)
+    evaluate_command(outputs, "train", "cpu")
+    assert len(hashed) == 2  # two runs
+    hashed.clear()
+    assert [row.cached for row in evaluate_command(outputs, "train", "cpu")] == [True, True]
+    assert len(hashed) == 2

@@ -124,3 +124,28 @@ def test_export_still_reads_the_former_form_file_from_path(tmp_path: Path) -> No
     result = degrade_here("export", str(out), "--from", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(out)) == 2
+
+
+def test_export_reads_metrics_csv_once_and_names_a_damaged_one_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from degradation.analysis import export
+    from degradation.training import logs
+
+    folder = logged_run(tmp_path, "plain", 0, 400)
+    opened = []
+    csv_lines = logs._csv_lines
+    monkeypatch.setattr(logs, "_csv_lines", lambda path: opened.append(path) or csv_lines(path))
+    whole = export.points_table(tmp_path)
+    assert opened == [folder / METRICS_FILE]
+    # Cut inside its last row: one warning, and the TensorBoard events give every point.
+    path = folder / METRICS_FILE
+    path.write_bytes(path.read_bytes()[:-3])
+    opened.clear()
+    with caplog.at_level(logging.WARNING, logger="degrade"):
+        damaged = export.points_table(tmp_path)
+    assert opened == [path]
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(f"warning: {path} is damaged (line 5: ")
+    assert damaged["iteration"].tolist() == whole["iteration"].tolist() == [100, 200, 300, 400]

@@ -9,7 +9,8 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_hex
 
 from degradation.analysis import figures
-from degradation.analysis.results import COLUMNS, PLAIN_SHORTCUT, AnalysisError
+from degradation.analysis.results import PLAIN_SHORTCUT, AnalysisError
+from degradation.analysis.scalars import COLUMNS
 from tests.analysis_fixtures import write_study
 
 STEPS = np.arange(1000, 64001, 1000)

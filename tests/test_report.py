@@ -8,7 +8,8 @@ from html.parser import HTMLParser
 import pytest
 
 from degradation.analysis import report
-from degradation.analysis.results import RESPONSES_FILE, AnalysisError
+from degradation.analysis.measurements import RESPONSES_FILE
+from degradation.analysis.results import AnalysisError
 from degradation.storage import write_json
 from tests.analysis_fixtures import make_config, make_summary, write_run, write_study
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from degradation.analysis import responses
-from degradation.analysis.results import RESPONSES_FILE, AnalysisError, load_runs
+from degradation.analysis.measurements import RESPONSES_FILE
+from degradation.analysis.results import AnalysisError, load_runs
 from degradation.data.cifar import load_cifar10, write_cifar10
 from degradation.data.stream import eval_batches
 from degradation.models import build_model, response_modules

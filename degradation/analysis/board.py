@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from torch.utils.tensorboard import SummaryWriter
 
-from degradation.analysis.results import aggregate, read_scalars
+from degradation.analysis.scalars import aggregate, read_scalars
 
 log = logging.getLogger("degrade")
 

@@ -21,15 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from degradation.analysis.measurements import EVALUATION_FILE, file_sha256, stored_evaluation
 from degradation.analysis.responses import cached_splits
-from degradation.analysis.results import (
-    EVALUATION_FILE,
-    AnalysisError,
-    file_sha256,
-    load_runs,
-    read_evaluation,
-    run_label,
-)
+from degradation.analysis.results import AnalysisError, load_runs, run_label
 from degradation.data.cifar import TEST_FILE, ensure_cifar10, read_batch
 from degradation.models import build_model
 from degradation.runs import RunRecord, network_name
@@ -95,8 +89,8 @@ def evaluate_run(record: RunRecord, split: str, device: torch.device,
     if state is None or path is None:
         raise AnalysisError(f"{record.path} has no readable checkpoint"
                             + (f" ({notes[0]})" if notes else ""))
-    digest = file_sha256(path)
-    stored = read_evaluation(record)
+    digest = file_sha256(path)  # hashed once: the stored one is compared with this digest
+    stored = stored_evaluation(record)
     if stored is None or stored["sha256"] != digest or stored["checkpoint"] != path.name:
         stored = {"checkpoint": path.name, "sha256": digest, "splits": {}}
     if split in stored["splits"]:

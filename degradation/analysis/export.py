@@ -14,25 +14,18 @@ logged at that iteration (test error only at evaluations). The values are the ru
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from degradation.analysis.results import (
-    AnalysisError,
-    load_runs,
-    read_run_scalars,
-    run_label,
-    shortcut_of,
-)
-from degradation.runs import METRICS_FILE, RunRecord, flat_config
-from degradation.storage import DamagedFile, atomic_write_bytes
-from degradation.training.logs import TAGS, read_metrics
+from degradation.analysis.results import AnalysisError, load_runs, run_label, shortcut_of
+from degradation.analysis.scalars import run_scalars
+from degradation.runs import RunRecord, flat_config
+from degradation.storage import atomic_write_bytes
+from degradation.training.logs import TAGS
 
 FORMATS = ("csv", "parquet")
-log = logging.getLogger("degrade")
 
 
 def run_columns(record: RunRecord, root: Path) -> dict[str, Any]:
@@ -64,15 +57,10 @@ def logged_points(folder: Path) -> pd.DataFrame:
     """A run's points, indexed by iteration, one column per tag (TAGS): its metrics.csv as
     written, and TensorBoard's (float32) values only at iterations the CSV lacks (a damaged
     metrics.csv moved away restarts at the checkpoint; the events keep every point)."""
-    try:
-        rows = read_metrics(Path(folder) / METRICS_FILE)
-    except OSError:  # no metrics.csv: the events alone
-        rows = {}
-    except DamagedFile as error:
-        log.warning("warning: %s; its TensorBoard events are exported instead", error)
-        rows = {}
+    # One read of each log: a damaged metrics.csv is named once (by `run_scalars`), and its
+    # rows are not exported as exact then: the points `run_scalars` chose are.
+    events, rows = run_scalars(Path(folder))
     exact = pd.DataFrame.from_dict(rows, orient="index", columns=list(TAGS), dtype="float64")
-    events = read_run_scalars(folder)
     events = events[events["metric"].isin(TAGS) & ~events["iteration"].isin(list(rows))]
     wide = events.pivot_table(index="iteration", columns="metric", values="value",
                               aggfunc="last").reindex(columns=list(TAGS))

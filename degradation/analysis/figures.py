@@ -24,22 +24,24 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from degradation.analysis import claims
+from degradation.analysis.gradients import gradient_iterations, gradient_norm_table
+from degradation.analysis.measurements import read_responses
 from degradation.analysis.results import (
-    GROUP,
-    PAPER_FIGURE6_PLAIN,
-    PAPER_ITERATIONS,
-    PAPER_TABLE6,
-    PLAIN_SHORTCUT,
     STATE_ORDER,
     AnalysisError,
-    aggregate,
     figures_dir,
     load_runs,
     network_label,
-    read_responses,
-    scalars_of,
 )
+from degradation.analysis.scalars import GROUP, aggregate, scalars_of
+from degradation.analysis.study import Study, final_errors, select_study, training_measure
+from degradation.paper import (
+    PAPER_FIGURE6_PLAIN,
+    PAPER_ITERATIONS,
+    PAPER_TABLE6,
+    parse_paper_number,
+)
+from degradation.runs import PLAIN_SHORTCUT
 from degradation.storage import atomic_write_bytes
 
 ITERATION_UNIT = 1e4  # the paper's x-axis: "iter. (1e4)"
@@ -297,11 +299,11 @@ def _bars_label(counts: Sequence[int]) -> str:
     return f"mean; bars: min-max over {seeds} seeds"
 
 
-def degradation_figure(study: claims.Study) -> Figure:
+def degradation_figure(study: Study) -> Figure:
     """Final training and test error against depth, plain and ResNet side by side: mean over
     seeds with min-max bars (the legend says over how many), the clean training error of
     `degrade evaluate` where every run of a panel has it, the paper's values as hollow markers."""
-    errors = claims.final_errors(study)
+    errors = final_errors(study)
     if errors.empty:
         raise AnalysisError("no finished runs to plot error against depth yet")
     panels = [arch for arch in ("plain", "resnet") if (errors["arch"] == arch).any()]
@@ -313,7 +315,7 @@ def degradation_figure(study: claims.Study) -> Figure:
         paper = _paper_errors(arch, int(depths.min()), int(depths.max()))
         series = [("error/train", "train_error"), ("error/test", "test_error")]
         networks = [(arch, int(depth)) for depth in depths]
-        if claims.training_measure(study, networks) == "clean_train_error":
+        if training_measure(study, networks) == "clean_train_error":
             series.append(("error/train_clean", "clean_train_error"))
         for metric, column in series:
             name, colour, linestyle, marker = DEGRADATION_STYLE[metric]
@@ -356,8 +358,8 @@ def _paper_errors(arch: str, low: int, high: int) -> dict[str, dict[int, float]]
     if arch == "plain":
         for depth, (test, train) in PAPER_FIGURE6_PLAIN.items():
             if low <= depth <= high:
-                points["error/test"][depth] = float(np.mean(claims.parse_paper_number(test)))
-                points["error/train"][depth] = float(np.mean(claims.parse_paper_number(train)))
+                points["error/test"][depth] = float(np.mean(parse_paper_number(test)))
+                points["error/train"][depth] = float(np.mean(parse_paper_number(train)))
     else:
         points["error/test"] = {d: e for d, e in PAPER_TABLE6.items() if low <= d <= high}
     return points
@@ -368,7 +370,7 @@ def gradients_figure(norms: pd.DataFrame, iterations: int) -> Figure:
     plain dashed, ResNet solid, one colour per iteration (mean over seeds)."""
     if norms.empty:
         raise AnalysisError("no gradient logs (grad_norms.csv) to plot")
-    chosen = claims.gradient_iterations(norms["iteration"].unique().tolist(), iterations)
+    chosen = gradient_iterations(norms["iteration"].unique().tolist(), iterations)
     depths = sorted(norms["depth"].unique())
     fig = _figure(len(depths))
     colours = {it: GRADIENT_COLOURS[i % len(GRADIENT_COLOURS)] for i, it in enumerate(chosen)}
@@ -426,7 +428,7 @@ def plot_command(path: Path, out: Path | None, linear: bool, recursive: bool = F
     responses = read_responses(records)
     if responses:
         written += save_figure(figure7(responses), folder, "figure7")
-    study = claims.select_study(records, Path(path))
+    study = select_study(records, Path(path))
     if not study.finals.empty:
         written += save_figure(degradation_figure(study), folder, "degradation")
     return written
@@ -435,8 +437,8 @@ def plot_command(path: Path, out: Path | None, linear: bool, recursive: bool = F
 def gradients_command(path: Path, out: Path | None, recursive: bool = False) -> list[Path]:
     """`degrade gradients`: the per-layer gradient norms figure; no paths when no run logged
     gradients (runs trained before gradient logging have none)."""
-    study = claims.select_study(load_runs(Path(path), recursive), Path(path))
-    norms = claims.gradient_norm_table(study)
+    study = select_study(load_runs(Path(path), recursive), Path(path))
+    norms = gradient_norm_table(study)
     if norms.empty:
         return []
     return save_figure(gradients_figure(norms, study.iterations), figures_dir(path, out),

@@ -16,22 +16,23 @@ import yaml
 from matplotlib.figure import Figure
 
 from degradation.analysis import claims, figures
+from degradation.analysis.gradients import gradient_norm_table
+from degradation.analysis.measurements import read_responses
 from degradation.analysis.results import (
-    REPRODUCTIONS,
     AnalysisError,
     data_line,
     eval_set_of,
     figures_dir,
     load_runs,
     network_label,
-    read_responses,
-    results_table,
     run_label,
-    scalars_of,
     shortcut_of,
-    table_cells,
     variants,
 )
+from degradation.analysis.scalars import scalars_of
+from degradation.analysis.study import select_study
+from degradation.analysis.table import results_table, table_cells
+from degradation.paper import REPRODUCTIONS
 from degradation.runs import RunRecord, data_name
 from degradation.storage import atomic_write_text
 
@@ -63,7 +64,7 @@ def write_report(path: Path, out_dir: Path | None = None, recursive: bool = Fals
             f"<p class='note'>{len(records)} runs under <code>{html.escape(str(path))}</code>. "
             "He et al. 2016, Sec. 4.2: Figure 6, Table 6 and Figure 7.</p>"]
 
-    study = claims.select_study(records, path)
+    study = select_study(records, path)
     verdicts = claims.judge(study)
     body.append("<h2 id='claims'>The claims of Sec. 4.2</h2>"
                 f"<p><strong>{html.escape(claims.verdict_counts(verdicts))}</strong></p>"
@@ -100,7 +101,7 @@ def write_report(path: Path, out_dir: Path | None = None, recursive: bool = Fals
         body.append(_figure_section("Figure 7: layer responses", figures.figure7(responses),
                                     folder, "figure7", "Top: network order; bottom: sorted."))
 
-    norms = claims.gradient_norm_table(study)
+    norms = gradient_norm_table(study)
     if not norms.empty:
         body.append(_figure_section("Gradient norms per layer", figures.gradients_figure(
             norms, study.iterations), folder, "gradients", "The L2 norm of each conv layer's "

@@ -19,14 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from degradation.analysis.figures import figure7, save_figure
-from degradation.analysis.results import (
-    RESPONSES_FILE,
-    AnalysisError,
-    figures_dir,
-    load_runs,
-    read_responses_file,
-    variants,
-)
+from degradation.analysis.measurements import RESPONSES_FILE, read_responses_file
+from degradation.analysis.results import AnalysisError, figures_dir, load_runs, variants
 from degradation.data.cifar import CifarSplits, load_cifar10
 from degradation.data.stream import eval_batches
 from degradation.models import build_model, response_modules

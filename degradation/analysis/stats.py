@@ -22,6 +22,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from degradation.paper import PAPER_TABLE6_RUNS, PAPER_TABLE6_STD
+
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
@@ -45,7 +47,9 @@ class Floor:
 
 # He et al. 2016, Table 6: ResNet-110, "mean ± std of 5 runs" = 6.61 ± 0.16 (4 degrees of
 # freedom). The paper publishes no other spread, so it stands in for training error too.
-PAPER_FLOOR = Floor(0.16, 4, "the paper's ±0.16 over 5 runs of ResNet-110")
+PAPER_FLOOR = Floor(PAPER_TABLE6_STD[110], PAPER_TABLE6_RUNS[110] - 1,
+                    f"the paper's ±{PAPER_TABLE6_STD[110]} over {PAPER_TABLE6_RUNS[110]} runs "
+                    "of ResNet-110")
 
 
 # --- the Student-t distribution ---------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from degradation.config import Config
 from degradation.errors import error_line
+from degradation.events import event_files, read_events
 from degradation.runs import GRAD_NORMS_FILE, METRICS_FILE, PLAIN_SHORTCUT, TENSORBOARD_DIR
 from degradation.storage import DamagedFile, atomic_write_text, set_aside_damaged
 
@@ -146,20 +147,15 @@ def _grad_norms_from_events(run_dir: Path) -> dict[int, dict[str, float]]:
     """The gradient norms in a run's TensorBoard events ({iteration: {layer name: norm}}, the
     layers in network order): exactly grad_norms.csv's values, both are float32. Read only to
     repair a damaged grad_norms.csv."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    def damaged(error: DamagedFile) -> None:  # its points are missing, said by the caller
+        log.debug("no gradient norms recovered from it: %s", error)
 
-    events = EventAccumulator(str(run_dir / TENSORBOARD_DIR), size_guidance={"scalars": 0})
-    try:
-        events.Reload()
-    except Exception as error:  # damaged events: nothing to recover, said by the caller
-        log.debug("no gradient norms recovered: %s", error_line(error))
-        return {}
     found: dict[int, dict[tuple[int, str], float]] = {}
-    for tag in events.Tags()["scalars"]:
+    for step, tag, value in read_events(event_files(run_dir / TENSORBOARD_DIR), damaged,
+                                        keep=lambda tag: tag.startswith(GRAD_NORM_TAG)):
         layer, _, name = tag.removeprefix(GRAD_NORM_TAG).partition("_")
-        if tag.startswith(GRAD_NORM_TAG) and layer.isdigit():
-            for event in events.Scalars(tag):
-                found.setdefault(event.step, {})[int(layer), name] = event.value
+        if layer.isdigit():
+            found.setdefault(step, {})[int(layer), name] = value
     layers = max(map(len, found.values()), default=0)  # a point cut short is no point
     return {iteration: {name: norm for (_, name), norm in sorted(norms.items())}
             for iteration, norms in found.items() if len(norms) == layers}
