@@ -11,9 +11,7 @@ Typer needs them; each command only parses, calls the module that does the work,
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,58 +20,14 @@ import typer
 
 from degradation.completion import use_bash_script
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
+from degradation.help_text import Command, Group
 from degradation.package import config_default, presets
 
 use_bash_script()  # bash completion that knows `=` splits bash's words
 
 
-def _without_flag_types(params: list) -> list:
-    """Flags take no value, so their help shows no type (Typer's help would say `<bool>`)."""
-    for param in params:
-        if getattr(param, "is_flag", False):
-            param.metavar = ""
-    return params
-
-
-_LIST_OR_BLOCK = re.compile(r"\s|[-*\u2022]\s|\d+[.)]\s")
-
-
-def reflowed(text: str | None) -> str | None:
-    """A docstring as `--help` should show it: each paragraph one line, for rich to wrap.
-
-    The source's line breaks only keep it under the line limit; rich would print them as
-    ragged lines. Blank lines still separate paragraphs, and a paragraph holding a list or an
-    indented block keeps its lines.
-    """
-    if not text:
-        return text
-    paragraphs = inspect.cleandoc(text).split("\n\n")
-    return "\n\n".join(
-        paragraph if any(_LIST_OR_BLOCK.match(line) for line in paragraph.splitlines()[1:])
-        or paragraph.startswith("\b") else " ".join(paragraph.split("\n"))
-        for paragraph in paragraphs)
-
-
-class _Command(typer.core.TyperCommand):
-    """A command whose help reads as paragraphs and whose flags show no value type."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.help = reflowed(self.help)
-
-    def get_params(self, ctx):  # (Click's signature)
-        return _without_flag_types(super().get_params(ctx))
-
-
-class _Group(typer.core.TyperGroup):
-    """`degrade` itself, whose flags (`--version`, ...) show no value type in `--help`."""
-
-    def get_params(self, ctx):  # (Click's signature)
-        return _without_flag_types(super().get_params(ctx))
-
-
 app = typer.Typer(
-    cls=_Group,
+    cls=Group,
     no_args_is_help=True,
     help="Reproduce the CIFAR-10 degradation study of He et al. 2016 (plain vs residual "
     "nets, Sec. 4.2). Configuration keys are given as Hydra overrides, e.g. "
@@ -847,7 +801,7 @@ def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
 
 
 for _registered in app.registered_commands:
-    _registered.cls = _Command  # (no command sets a class of its own)
+    _registered.cls = Command  # (no command sets a class of its own)
 
 
 def main() -> None:
