@@ -11,14 +11,12 @@ Typer needs them; each command only parses, calls the module that does the work,
 from __future__ import annotations
 
 import contextlib
-import logging
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
 from degradation.completion import use_bash_script
+from degradation.console import warnings_to_stderr
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
 from degradation.help_text import Command, Group
 from degradation.package import config_default, presets
@@ -290,7 +288,7 @@ def status(
         fail(f"status takes one PATH, not {len(paths)}: {' '.join(map(str, paths))}")
     # One context for the whole command: a warning (a damaged file, a copied run) is printed
     # once, not at every refresh.
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         snapshot, under_way = _status_snapshot(paths[0] if paths else None, overrides,
                                                recursive)
         if not watch:
@@ -381,7 +379,7 @@ def plot(
     from degradation.analysis.figures import plot_command
 
     _check_out(path, out)
-    with _warnings_to_stderr():  # both read the runs: each warning once
+    with warnings_to_stderr():  # both read the runs: each warning once
         for written in _analysis(plot_command, path, out, linear, recursive):
             typer.echo(written)
         study = _analysis(study_command, path)
@@ -646,7 +644,7 @@ def _analysis(command, *args, **kwargs):
     from degradation.analysis.results import AnalysisError
     from degradation.launch.plan import USER_ERRORS
 
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         try:
             return command(*args, **kwargs)
         except AnalysisError as error:  # nothing (of the kind asked for) to analyse
@@ -671,45 +669,6 @@ def _check_writable(folder: Path) -> None:
         check_writable(folder)
     except StorageError as error:
         fail(str(error))
-
-
-@contextlib.contextmanager
-def _warnings_to_stderr() -> Iterator[None]:
-    """Print the `degrade` logger's warnings on stderr, each distinct line once."""
-    logger = logging.getLogger("degrade")
-    if any(isinstance(handler, _StderrWarnings) for handler in logger.handlers):
-        yield  # already printing them (a command that runs several steps)
-        return
-    handler = _StderrWarnings(sys.stderr)  # the stream of this call (tests swap it)
-    handler.setLevel(logging.WARNING)
-    handler.addFilter(_Once())
-    saved = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False  # a handler a training run left on the root would print twice
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = saved
-
-
-class _StderrWarnings(logging.StreamHandler):
-    """The handler `_warnings_to_stderr` installs."""
-
-
-class _Once(logging.Filter):
-    """Lets each distinct message through once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        return True
 
 
 def _write_study(planned) -> None:
