@@ -378,9 +378,8 @@ def plot(
     from degradation.analysis.board import study_command
     from degradation.analysis.figures import plot_command
 
-    _check_out(path, out)
     with warnings_to_stderr():  # both read the runs: each warning once
-        for written in _analysis(plot_command, path, out, linear, recursive):
+        for written in _figures(plot_command, path, out, linear, recursive):
             typer.echo(written)
         study = _analysis(study_command, path)
     if study is not None:
@@ -399,8 +398,7 @@ def table(
     """
     from degradation.analysis.results import table_command
 
-    _check_out(path, out)
-    text, written = _analysis(table_command, path, out, recursive)
+    text, written = _figures(table_command, path, out, recursive)
     typer.echo(text)
     for file in written:
         typer.echo(file)
@@ -452,8 +450,7 @@ def responses(
     """
     from degradation.analysis.responses import responses_command
 
-    _check_out(path, out)
-    for written in _analysis(responses_command, path, out, data_root, device, recursive):
+    for written in _figures(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
 
 
@@ -507,8 +504,7 @@ def claims(
     """
     from degradation.analysis.claims import claims_command
 
-    _check_out(path, out)
-    text, written = _analysis(claims_command, path, out, recursive)
+    text, written = _figures(claims_command, path, out, recursive)
     typer.echo(text)
     for file in written:
         typer.echo(file)
@@ -527,8 +523,7 @@ def gradients(
     """
     from degradation.analysis.figures import gradients_command
 
-    _check_out(path, out)
-    written = _analysis(gradients_command, path, out, recursive)
+    written = _figures(gradients_command, path, out, recursive)
     if not written:
         typer.echo(f"no gradient logs (grad_norms.csv) in the finished runs under {path}: "
                    "runs trained before gradient logging have none; nothing to draw")
@@ -545,8 +540,7 @@ def report(
     """One HTML page with the figures, the tables and every run's config, code version, time."""
     from degradation.analysis.report import report_command
 
-    _check_out(path, out)
-    typer.echo(_analysis(report_command, path, out, recursive))
+    typer.echo(_figures(report_command, path, out, recursive))
 
 
 @app.command()
@@ -653,12 +647,14 @@ def _analysis(command, *args, **kwargs):
             fail(str(error))
 
 
-def _check_out(path: Path, out: Path | None) -> None:
-    """Refuse, before any run is read, a folder for figures and tables that cannot be
-    written (a file, a read-only tree, /proc): one line, exit 2, nothing written."""
+def _figures(command, path: Path, out: Path | None, *args):
+    """`_analysis` of a command that writes figures or tables into `out` (default
+    PATH/figures): a folder that cannot be written there (a file, a read-only tree, /proc) is
+    refused before any run is read, in one line, exit 2, nothing written."""
     from degradation.analysis.results import figures_dir
 
     _check_writable(figures_dir(path, out))
+    return _analysis(command, path, out, *args)
 
 
 def _check_writable(folder: Path) -> None:
