@@ -15,10 +15,10 @@ from pathlib import Path
 
 import typer
 
-from degradation.completion import use_bash_script
+from degradation.completion import complete_override, use_bash_script
 from degradation.console import warnings_to_stderr
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
-from degradation.help_text import Command, Group
+from degradation.help_text import Command, Group, overrides_help
 from degradation.package import config_default, presets
 
 use_bash_script()  # bash completion that knows `=` splits bash's words
@@ -36,62 +36,12 @@ app = typer.Typer(
 
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
-
-def complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
-    """Shell completion of KEY=VALUE: config keys, and the names of presets and launchers."""
-    from degradation.package import data_dir, presets
-
-    key, equals, _ = incomplete.partition("=")
-    choices = {"experiment": list(presets(ctx.params.get("config_dir"))),
-               "hydra/launcher": [path.stem for path in
-                                  sorted((data_dir("conf") / "hydra" / "launcher").glob("*.yaml"))]}
-    before = ctx.params.get("overrides") or []
-    if not equals and len(before) >= 2 and before[-1] == "=":
-        # bash splits `experiment=f` at `=` (COMP_WORDBREAKS): complete the value alone
-        return [value for value in choices.get(before[-2], []) if value.startswith(incomplete)]
-    if equals:
-        return [f"{key}={value}" for value in choices.get(key, [])
-                if f"{key}={value}".startswith(incomplete)]
-    # Not `defaults` nor `hydra.*`: Hydra's own keys, which `degrade` refuses.
-    keys = [*(key for key in _config_keys() if key != "defaults" and not key.startswith("hydra.")),
-            *choices]
-    return [f"{name}=" for name in keys if name.startswith(incomplete)]
-
-
-def _config_keys() -> list[str]:
-    """Every key of conf/config.yaml, dotted (`train.lr`), read without importing torch."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from degradation.package import data_dir
-
-    def walk(node: DictConfig, prefix: str) -> list[str]:
-        return [name for key, value in node.items_ex(resolve=False)
-                for name in (walk(value, f"{prefix}{key}.") if isinstance(value, DictConfig)
-                             else [f"{prefix}{key}"])]
-
-    values = OmegaConf.load(data_dir("conf") / "config.yaml")
-    return walk(values, "") if isinstance(values, DictConfig) else []
-
 RUNS_PATH = typer.Argument(Path(config_default("output_dir")), help="Folder to search for runs.")
 OUT = typer.Option(None, "--out", help="Where to write (default PATH/figures).")
 RECURSIVE = typer.Option(False, "--recursive", help="Also read the output trees nested inside "
                          "PATH (folders holding their own runs/, e.g. a backup copy); a run "
                          "found in several folders is still counted once.")
-
-
-
-def _overrides_help() -> str:
-    """The keys of conf/config.yaml for `--help`: its top-level keys and its groups."""
-    listed: list[str] = []
-    for key in _config_keys():
-        name = f"{key.split('.')[0]}.*" if "." in key else key
-        if name not in listed and name not in ("defaults", "hydra.*"):
-            listed.append(name)
-    return (f"Hydra overrides KEY=VALUE: {', '.join(listed)} (`--cfg job` shows every key "
-            "and value), experiment=NAME, hydra/launcher=NAME.")
-
-
-OVERRIDES = typer.Argument(None, help=_overrides_help(), show_default=False,
+OVERRIDES = typer.Argument(None, help=overrides_help(), show_default=False,
                            autocompletion=complete_override)
 CFG = typer.Option(None, "--cfg", "-c", help="Print the config instead of running: job, hydra "
                    "or all (Hydra's --cfg).", rich_help_panel="Hydra")

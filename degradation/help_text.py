@@ -11,6 +11,8 @@ import re
 
 import typer
 
+from degradation.package import config_keys
+
 _LIST_OR_BLOCK = re.compile(r"\s|[-*\u2022]\s|\d+[.)]\s")
 
 
@@ -55,3 +57,14 @@ class Command(_UntypedFlags, typer.core.TyperCommand):
 
 class Group(_UntypedFlags, typer.core.TyperGroup):
     """`degrade` itself, whose flags (`--version`, ...) show no value type in `--help`."""
+
+
+def overrides_help() -> str:
+    """The keys of conf/config.yaml for `--help`: its top-level keys and its groups."""
+    listed: list[str] = []
+    for key in config_keys():
+        name = f"{key.split('.')[0]}.*" if "." in key else key
+        if name not in listed and name not in ("defaults", "hydra.*"):
+            listed.append(name)
+    return (f"Hydra overrides KEY=VALUE: {', '.join(listed)} (`--cfg job` shows every key "
+            "and value), experiment=NAME, hydra/launcher=NAME.")
