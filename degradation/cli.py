@@ -230,85 +230,18 @@ def status(
     sweep under way under PATH ask for whose folder holds no run yet, not started. `degrade
     status experiment=fig6 --watch` follows a sweep started elsewhere (e.g. on a cluster).
     """
-    from degradation.analysis import watch as progress_view
+    from degradation.analysis.status import status_command
 
     overrides = [target for target in targets or [] if "=" in target]
     paths = [Path(target) for target in targets or [] if "=" not in target]
     if len(paths) > 1:
         fail(f"status takes one PATH, not {len(paths)}: {' '.join(map(str, paths))}")
-    # One context for the whole command: a warning (a damaged file, a copied run) is printed
-    # once, not at every refresh.
-    with warnings_to_stderr():
-        snapshot, under_way = _status_snapshot(paths[0] if paths else None, overrides,
-                                               recursive)
-        if not watch:
-            views = snapshot()
-            for view in views:
-                typer.echo(progress_view.run_line(view))
-            typer.echo(progress_view.status_line(views))
-            return
-        view = progress_view.ProgressView(every_s=every, live_every_s=every,
-                                          stream=typer.get_text_stream("stdout"))
-        with contextlib.suppress(KeyboardInterrupt):  # stops watching; the runs go on
-            progress_view.watch(snapshot, view, times=times, under_way=under_way)
-
-
-def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
-    """What `degrade status` shows, and whether a sweep is under way there: every run under
-    PATH, every run the overrides ask for and every run of a sweep under way (`launch.sweeps`),
-    each once, those whose folder holds no run yet as not started."""
-    from degradation.analysis.results import AnalysisError, load_runs
-    from degradation.analysis.watch import configs_views, not_started, view_of
-    from degradation.console import override
-    from degradation.launch import compose, plan
-    from degradation.launch.sweeps import live_sweeps
-    from degradation.runs import run_dir
-    from degradation.storage import path_refusal
-
-    refusal = path_refusal(path) if path is not None else None
-    if refusal is not None:  # before the sweeps' folder under it is looked at
-        fail(f"{path} cannot be read: {refusal}")
-    if path is not None and overrides and not any(
-            compose.override_key(override) == "output_dir" for override in overrides):
-        # The runs asked for are PATH's (quoted for Hydra: `out,v2` is one folder, no sweep).
-        overrides = [*overrides, override("output_dir", str(path))]
-    configs = []
-    if overrides:
-        try:
-            jobs = compose.expand(overrides)
-            configs = [compose.compose_config(job) for job in jobs]
-            for config in configs:  # a run's folder names its data: damaged data fails here
-                run_dir(config)
-        except plan.USER_ERRORS as error:
-            fail(str(error))
-    root = path if path is not None else Path(configs[0].output_dir if configs
-                                              else config_default("output_dir"))
-    asked = configs_views(configs)
-    planned: dict[Path, object] = {}  # kept once seen: what a sweep leaves unstarted shows
-
-    def snapshot():
-        sweeps = live_sweeps(root)
-        try:
-            views = [view_of(record) for record in load_runs(root, recursive,
-                                                             inconsistent=True)]
-        except AnalysisError as error:
-            if not configs and not sweeps:
-                fail(str(error), code=FAILED_EXIT)
-            views = []
-        for sweep in sweeps:
-            for run in sweep:
-                planned.setdefault(run.folder, not_started(run.network, run.seed,
-                                                           run.iterations, run.folder))
-        # One row per folder: plain nets under several shortcuts are one run, and a run on
-        # disk is the one asked for (its path may be written another way).
-        shown = {view.path.resolve() for view in views}
-        for view in [*asked(), *planned.values()]:
-            if view.path.resolve() not in shown:
-                shown.add(view.path.resolve())
-                views.append(view)
-        return views
-
-    return snapshot, lambda: bool(live_sweeps(root))
+    # One _analysis for the whole command: a warning (a damaged file, a copied run) is
+    # printed once, not at every refresh.
+    text = _analysis(status_command, paths[0] if paths else None, overrides, recursive,
+                     watch, every, times, stream=typer.get_text_stream("stdout"))
+    if text is not None:
+        typer.echo(text)
 
 
 @app.command()
