@@ -2,6 +2,7 @@
 
 Typer builds each command's help from its docstring and shows `<bool>` after a flag; the
 classes here are the Click command and group `degrade` uses instead (degradation/cli.py).
+`overrides_help` names the keys of conf/config.yaml a command's KEY=VALUE may set.
 """
 
 from __future__ import annotations
