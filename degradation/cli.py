@@ -10,12 +10,6 @@ Typer needs them; each command only parses, calls the module that does the work,
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import logging
-import re
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -23,59 +17,28 @@ import typer
 from degradation.bench.settings import BENCHMARKS_FILE, BenchSettings
 from degradation.bench.settings import DEFAULTS as BENCH
 from degradation.completion import use_bash_script
+from degradation.console import warnings_to_stderr
 from degradation.errors import BAD_INPUT_EXIT, FAILED_EXIT
-from degradation.package import config_default, presets
+from degradation.help_text import Command, Group
+from degradation.options import (
+    CFG,
+    CONFIG_DIR,
+    FORCE,
+    INFO,
+    OUT,
+    OVERRIDES,
+    PACKAGE,
+    RECURSIVE,
+    RESOLVE,
+    RUNS_PATH,
+)
+from degradation.package import presets
 
 use_bash_script()  # bash completion that knows `=` splits bash's words
 
 
-def _without_flag_types(params: list) -> list:
-    """Flags take no value, so their help shows no type (Typer's help would say `<bool>`)."""
-    for param in params:
-        if getattr(param, "is_flag", False):
-            param.metavar = ""
-    return params
-
-
-_LIST_OR_BLOCK = re.compile(r"\s|[-*\u2022]\s|\d+[.)]\s")
-
-
-def reflowed(text: str | None) -> str | None:
-    """A docstring as `--help` should show it: each paragraph one line, for rich to wrap.
-
-    The source's line breaks only keep it under the line limit; rich would print them as
-    ragged lines. Blank lines still separate paragraphs, and a paragraph holding a list or an
-    indented block keeps its lines.
-    """
-    if not text:
-        return text
-    paragraphs = inspect.cleandoc(text).split("\n\n")
-    return "\n\n".join(
-        paragraph if any(_LIST_OR_BLOCK.match(line) for line in paragraph.splitlines()[1:])
-        or paragraph.startswith("\b") else " ".join(paragraph.split("\n"))
-        for paragraph in paragraphs)
-
-
-class _Command(typer.core.TyperCommand):
-    """A command whose help reads as paragraphs and whose flags show no value type."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.help = reflowed(self.help)
-
-    def get_params(self, ctx):  # (Click's signature)
-        return _without_flag_types(super().get_params(ctx))
-
-
-class _Group(typer.core.TyperGroup):
-    """`degrade` itself, whose flags (`--version`, ...) show no value type in `--help`."""
-
-    def get_params(self, ctx):  # (Click's signature)
-        return _without_flag_types(super().get_params(ctx))
-
-
 app = typer.Typer(
-    cls=_Group,
+    cls=Group,
     no_args_is_help=True,
     help="Reproduce the CIFAR-10 degradation study of He et al. 2016 (plain vs residual "
     "nets, Sec. 4.2). Configuration keys are given as Hydra overrides, e.g. "
@@ -83,79 +46,6 @@ app = typer.Typer(
     f"({', '.join(presets())}).",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
-
-
-def complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
-    """Shell completion of KEY=VALUE: config keys, and the names of presets and launchers."""
-    from degradation.package import data_dir, presets
-
-    key, equals, _ = incomplete.partition("=")
-    choices = {"experiment": list(presets(ctx.params.get("config_dir"))),
-               "hydra/launcher": [path.stem for path in
-                                  sorted((data_dir("conf") / "hydra" / "launcher").glob("*.yaml"))]}
-    before = ctx.params.get("overrides") or []
-    if not equals and len(before) >= 2 and before[-1] == "=":
-        # bash splits `experiment=f` at `=` (COMP_WORDBREAKS): complete the value alone
-        return [value for value in choices.get(before[-2], []) if value.startswith(incomplete)]
-    if equals:
-        return [f"{key}={value}" for value in choices.get(key, [])
-                if f"{key}={value}".startswith(incomplete)]
-    # Not `defaults` nor `hydra.*`: Hydra's own keys, which `degrade` refuses.
-    keys = [*(key for key in _config_keys() if key != "defaults" and not key.startswith("hydra.")),
-            *choices]
-    return [f"{name}=" for name in keys if name.startswith(incomplete)]
-
-
-def _config_keys() -> list[str]:
-    """Every key of conf/config.yaml, dotted (`train.lr`), read without importing torch."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from degradation.package import data_dir
-
-    def walk(node: DictConfig, prefix: str) -> list[str]:
-        return [name for key, value in node.items_ex(resolve=False)
-                for name in (walk(value, f"{prefix}{key}.") if isinstance(value, DictConfig)
-                             else [f"{prefix}{key}"])]
-
-    values = OmegaConf.load(data_dir("conf") / "config.yaml")
-    return walk(values, "") if isinstance(values, DictConfig) else []
-
-RUNS_PATH = typer.Argument(Path(config_default("output_dir")), help="Folder to search for runs.")
-OUT = typer.Option(None, "--out", help="Where to write (default PATH/figures).")
-RECURSIVE = typer.Option(False, "--recursive", help="Also read the output trees nested inside "
-                         "PATH (folders holding their own runs/, e.g. a backup copy); a run "
-                         "found in several folders is still counted once.")
-
-
-
-def _overrides_help() -> str:
-    """The keys of conf/config.yaml for `--help`: its top-level keys and its groups."""
-    listed: list[str] = []
-    for key in _config_keys():
-        name = f"{key.split('.')[0]}.*" if "." in key else key
-        if name not in listed and name not in ("defaults", "hydra.*"):
-            listed.append(name)
-    return (f"Hydra overrides KEY=VALUE: {', '.join(listed)} (`--cfg job` shows every key "
-            "and value), experiment=NAME, hydra/launcher=NAME.")
-
-
-OVERRIDES = typer.Argument(None, help=_overrides_help(), show_default=False,
-                           autocompletion=complete_override)
-CFG = typer.Option(None, "--cfg", "-c", help="Print the config instead of running: job, hydra "
-                   "or all (Hydra's --cfg).", rich_help_panel="Hydra")
-RESOLVE = typer.Option(False, "--resolve", help="With --cfg: resolve interpolations.",
-                       rich_help_panel="Hydra")
-PACKAGE = typer.Option(None, "--package", "-p", help="With --cfg: only this part of the config "
-                       "(e.g. train).", rich_help_panel="Hydra")
-INFO = typer.Option(False, "--info", "-i", help="Print Hydra's information and exit; a "
-                    f"topic may follow: {', '.join(INFO_CHOICES)} (default all).",
-                    rich_help_panel="Hydra")
-CONFIG_DIR = typer.Option(None, "--config-dir", exists=True, file_okay=False,
-                          help="Your own presets: DIR/NAME.yaml is experiment=NAME (as "
-                          "experiments/); DIR is on Hydra's search path too (DIR/hydra/"
-                          "launcher/NAME.yaml).", rich_help_panel="Hydra")
 
 
 def _print_version(value: bool) -> None:
@@ -180,10 +70,6 @@ def fail(message: str, code: int = BAD_INPUT_EXIT) -> None:
     raise typer.Exit(code)
 
 
-FORCE = typer.Option(False, "--force", help="Retrain finished runs too (each old folder is kept "
-                     "beside it as <folder>.replaced-<time>).")
-
-
 @app.command()
 def train(
     overrides: list[str] = OVERRIDES,
@@ -204,10 +90,11 @@ def train(
     from degradation.launch import session
 
     overrides = overrides or []
-    if _inspect(overrides, False, cfg, resolve, package, info, config_dir):
+    if _launching(session.inspect, overrides, False, cfg, resolve, package, info, config_dir,
+                  typer.echo):
         return
     if show_config:  # as `--cfg job`: showing a configuration needs no data and no folder
-        _show_config(overrides, config_dir)
+        typer.echo(_launching(session.validated_yaml, overrides, config_dir), nl=False)
         return
     _launching(session.train, overrides, force, config_dir, typer.echo)
 
@@ -233,19 +120,20 @@ def sweep(
     from degradation.launch import session
 
     overrides = overrides or []
-    if _inspect(overrides, True, cfg, resolve, package, info, config_dir):
+    if _launching(session.inspect, overrides, True, cfg, resolve, package, info, config_dir,
+                  typer.echo):
         return
     _launching(session.sweep, overrides, force, dry_run, config_dir, typer.echo)
 
 
-def _launching(command, *args) -> None:
-    """Run `train` or `sweep` (launch.session): a refusal is one line and exit 2, a failed
-    run exit 1."""
+def _launching(command, *args):
+    """Run a step of `train` or `sweep` (launch.session) and return what it returns: a
+    refusal is one line and exit 2, a failed run exit 1."""
     from degradation.launch.plan import USER_ERRORS
     from degradation.launch.session import CommandFailed
 
     try:
-        command(*args)
+        return command(*args)
     except USER_ERRORS as error:
         fail(str(error))
     except CommandFailed as error:
@@ -277,85 +165,18 @@ def status(
     sweep under way under PATH ask for whose folder holds no run yet, not started. `degrade
     status experiment=fig6 --watch` follows a sweep started elsewhere (e.g. on a cluster).
     """
-    from degradation.analysis import watch as progress_view
+    from degradation.launch.status import status_command
 
     overrides = [target for target in targets or [] if "=" in target]
     paths = [Path(target) for target in targets or [] if "=" not in target]
     if len(paths) > 1:
         fail(f"status takes one PATH, not {len(paths)}: {' '.join(map(str, paths))}")
-    # One context for the whole command: a warning (a damaged file, a copied run) is printed
-    # once, not at every refresh.
-    with _warnings_to_stderr():
-        snapshot, under_way = _status_snapshot(paths[0] if paths else None, overrides,
-                                               recursive)
-        if not watch:
-            views = snapshot()
-            for view in views:
-                typer.echo(progress_view.run_line(view))
-            typer.echo(progress_view.status_line(views))
-            return
-        view = progress_view.ProgressView(every_s=every, live_every_s=every,
-                                          stream=typer.get_text_stream("stdout"))
-        with contextlib.suppress(KeyboardInterrupt):  # stops watching; the runs go on
-            progress_view.watch(snapshot, view, times=times, under_way=under_way)
-
-
-def _status_snapshot(path: Path | None, overrides: list[str], recursive: bool):
-    """What `degrade status` shows, and whether a sweep is under way there: every run under
-    PATH, every run the overrides ask for and every run of a sweep under way (`launch.sweeps`),
-    each once, those whose folder holds no run yet as not started."""
-    from degradation.analysis.results import AnalysisError, load_runs
-    from degradation.analysis.watch import configs_views, not_started, view_of
-    from degradation.console import override
-    from degradation.launch import compose, plan
-    from degradation.launch.sweeps import live_sweeps
-    from degradation.runs import run_dir
-    from degradation.storage import path_refusal
-
-    refusal = path_refusal(path) if path is not None else None
-    if refusal is not None:  # before the sweeps' folder under it is looked at
-        fail(f"{path} cannot be read: {refusal}")
-    if path is not None and overrides and not any(
-            compose.override_key(override) == "output_dir" for override in overrides):
-        # The runs asked for are PATH's (quoted for Hydra: `out,v2` is one folder, no sweep).
-        overrides = [*overrides, override("output_dir", str(path))]
-    configs = []
-    if overrides:
-        try:
-            jobs = compose.expand(overrides)
-            configs = [compose.compose_config(job) for job in jobs]
-            for config in configs:  # a run's folder names its data: damaged data fails here
-                run_dir(config)
-        except plan.USER_ERRORS as error:
-            fail(str(error))
-    root = path if path is not None else Path(configs[0].output_dir if configs
-                                              else config_default("output_dir"))
-    asked = configs_views(configs)
-    planned: dict[Path, object] = {}  # kept once seen: what a sweep leaves unstarted shows
-
-    def snapshot():
-        sweeps = live_sweeps(root)
-        try:
-            views = [view_of(record) for record in load_runs(root, recursive,
-                                                             inconsistent=True)]
-        except AnalysisError as error:
-            if not configs and not sweeps:
-                fail(str(error), code=FAILED_EXIT)
-            views = []
-        for sweep in sweeps:
-            for run in sweep:
-                planned.setdefault(run.folder, not_started(run.network, run.seed,
-                                                           run.iterations, run.folder))
-        # One row per folder: plain nets under several shortcuts are one run, and a run on
-        # disk is the one asked for (its path may be written another way).
-        shown = {view.path.resolve() for view in views}
-        for view in [*asked(), *planned.values()]:
-            if view.path.resolve() not in shown:
-                shown.add(view.path.resolve())
-                views.append(view)
-        return views
-
-    return snapshot, lambda: bool(live_sweeps(root))
+    # One _analysis for the whole command: a warning (a damaged file, a copied run) is
+    # printed once, not at every refresh.
+    text = _analysis(status_command, paths[0] if paths else None, overrides, recursive,
+                     watch, every, times, stream=typer.get_text_stream("stdout"))
+    if text is not None:
+        typer.echo(text)
 
 
 @app.command()
@@ -375,9 +196,8 @@ def plot(
     from degradation.analysis.board import study_command
     from degradation.analysis.figures import plot_command
 
-    _check_out(path, out)
-    with _warnings_to_stderr():  # both read the runs: each warning once
-        for written in _analysis(plot_command, path, out, linear, recursive):
+    with warnings_to_stderr():  # both read the runs: each warning once
+        for written in _figures(plot_command, path, out, linear, recursive):
             typer.echo(written)
         study = _analysis(study_command, path)
     if study is not None:
@@ -396,8 +216,7 @@ def table(
     """
     from degradation.analysis.table import table_command
 
-    _check_out(path, out)
-    text, written = _analysis(table_command, path, out, recursive)
+    text, written = _figures(table_command, path, out, recursive)
     typer.echo(text)
     for file in written:
         typer.echo(file)
@@ -449,8 +268,7 @@ def responses(
     """
     from degradation.analysis.responses import responses_command
 
-    _check_out(path, out)
-    for written in _analysis(responses_command, path, out, data_root, device, recursive):
+    for written in _figures(responses_command, path, out, data_root, device, recursive):
         typer.echo(written)
 
 
@@ -504,8 +322,7 @@ def claims(
     """
     from degradation.analysis.claims import claims_command
 
-    _check_out(path, out)
-    text, written = _analysis(claims_command, path, out, recursive)
+    text, written = _figures(claims_command, path, out, recursive)
     typer.echo(text)
     for file in written:
         typer.echo(file)
@@ -524,8 +341,7 @@ def gradients(
     """
     from degradation.analysis.figures import gradients_command
 
-    _check_out(path, out)
-    written = _analysis(gradients_command, path, out, recursive)
+    written = _figures(gradients_command, path, out, recursive)
     if not written:
         typer.echo(f"no gradient logs (grad_norms.csv) in the finished runs under {path}: "
                    "runs trained before gradient logging have none; nothing to draw")
@@ -542,8 +358,7 @@ def report(
     """One HTML page with the figures, the tables and every run's config, code version, time."""
     from degradation.analysis.report import report_command
 
-    _check_out(path, out)
-    typer.echo(_analysis(report_command, path, out, recursive))
+    typer.echo(_figures(report_command, path, out, recursive))
 
 
 @app.command()
@@ -643,7 +458,7 @@ def _analysis(command, *args, **kwargs):
     from degradation.analysis.results import AnalysisError
     from degradation.launch.plan import USER_ERRORS
 
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         try:
             return command(*args, **kwargs)
         except AnalysisError as error:  # nothing (of the kind asked for) to analyse
@@ -652,12 +467,14 @@ def _analysis(command, *args, **kwargs):
             fail(str(error))
 
 
-def _check_out(path: Path, out: Path | None) -> None:
-    """Refuse, before any run is read, a folder for figures and tables that cannot be
-    written (a file, a read-only tree, /proc): one line, exit 2, nothing written."""
+def _figures(command, path: Path, out: Path | None, *args):
+    """`_analysis` of a command that writes figures or tables into `out` (default
+    PATH/figures): a folder that cannot be written there (a file, a read-only tree, /proc) is
+    refused before any run is read, in one line, exit 2, nothing written."""
     from degradation.analysis.results import figures_dir
 
     _check_writable(figures_dir(path, out))
+    return _analysis(command, path, out, *args)
 
 
 def _check_writable(folder: Path) -> None:
@@ -670,93 +487,10 @@ def _check_writable(folder: Path) -> None:
         fail(str(error))
 
 
-@contextlib.contextmanager
-def _warnings_to_stderr() -> Iterator[None]:
-    """Print the `degrade` logger's warnings on stderr, each distinct line once."""
-    logger = logging.getLogger("degrade")
-    if any(isinstance(handler, _StderrWarnings) for handler in logger.handlers):
-        yield  # already printing them (a command that runs several steps)
-        return
-    handler = _StderrWarnings(sys.stderr)  # the stream of this call (tests swap it)
-    handler.setLevel(logging.WARNING)
-    handler.addFilter(_Once())
-    saved = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False  # a handler a training run left on the root would print twice
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = saved
-
-
-class _StderrWarnings(logging.StreamHandler):
-    """The handler `_warnings_to_stderr` installs."""
-
-
-class _Once(logging.Filter):
-    """Lets each distinct message through once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        return True
-
-
-def _show_config(overrides: list[str], config_dir: Path | None) -> None:
-    """Print the validated configuration of one run (`train --show-config`)."""
-    import yaml
-
-    from degradation.launch import compose, plan
-
-    try:
-        compose.refuse_run_folder_overrides(overrides)
-        config = compose.compose_config(overrides, config_dir)
-    except plan.USER_ERRORS as error:
-        fail(str(error))
-    typer.echo(yaml.safe_dump(config.to_dict(), sort_keys=False), nl=False)
-
-
-def _inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
-             package: str | None, info: bool, config_dir: Path | None) -> bool:
-    """Hydra's inspection flags: print what `--cfg` or `--info [TOPIC]` asks for; False when
-    neither was given. A sweep's `--cfg` is one YAML document per run."""
-    from degradation.launch import compose, plan
-
-    if cfg is not None and cfg not in ("job", "hydra", "all"):
-        fail(f"--cfg {cfg!r} is not one of: job, hydra, all")
-    if cfg is None and (resolve or package is not None):  # Hydra refuses --resolve alone too
-        fail(f"{'--resolve' if resolve else '--package'} goes only with --cfg job, hydra or "
-             "all (it says what to print, it runs nothing)")
-    if cfg is None and not info:
-        return False
-    # An override always has `=`, so a bare word among them is --info's topic.
-    topic = next((word for word in overrides if word in INFO_CHOICES), "all")
-    overrides = [word for word in overrides if word != topic]
-    try:
-        if cfg is not None:
-            jobs = compose.expand(overrides, config_dir) if sweep else [overrides]
-            typer.echo("---\n".join(compose.show_config(job, cfg, resolve, package, config_dir)
-                                     for job in jobs), nl=False)
-            return True
-        fixed = compose.fixed_overrides(overrides)  # Hydra's --info shows one config
-        compose.show_config(fixed, "job", config_dir=config_dir)  # a bad value: one line
-    except plan.USER_ERRORS as error:
-        fail(str(error))
-    from degradation.launch.run import launch
-
-    launch(fixed, sweep=False, config_dir=config_dir, hydra_flags=["--info", topic])
-    return True
 
 
 for _registered in app.registered_commands:
-    _registered.cls = _Command  # (no command sets a class of its own)
+    _registered.cls = Command  # (no command sets a class of its own)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The console handlers of `degrade`'s logging (conf/hydra/job_logging/degrade.yaml and
-conf/hydra/hydra_logging/degrade.yaml), and the commands `degrade` prints for a user to paste.
+"""The console handlers of `degrade`'s logging (conf/hydra/job_logging/degrade.yaml,
+conf/hydra/hydra_logging/degrade.yaml, and `warnings_to_stderr` for the commands that run
+in `degrade`'s own process), and the commands `degrade` prints for a user to paste.
 
 Every such command is built by `shell_command` (each word quoted for the shell) from
 overrides built by `override` (each string value quoted for Hydra), so a folder named
@@ -8,10 +9,12 @@ overrides built by `override` (each string value quoted for Hydra), so a folder 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shlex
 import sys
+from collections.abc import Iterator
 from typing import TextIO
 
 STREAMS = ("stderr", "stdout")
@@ -40,6 +43,45 @@ class ConsoleHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _value: TextIO) -> None:
         """Ignored: the handler always writes to the current stream it was made for."""
+
+
+@contextlib.contextmanager
+def warnings_to_stderr() -> Iterator[None]:
+    """Print the `degrade` logger's warnings on stderr, each distinct line once."""
+    logger = logging.getLogger("degrade")
+    if any(isinstance(handler, _StderrWarnings) for handler in logger.handlers):
+        yield  # already printing them (a command that runs several steps)
+        return
+    handler = _StderrWarnings(sys.stderr)  # the stream of this call (tests swap it)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_Once())
+    saved = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # a handler a training run left on the root would print twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = saved
+
+
+class _StderrWarnings(logging.StreamHandler):
+    """The handler `warnings_to_stderr` installs."""
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 # A value Hydra may read back as the same string without quotes: no whitespace, no `$`, `~`,

@@ -32,8 +32,29 @@ def config_default(key: str) -> Any:
     place a default is written, read without importing torch."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.select(OmegaConf.load(data_dir("conf") / "config.yaml"), key,
-                            throw_on_missing=True)
+    return OmegaConf.select(_config_yaml(), key, throw_on_missing=True)
+
+
+def config_keys() -> list[str]:
+    """Every key of conf/config.yaml, dotted (`train.lr`), read without importing torch."""
+    from omegaconf import DictConfig
+
+    def walk(node: DictConfig, prefix: str) -> list[str]:
+        return [name for key, value in node.items_ex(resolve=False)
+                for name in (walk(value, f"{prefix}{key}.") if isinstance(value, DictConfig)
+                             else [f"{prefix}{key}"])]
+
+    values = _config_yaml()
+    return walk(values, "") if isinstance(values, DictConfig) else []
+
+
+@functools.cache
+def _config_yaml() -> Any:
+    """conf/config.yaml as OmegaConf reads it, uncomposed: read once per process (`degrade`
+    reads it for defaults, `--help` and shell completion before any command runs)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(data_dir("conf") / "config.yaml")
 
 
 def presets(config_dir: Path | None = None) -> dict[str, Path]:

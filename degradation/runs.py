@@ -175,20 +175,23 @@ def check_consistency(record: RunRecord) -> str | None:
         if key in summary and summary[key] != value:
             return (f"its summary.json has {key}={summary[key]!r}, its config.yaml "
                     f"{key}={value!r}")
-    digest = summary.get("data_fingerprint") or _data_digest_here(config)
+    digest = summary.get("data_fingerprint")
+    if not digest:
+        here = _data_here(config)
+        digest = here.digest if here is not None else None
     if digest is not None and identity_hash(config, digest) != named["hash"]:
         return (f"its config.yaml's settings and data hash to {identity_hash(config, digest)}, "
                 f"not to its folder's {named['hash']}")
     return None
 
 
-def _data_digest_here(config: Config) -> str | None:
-    """The fingerprint of the data under the run's data.root; None when none is there or it
-    cannot be read."""
+def _data_here(config: Config) -> DataFingerprint | None:
+    """The fingerprint of the data under the run's data.root now; None when none is there
+    (not the official set a download would bring) or it cannot be read (a damaged batch)."""
     if not (Path(config.data.root) / BATCH_DIR).is_dir():
         return None
     try:
-        return data_of(config).digest
+        return data_of(config)
     except DataError:
         return None
 
@@ -201,12 +204,8 @@ def data_description(record: RunRecord) -> str | None:
     """
     if record.summary is not None:
         return record.summary.get("data")
-    if not (Path(record.config.data.root) / BATCH_DIR).is_dir():
-        return None
-    try:
-        return data_of(record.config).description
-    except DataError:  # a damaged batch file
-        return None
+    here = _data_here(record.config)
+    return here.description if here is not None else None
 
 
 def data_name(record: RunRecord) -> str:

@@ -652,3 +652,14 @@ def test_bench_refuses_a_record_file_it_cannot_write_before_timing(tmp_path: Pat
     assert_refused(result, str(tmp_path / ("afile" if where == "under a file" else "folder")),
                    code=2)
     assert_intact(before, snapshot(tmp_path), exactly=True)
+
+
+@pytest.mark.parametrize("command", [*ANALYSES, "responses"])
+def test_every_command_writing_figures_refuses_an_out_that_is_a_file(
+        outputs: Path, tmp_path: Path, command: str) -> None:
+    # Before any run is read: responses would otherwise evaluate every checkpoint first.
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    before = snapshot(tmp_path)
+    result = degrade_here(command, outputs, "--out", tmp_path / "afile")
+    assert_refused(result, f"cannot write into {tmp_path / 'afile'}", code=2)
+    assert_intact(before, snapshot(tmp_path), exactly=True)

@@ -109,3 +109,24 @@ def test_bash_lists_presets_after_the_equals_sign_and_no_hydra_keys(bash: Bash) 
     listed = bash.read_until("device=") + bash.read_until(f"{PROMPT}degrade train d")
     assert {"depth=", "device=", "data.root="} <= set(listed.split())
     assert "defaults=" not in listed
+
+
+def test_conf_config_yaml_is_read_once_for_defaults_and_completion(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from degradation import package
+    from degradation.completion import complete_override
+
+    read, load = [], OmegaConf.load
+    monkeypatch.setattr(OmegaConf, "load", lambda *args: read.append(args) or load(*args))
+    for cached in (package.config_default, package._config_yaml):
+        cached.cache_clear()
+    context = SimpleNamespace(params={})
+    assert "train.lr=" in complete_override(context, "train.l")
+    assert "depth=" in complete_override(context, "d")  # each Tab, and each key once
+    assert package.config_default("data.root") is not None
+    assert package.config_default("output_dir") is not None
+    assert len(read) == 1

@@ -71,3 +71,21 @@ def test_plain_words_are_left_as_they_are() -> None:
     assert shell_command("degrade", "sweep", "depth=20,56", override("output_dir", "outputs"),
                          "train.milestones=[1,2]") == (
         "degrade sweep depth=20,56 output_dir=outputs 'train.milestones=[1,2]'")
+
+
+def test_warnings_reach_stderr_once_each_and_only_while_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from degradation.console import warnings_to_stderr
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    log = logging.getLogger("degrade")
+    handlers = list(log.handlers)
+    with warnings_to_stderr():
+        log.warning("damaged: a.csv")
+        with warnings_to_stderr():  # a step of a command that prints them already
+            log.warning("damaged: a.csv")
+            log.warning("damaged: b.csv")
+        log.info("not a warning")
+    assert stderr.getvalue() == "damaged: a.csv\ndamaged: b.csv\n"
+    assert log.handlers == handlers and log.propagate  # as the command found them

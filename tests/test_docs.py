@@ -107,7 +107,7 @@ def test_help_shows_each_docstring_paragraph_as_one_flowing_text() -> None:
 
 
 def test_reflowing_keeps_paragraph_breaks_and_lists() -> None:
-    from degradation.cli import reflowed
+    from degradation.help_text import reflowed
 
     text = "First\n    line.\n\n    Second\n    paragraph.\n\n    Items:\n    - one\n    - two\n"
     assert reflowed(text) == "First line.\n\nSecond paragraph.\n\nItems:\n- one\n- two"
@@ -159,3 +159,30 @@ def test_the_python_code_writes_no_default_folder_of_its_own() -> None:
                 definitions.append(source.name)
     assert literals == []
     assert definitions == ["paper.py"]
+
+
+def test_commands_and_groups_of_any_app_show_flags_without_a_value_type() -> None:
+    # help_text's classes serve any Typer app, not only `degrade`'s: one reading of a flag.
+    import typer
+    from typer.testing import CliRunner
+
+    from degradation.help_text import Command, Group
+
+    app = typer.Typer(cls=Group)
+
+    @app.callback()
+    def _top(loud: bool = typer.Option(False, "--loud", help="Say more.")) -> None:
+        """A group."""
+
+    @app.command(cls=Command)
+    def run(quick: bool = typer.Option(False, "--quick", help="Faster.")) -> None:
+        """Run it.
+
+        Split over
+        two lines."""
+
+    for words, flag in (([], "--loud"), (["run"], "--quick")):
+        result = CliRunner().invoke(app, [*words, "--help"], env={"COLUMNS": "120"})
+        assert result.exit_code == 0, result.output
+        assert flag in result.output and "<bool>" not in result.output
+    assert "Split over two lines." in CliRunner().invoke(app, ["run", "--help"]).output

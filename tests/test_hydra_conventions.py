@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from degradation.cli import complete_override
+from degradation.completion import complete_override
 from degradation.config import ConfigError
 from degradation.launch.compose import compose_config, expand, show_config
 from degradation.launch.plan import plan

@@ -193,3 +193,23 @@ def sed(path: Path, old: str, new: str) -> None:
     assert f"\n  {old}\n" in text or f"\n{old}\n" in text, (old, text)
     path.write_text(text.replace(f"\n{old}\n", f"\n{new}\n").replace(f"\n  {old}\n",
                                                                       f"\n  {new}\n"))
+
+
+def test_an_unfinished_run_is_described_and_checked_by_the_data_under_its_root(
+        tmp_path: Path) -> None:
+    from degradation.data.cifar import BATCH_DIR
+    from degradation.runs import data_description, read_run
+    from tests.analysis_fixtures import write_run
+
+    data = tmp_path / "data"
+    write_cifar10(data, 10, 10, 0)
+    folder = write_run(tmp_path / "outputs", {"data.root": str(data)})  # no summary.json yet
+    record = read_run(folder)
+    assert data_description(record) == "generated, 50 training images"
+    assert record.inconsistency is None  # its folder's hash is that of this data
+    (data / BATCH_DIR / "data_batch_2").unlink()  # unreadable now: unknown, not a mismatch
+    record = read_run(folder)
+    assert (data_description(record), record.inconsistency) == (None, None)
+    shutil.rmtree(data)
+    record = read_run(folder)
+    assert (data_description(record), record.inconsistency) == (None, None)

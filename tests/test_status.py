@@ -242,3 +242,27 @@ def test_status_with_overrides_reads_a_path_whose_name_hydra_would_split(
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert len(lines) == 2 and lines[0].split()[3] == "done" and str(outputs) in lines[0]
+
+
+def test_status_watch_reads_the_sweeps_once_per_refresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from degradation.analysis import watch
+    from degradation.launch import sweeps
+
+    calls = {"live_sweeps": 0, "configs_views": 0}
+
+    def counted(name: str, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(sweeps, "live_sweeps", counted("live_sweeps", sweeps.live_sweeps))
+    monkeypatch.setattr(watch, "configs_views", counted("configs_views", watch.configs_views))
+    with RunLock(running_run(tmp_path, 0)):  # a run that trains: watched to the last refresh
+        result = degrade_here("status", str(tmp_path), "seed=0,1", f"train.iterations={TOTAL}",
+                              "train.milestones=[500,750]", "--watch", "--every", "0.1",
+                              "--times", "3")
+    assert result.exit_code == 0, result.output
+    assert sum(line.startswith("sweep: ") for line in result.output.splitlines()) == 3
+    assert calls == {"live_sweeps": 3, "configs_views": 1}  # the runs asked for do not change

@@ -21,7 +21,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from degradation.config import ConfigError
 from degradation.errors import BAD_INPUT_EXIT, DegradeError
+from degradation.help_text import INFO_TOPICS
+from degradation.launch import compose
 from degradation.launch.compose import check_sweep, refuse_run_folder_overrides
 from degradation.launch.estimate import estimate_warning
 from degradation.launch.plan import (
@@ -50,6 +53,40 @@ Echo = Callable[..., None]  # `typer.echo`: echo(text, err=False)
 
 class CommandFailed(DegradeError, RuntimeError):
     """A command that ran and failed: exit 1, its message (if any) on stderr."""
+
+
+def inspect(overrides: list[str], sweep: bool, cfg: str | None, resolve: bool,
+            package: str | None, info: bool, config_dir: Path | None, echo: Echo) -> bool:
+    """Hydra's inspection flags: print what `--cfg` or `--info [TOPIC]` asks for; False when
+    neither was given. A sweep's `--cfg` is one YAML document per run."""
+    if cfg is not None and cfg not in ("job", "hydra", "all"):
+        raise ConfigError(f"--cfg {cfg!r} is not one of: job, hydra, all")
+    if cfg is None and (resolve or package is not None):  # Hydra refuses --resolve alone too
+        raise ConfigError(f"{'--resolve' if resolve else '--package'} goes only with --cfg "
+                          "job, hydra or all (it says what to print, it runs nothing)")
+    if cfg is None and not info:
+        return False
+    # An override always has `=`, so a bare word among them is --info's topic.
+    topic = next((word for word in overrides if word in INFO_TOPICS), "all")
+    overrides = [word for word in overrides if word != topic]
+    if cfg is not None:
+        jobs = compose.expand(overrides, config_dir) if sweep else [overrides]
+        echo("---\n".join(compose.show_config(job, cfg, resolve, package, config_dir)
+                         for job in jobs), nl=False)
+        return True
+    fixed = compose.fixed_overrides(overrides)  # Hydra's --info shows one config
+    compose.show_config(fixed, "job", config_dir=config_dir)  # a bad value: one line
+    launch(fixed, sweep=False, config_dir=config_dir, hydra_flags=["--info", topic])
+    return True
+
+
+def validated_yaml(overrides: list[str], config_dir: Path | None) -> str:
+    """The validated configuration of one run as YAML (`train --show-config`)."""
+    import yaml
+
+    refuse_run_folder_overrides(overrides)
+    config = compose.compose_config(overrides, config_dir)
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def train(overrides: list[str], force: bool, config_dir: Path | None, echo: Echo) -> None:

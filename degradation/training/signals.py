@@ -23,8 +23,8 @@ from degradation.errors import INTERRUPTED_EXIT
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 # What tells a worker that the process that started it has ended: the kernel sends it (Linux's
-# parent-death signal), or the worker's own watcher thread does. Its handler logs why and
-# raises SIGTERM, which stops the run at its next step with a checkpoint.
+# parent-death signal), or, where the kernel cannot, the worker's own watcher thread does. Its
+# handler logs why and raises SIGTERM, which stops the run at its next step with a checkpoint.
 PARENT_ENDED = signal.SIGUSR1
 # How often the watcher looks whether the parent is still there, and how long the worker
 # then has to checkpoint and stop (a step, perhaps an evaluation) before it ends without.
@@ -82,7 +82,12 @@ def stop_with_parent(parent_pid: int, on_parent_death: Callable[[], None] | None
         signal.raise_signal(signal.SIGTERM)  # to whatever handles SIGTERM now
 
     signal.signal(PARENT_ENDED, parent_ended)
-    _ask_for_parent_death_signal(PARENT_ENDED)
+    if _ask_for_parent_death_signal(PARENT_ENDED):
+        # The kernel signals from now on, not for a parent that ended before it was asked:
+        # then this worker's parent pid has changed already (as the watcher would see).
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), PARENT_ENDED)
+        return
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
                      name="degrade-parent-watch").start()
 
@@ -101,8 +106,8 @@ def _ask_for_parent_death_signal(signum: int) -> bool:
 
 
 def _watch_parent(parent_pid: int) -> None:
-    """Where the kernel sends no signal (not Linux), or the parent ended before it was
-    asked to: an orphan is adopted by init (or a subreaper), so its parent pid changes."""
+    """Where the kernel sends no signal (not Linux): an orphan is adopted by init (or a
+    subreaper), so its parent pid changes."""
     while os.getppid() == parent_pid:
         time.sleep(PARENT_POLL_S)
     os.kill(os.getpid(), PARENT_ENDED)
