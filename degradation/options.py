@@ -32,5 +32,5 @@ CONFIG_DIR = typer.Option(None, "--config-dir", exists=True, file_okay=False,
                           help="Your own presets: DIR/NAME.yaml is experiment=NAME (as "
                           "experiments/); DIR is on Hydra's search path too (DIR/hydra/"
                           "launcher/NAME.yaml).", rich_help_panel="Hydra")
-FORCE = typer.Option(False, "--force", help="Retrain finished runs too (each old folder is kept "
-                     "beside it as <folder>.replaced-<time>).")
+FORCE = typer.Option(False, "--force", help="Retrain what has already finished (each old run "
+                     "folder is kept beside the new one as <folder>.replaced-<time>).")
