@@ -115,9 +115,16 @@ def test_a_resume_keeps_the_valid_rows_up_to_the_checkpoint_and_sets_the_damaged
     assert rows[1] is None and list(rows[0]) == [10, 20, 30]  # repaired at once
 
 
+@pytest.mark.parametrize("junk", [None, b"\x00" * 7 + b"not an event file", b""])
 def test_grad_norms_lost_before_the_checkpoint_come_back_from_the_tensorboard_events(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, junk: bytes | None, caplog: pytest.LogCaptureFixture) -> None:
+    # The repair reads the events as the analysis does (`events.read_events`): a damaged or
+    # empty event file beside the good one is left out, the others still give their points.
+    from degradation.runs import TENSORBOARD_DIR
+
     folder = written(tmp_path, iterations=50)
+    if junk is not None:
+        (folder / TENSORBOARD_DIR / "events.out.tfevents.0.damaged").write_bytes(junk)
     path = folder / GRAD_NORMS_FILE
     whole = path.read_bytes()
     path.write_bytes(whole[: whole.index(b"\n20,1,") + 5])  # cut at iteration 20
@@ -147,23 +154,3 @@ def test_an_empty_grad_norms_csv_is_named_as_damaged(tmp_path: Path) -> None:
     (tmp_path / GRAD_NORMS_FILE).write_bytes(b"")
     with pytest.raises(DamagedFile, match=r"grad_norms.csv is damaged \(line 1: it is empty\)"):
         read_grad_norms(tmp_path)
-
-
-@pytest.mark.parametrize("junk", [b"\x00" * 7 + b"not an event file", b""])
-def test_grad_norms_come_back_from_the_events_beside_a_damaged_event_file(
-        tmp_path: Path, junk: bytes, caplog: pytest.LogCaptureFixture) -> None:
-    # The repair reads the events as the analysis does (`events.read_events`): a damaged or
-    # empty event file is left out, the others still give their points.
-    from degradation.runs import TENSORBOARD_DIR
-
-    folder = written(tmp_path, iterations=50)
-    (folder / TENSORBOARD_DIR / "events.out.tfevents.0.damaged").write_bytes(junk)
-    path = folder / GRAD_NORMS_FILE
-    whole = path.read_bytes()
-    path.write_bytes(whole[: whole.index(b"\n20,1,") + 5])  # cut at iteration 20
-    with caplog.at_level(logging.WARNING, logger="degrade"):
-        MetricsLog(folder, resume_from=40).close()
-    (warning,) = [record.getMessage() for record in caplog.records]
-    assert "3 log points up to the checkpoint's 40 are taken from the TensorBoard events" \
-        in warning
-    assert path.read_bytes() == whole[: whole.index(b"\n50,0,") + 1]
