@@ -247,8 +247,9 @@ def _job_tree(first: PlannedRun, others: list[int], overrides: list[str]) -> Dic
     with open_dict(tree):
         if others:
             OmegaConf.update(tree, "trainer.fuse_with", others)
+            if "hydra" in tree:
+                tree.hydra.overrides.task = overrides
         if "hydra" in tree:
-            tree.hydra.overrides.task = overrides
             tree.hydra.sweep.dir = str(Path(first.config.output_dir))
             tree.hydra.sweep.subdir = str(first.folder.relative_to(first.config.output_dir))
     return tree
