@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -389,25 +390,29 @@ def step():
     F.cross_entropy(model(images), labels).backward()
 for _ in range(3):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(9):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
 """
 
 
 @pytest.mark.slow
 def test_cpu_runs_keep_freed_memory_for_the_next_step() -> None:
-    """Page faults over 4 training steps, each in a fresh process: with the allocator as it
-    comes, and as CPU runs set it (measured: about 37,000 against 2,000)."""
-    def faults(mode: str) -> int:
+    """Page faults of each of 9 training steps, in a fresh process: with the allocator as it
+    comes, and as CPU runs set it. The median step is compared: kept, a step faults no page
+    (measured: 0 against 4,000-18,000 a step); an odd step that grows the heap once (2,000-6,000
+    pages, seen on both kinds of CPU) is not what the setting is about."""
+    def median_faults(mode: str) -> int:
         done = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode],
                               capture_output=True, text=True, timeout=300,
                               cwd=Path(__file__).resolve().parents[1])
         if done.returncode == 3:
             pytest.skip("this C library has no mallopt")
         assert done.returncode == 0, done.stderr
-        return int(done.stdout)
+        return statistics.median(int(count) for count in done.stdout.split())
 
-    kept, default = faults("keep"), faults("default")
-    assert kept * 5 < default, (kept, default)
+    kept, default = median_faults("keep"), median_faults("default")
+    assert kept * 10 < default, (kept, default)
