@@ -385,6 +385,23 @@ def test_a_sweep_is_planned_once_and_launched_as_its_dry_run_lists(cifar_root: P
     assert counted(dry_counts)["validation"] == [0, 1, 2]  # the dry run plans the same way
 
 
+@pytest.mark.trains
+def test_train_validates_its_run_once_and_checks_its_data_once(cifar_root: Path,
+                                                                tmp_path: Path) -> None:
+    counts = tmp_path / "train.jsonl"
+    result = degrade("train", *tiny_overrides(cifar_root, tmp_path / "out"),
+                     hook=COUNTING_HOOK.format(counts=str(counts)), hook_dir=tmp_path / "hook")
+    assert result.returncode == 0, result.stderr
+    noted = counted(counts)
+    assert noted["validation"] == [0]  # by its plan: Hydra's job trains the plan's config
+    assert noted["data check"] == [str(cifar_root)]
+    # Composed once by its plan; Hydra's run mode then composes it for the folder the plan
+    # named (Hydra 1.3: once to learn the mode, once for the job), validating nothing.
+    (folder,) = [record.path for record in find_runs(tmp_path / "out")]
+    named = [overrides.count(f"hydra.run.dir={folder}") for overrides in noted["composition"]]
+    assert named.count(0) == 1 and set(named[1:]) == {1}, noted["composition"]
+
+
 def fused_with(seeds: str) -> list[str]:
     """The override that names a job's fused seeds, from a dry run's `[1, 2]` (none: [])."""
     return [f"trainer.fuse_with=[{','.join(map(str, json.loads(seeds)))}]"] if seeds else []

@@ -8,7 +8,9 @@ A plan is made once. Each run is composed once (Hydra), validated once (`Config`
 data checked once, before any run starts: a bad value is one line and nothing is written.
 In a sweep, the plan is made inside Hydra's sweep (`hydra/sweeper=degrade`) from the very
 configurations its launcher will hand to the runs; `--dry-run` prints that plan and the
-launch executes it (session.py). Nothing here starts a run.
+launch executes it (session.py). `degrade train` plans its run here, then hands Hydra's run
+mode the planned folder and configuration: Hydra composes it again only to make the folder
+and its logs. Nothing here starts a run.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """A run's job inside Hydra: train it, and say in one line how it ended.
 
 Hydra calls `run_task` once per job: in this process for `degrade train`, in each launcher's
-process (a subprocess, a SLURM node) for a sweep. A sweep hands each job the configuration
-its plan validated (`PlannedTask`), so the run is not validated again where it trains.
+process (a subprocess, a SLURM node) for a sweep. Both hand each job the configuration their
+plan validated (`PlannedTask`), so the run is not validated again where it trains.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,26 +43,28 @@ LEFT_TO_OTHER = "being trained by another process, left to it"
 
 
 def launch(overrides: list[str], sweep: bool, config_dir: Path | None = None,
-           hydra_flags: list[str] | None = None) -> None:
+           hydra_flags: list[str] | None = None, task: Callable[[DictConfig], None] | None = None
+           ) -> None:
     """Hand the overrides to Hydra: a single run, or a multirun through its sweeper.
 
     `hydra_flags` are Hydra's own command-line flags (`--info`); `config_dir` goes onto
-    Hydra's search path (`--config-dir`).
+    Hydra's search path (`--config-dir`); `task` is what Hydra runs (default `run_task`).
     """
     register(config_dir)
     argv = ["degrade", *(["--multirun"] if sweep else []), *(hydra_flags or []),
             *(["--config-dir", str(Path(config_dir).resolve())] if config_dir else []),
             *overrides]
     main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
-        run_task)
+        task or run_task)
     with patched_argv(argv):
         main()
 
 
 @dataclass
 class PlannedTask:
-    """Hydra's task for the jobs of a planned sweep: each trains with the configuration its
-    plan validated, found by its run folder (pickled with the job to wherever it runs)."""
+    """Hydra's task for planned jobs (a sweep's, or `degrade train`'s one): each trains with
+    the configuration its plan validated, found by its run folder (pickled with the job to
+    wherever it runs); a job in a folder the plan did not name is validated where it runs."""
 
     configs: dict[str, Config]  # resolved run folder -> the job's validated config
 

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from degradation.config import ConfigError
+from degradation.console import override
 from degradation.errors import BAD_INPUT_EXIT, DegradeError
 from degradation.help_text import INFO_TOPICS
 from degradation.launch import compose
@@ -41,7 +42,13 @@ from degradation.launch.plan import (
     sweep_plan,
     to_launch,
 )
-from degradation.launch.run import LEFT_TO_OTHER, launch, skipped_line, write_error
+from degradation.launch.run import (
+    LEFT_TO_OTHER,
+    PlannedTask,
+    launch,
+    skipped_line,
+    write_error,
+)
 from degradation.launch.sweeps import recorded
 from degradation.runs import ERROR_FILE, SUMMARY_FILE, last_line, read_run
 from degradation.storage import RunLock
@@ -107,7 +114,11 @@ def train(overrides: list[str], force: bool, config_dir: Path | None, echo: Echo
         for folder in member_folders(planned.config):
             if (folder / SUMMARY_FILE).exists():
                 echo(f"previous run kept in {set_aside(folder)}")
-    launch(overrides, sweep=False, config_dir=config_dir)
+    # Hydra gets the folder the plan named, so neither its run folder nor its job is
+    # validated again (`hydra.run.dir` would otherwise validate to name the folder).
+    launch([*overrides, override("hydra.run.dir", str(planned.folder))], sweep=False,
+           config_dir=config_dir,
+           task=PlannedTask({str(planned.folder.resolve()): planned.config}))
 
 
 @dataclass
