@@ -54,7 +54,11 @@ from tests.conftest import assert_close_in_norm, degrade_here, scalars, tiny_ove
 CPU = torch.device("cpu")
 SEEDS = (0, 1)
 SAME = {"train.channels_last": "false", "train.threads": 1}
-STEP_ATOL = 1e-5  # three steps: losses and weights measured within 3e-7
+STEP_ATOL = 1e-5  # three steps from initialisation: losses and weights measured within 4e-7
+# Three steps from a checkpoint of iteration 9, alone and fused: weights and momentum
+# measured within 8e-7 of a tensor's norm with AVX2 kernels, 7e-5 with AVX-512 ones (an
+# element of a momentum buffer 5e-5 apart, 5% of itself), so they are compared in norm.
+STEP_RTOL = 1e-3
 # A whole run of 12 iterations at lr 0.1 amplifies that rounding by as much as the training
 # happens to, and by how much depends on the CPU's kernels: seed 1's weights and momentum
 # end up to 1.5e-2 of a tensor's norm from its lone run's with AVX-512 kernels, 1e-3 with
@@ -108,14 +112,15 @@ def assert_same_weights(ours: dict[str, Any], theirs: dict[str, Any], rtol: floa
                                    state["momentum_buffer"], rtol=rtol, atol=atol)
 
 
-def assert_close_runs(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
-    """Two checkpoints of whole runs that differ by rounding only: weights, BN statistics
-    and momentum within `RUN_RTOL` in norm, counts equal."""
+def assert_close_runs(ours: dict[str, Any], theirs: dict[str, Any], rtol: float = RUN_RTOL
+                      ) -> None:
+    """Two checkpoints that differ by rounding only: weights, BN statistics and momentum
+    within `rtol` in norm, counts equal."""
     def tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {**state["model"], **{f"momentum {number}": saved["momentum_buffer"]
                                      for number, saved in state["optimizer"]["state"].items()}}
 
-    assert_close_in_norm(tensors(ours), tensors(theirs), RUN_RTOL)
+    assert_close_in_norm(tensors(ours), tensors(theirs), rtol)
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +271,7 @@ def test_an_interrupted_fused_training_resumes_fused_or_alone(
                             rtol=1e-5, atol=1e-6)
         assert read_json(folder / SUMMARY_FILE)["iterations_done"] == 12
     # From one checkpoint, the last 3 steps alone and fused differ by a few steps' rounding.
-    assert_same_weights(checkpoint(outcome.run_dir), checkpoint(stopped[1]), rtol=1e-5,
-                        atol=STEP_ATOL)
+    assert_close_runs(checkpoint(outcome.run_dir), checkpoint(stopped[1]), rtol=STEP_RTOL)
 
 
 @pytest.mark.numerics
