@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,16 @@ class PlannedTask:
     the configuration its plan validated, found by its run folder (pickled with the job to
     wherever it runs); a job in a folder the plan did not name is validated where it runs."""
 
-    configs: dict[str, Config]  # resolved run folder -> the job's validated config
+    configs: dict[str, Config] = field(default_factory=dict)  # resolved run folder -> config
 
     def __call__(self, composed: DictConfig) -> None:
         """Train the job Hydra started (`run_task`)."""
         run_task(composed, self.config_at(Path(HydraConfig.get().runtime.output_dir)))
+
+    def add(self, folder: Path, config: Config) -> PlannedTask:
+        """Plan the job whose run folder is `folder` to train with `config`; returns self."""
+        self.configs[str(Path(folder).resolve())] = config
+        return self
 
     def config_at(self, folder: Path) -> Config | None:
         """The validated config of the job whose run folder is `folder` (None: not planned)."""

@@ -118,7 +118,7 @@ def train(overrides: list[str], force: bool, config_dir: Path | None, echo: Echo
     # validated again (`hydra.run.dir` would otherwise validate to name the folder).
     launch([*overrides, override("hydra.run.dir", str(planned.folder))], sweep=False,
            config_dir=config_dir,
-           task=PlannedTask({str(planned.folder.resolve()): planned.config}))
+           task=PlannedTask().add(planned.folder, planned.config))
 
 
 @dataclass

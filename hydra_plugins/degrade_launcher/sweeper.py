@@ -49,7 +49,7 @@ class DegradeSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.launcher: Launcher | None = None
         self.planned: dict[tuple[str, ...], DictConfig] = {}  # job overrides -> its config
-        self.task = PlannedTask({})
+        self.task = PlannedTask()
         self.results: list[JobReturn] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -88,7 +88,7 @@ class DegradeSweeper(Sweeper):
         for job in jobs:
             if job.tree is not None:
                 self.planned[tuple(job.overrides)] = job.tree
-            self.task.configs[str(job.runs[0].folder.resolve())] = job.config  # for config_at
+            self.task.add(job.runs[0].folder, job.config)
         self.results = list(self.launcher.launch([job.overrides for job in jobs],
                                                  initial_job_idx=0))
         return [None if result.status == JobStatus.COMPLETED
