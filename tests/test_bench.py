@@ -403,7 +403,7 @@ print(*faults)
 def test_cpu_runs_keep_freed_memory_for_the_next_step() -> None:
     """Page faults of each of 9 training steps, in a fresh process: with the allocator as it
     comes, and as CPU runs set it. The median step is compared: kept, a step faults no page
-    (measured: 0 against 4,000-18,000 a step); an odd step that grows the heap once (2,000-6,000
+    (measured: 0 against 4,000-23,000 a step); an odd step that grows the heap once (2,000-6,000
     pages, seen on both kinds of CPU) is not what the setting is about."""
     def median_faults(mode: str) -> int:
         done = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode],

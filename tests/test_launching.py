@@ -27,6 +27,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from degradation.config import CONF_DIR
+from degradation.console import override
 from degradation.errors import LauncherError
 from degradation.launch.compose import compose_config, compose_tree, register, sweep_jobs
 from degradation.launch.plan import fuse_runs, job_overrides, plan
@@ -398,7 +399,8 @@ def test_train_validates_its_run_once_and_checks_its_data_once(cifar_root: Path,
     # Composed once by its plan; Hydra's run mode then composes it for the folder the plan
     # named (Hydra 1.3: once to learn the mode, once for the job), validating nothing.
     (folder,) = [record.path for record in find_runs(tmp_path / "out")]
-    named = [overrides.count(f"hydra.run.dir={folder}") for overrides in noted["composition"]]
+    named = [overrides.count(override("hydra.run.dir", str(folder)))
+             for overrides in noted["composition"]]
     assert named.count(0) == 1 and set(named[1:]) == {1}, noted["composition"]
 
 
